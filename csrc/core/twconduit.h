@@ -1,0 +1,253 @@
+/* twconduit.h - the C API of the twconduit core.
+ *
+ * The core runs Twitch EventSub conduits: OAuth app tokens, Helix over libcurl multi,
+ * EventSub websocket shards over libwebsockets, all on one libuv loop per client.
+ * It knows nothing of Lua; the Lua binding (csrc/binding) and C hosts use this header.
+ *
+ * Conventions
+ * - Every function returning int returns 0 (TW_OK) or a negative TW_E* code and, when
+ *   given a tw_error, fills it with a stable code string, a status and a message.
+ * - Ownership is written next to each function. "Borrowed" pointers stay valid until the
+ *   callback that received them returns (or, for objects, until TW_EV_FREED).
+ * - Objects closed from inside a callback are freed after that callback returns; the core
+ *   never calls back into a freed object.
+ * - Nothing here keeps global mutable state: two clients share nothing.
+ */
+#ifndef TWCONDUIT_H
+#define TWCONDUIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tw_json.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef TW_API
+#define TW_API __attribute__((visibility("default")))
+#endif
+
+#define TWCONDUIT_VERSION "0.1.0"
+
+enum {
+  TW_OK = 0,
+  TW_EINVAL = -1,  /* bad argument */
+  TW_ENOMEM = -2,  /* allocation failed */
+  TW_EBUSY = -3,   /* step/run called while already running */
+  TW_ECLOSED = -4, /* object or client closed */
+  TW_EIO = -5      /* the outside world failed (see tw_error) */
+};
+
+/* An error: `code` is a stable snake_case string (see README "Error codes"), `status`
+ * the HTTP status or websocket close code (0 when none). Messages never hold secrets. */
+typedef struct tw_error {
+  char code[32];
+  int status;
+  char message[256];
+} tw_error;
+
+typedef struct tw_client tw_client;
+typedef struct tw_conduit tw_conduit;
+typedef struct tw_shard tw_shard;
+
+/* ------------------------------------------------------------------------------------ */
+/* Client                                                                               */
+
+typedef struct tw_client_opts {
+  const char *client_id;     /* required */
+  const char *client_secret; /* for client-credentials app tokens; may be NULL */
+  const char *access_token;  /* a given app token; may be NULL when a secret is given */
+  const char *api_base;      /* default "https://api.twitch.tv/helix" */
+  const char *auth_base;     /* default "https://id.twitch.tv/oauth2" */
+  const char *eventsub_ws;   /* default "wss://eventsub.wss.twitch.tv/ws" */
+  void *uv_loop;             /* a host's uv_loop_t to run on; NULL: the client owns one */
+  int keepalive_s;           /* keepalive_timeout_seconds asked for (10..600); 0: server default */
+  double keepalive_slack_s;  /* extra silence tolerated past the keepalive; default 5 */
+  double dedupe_window_s;    /* how long message ids are remembered; default 600 */
+  size_t dedupe_max;         /* most ids remembered at once; default 1,000,000 */
+  double max_age_s;          /* notifications older than this are reported, not delivered
+                                (replay guard); default 600; < 0 disables */
+  double backoff_min_s;      /* shard reconnect backoff floor; default 0.25 */
+  double backoff_max_s;      /* and cap; default 30 */
+  double http_timeout_s;     /* per HTTP attempt; default 15 */
+  int http_retries;          /* retries of 5xx / network failures; default 4 */
+  int http_max_inflight;     /* concurrent Helix requests; default 16 */
+  int patch_batch;           /* shards per Update Conduit Shards call; default 100 */
+  double validate_interval_s;/* token validation period; default 3600 */
+  size_t max_message_bytes;  /* largest websocket message accepted; default 1 MiB */
+} tw_client_opts;
+
+/* Returns a new client, or NULL with err filled. Free with tw_client_free. */
+TW_API tw_client *tw_client_new(const tw_client_opts *opts, tw_error *err);
+/* Closes every connection and frees the client. Must not be called from inside a core
+ * callback (use tw_client_stop there, then free after step/run returns). Callbacks of
+ * pending requests are not called. */
+TW_API void tw_client_free(tw_client *c);
+
+/* Runs the loop until tw_client_stop. Returns TW_EBUSY when already running. */
+TW_API int tw_client_run(tw_client *c);
+/* Runs one loop iteration, waiting at most timeout_ms (0: never blocks; -1: until
+ * something happens). Returns TW_EBUSY when called from inside the loop. */
+TW_API int tw_client_step(tw_client *c, int timeout_ms);
+/* Makes tw_client_run return after the current iteration. Safe from callbacks. */
+TW_API void tw_client_stop(tw_client *c);
+/* Embedding: an fd that is readable when the client has work, and the milliseconds until
+ * its next timer (-1: none). Wait on both, then call tw_client_step(c, 0). */
+TW_API int tw_client_pollfd(tw_client *c);
+TW_API int tw_client_timeout_ms(tw_client *c);
+/* The uv_loop_t* the client runs on (borrowed). */
+TW_API void *tw_client_loop(tw_client *c);
+
+/* Counters of the whole client (cheap to read). */
+typedef struct tw_client_stats {
+  uint64_t notifications;   /* delivered to the event handler */
+  uint64_t duplicates;      /* dropped as already seen */
+  uint64_t stale;           /* older than max_age_s: reported, not delivered */
+  uint64_t bad_messages;    /* malformed frames / JSON / unknown types */
+  uint64_t helix_requests;  /* HTTP attempts to Helix */
+  uint64_t helix_retries;
+  uint64_t helix_rate_waits;/* times a request waited for the rate-limit bucket */
+  uint64_t token_fetches;
+  uint64_t ws_connects;
+  int ratelimit_remaining;  /* last seen, -1 before any */
+} tw_client_stats;
+TW_API void tw_client_get_stats(const tw_client *c, tw_client_stats *out);
+
+/* ------------------------------------------------------------------------------------ */
+/* Events: every event the client produces passes through one handler.                  */
+
+typedef enum tw_event_type {
+  TW_EV_NOTIFICATION = 1, /* doc/metadata/subscription/event set; shard set */
+  TW_EV_REVOCATION,       /* doc/metadata/subscription set; status = subscription status */
+  TW_EV_READY,            /* conduit: every shard of this process enabled for the first time */
+  TW_EV_SHARD_ENABLED,    /* shard assigned to its (new) session */
+  TW_EV_SHARD_DISABLED,   /* shard lost its session; status = websocket_* reason, error set */
+  TW_EV_RECONNECT,        /* session_reconnect completed on a new socket; shard set */
+  TW_EV_ERROR,            /* error set; conduit/shard set when it concerns them */
+  TW_EV_TOKEN,            /* a new app token is in use */
+  TW_EV_FREED             /* conduit or shard is being freed: drop every pointer to it */
+} tw_event_type;
+
+typedef struct tw_event {
+  tw_event_type type;
+  tw_conduit *conduit;     /* borrowed; may be NULL */
+  tw_shard *shard;         /* borrowed; may be NULL */
+  tw_json *doc;            /* the whole message (borrowed: tw_json_ref to keep it) */
+  tw_jnode metadata;       /* doc nodes, TW_JNONE when absent */
+  tw_jnode subscription;
+  tw_jnode event;          /* payload.event, or payload.events for batched types */
+  const char *message_id;  /* NUL-terminated, borrowed */
+  const char *subscription_type;
+  const char *status;      /* see above; borrowed */
+  const tw_error *error;   /* borrowed; NULL when none */
+} tw_event;
+
+typedef void (*tw_event_fn)(void *user, const tw_event *ev);
+/* Sets the one event handler (NULL: events are dropped after counting). */
+TW_API void tw_client_on_event(tw_client *c, tw_event_fn fn, void *user);
+
+/* ------------------------------------------------------------------------------------ */
+/* Helix                                                                                */
+
+typedef struct tw_response {
+  int status;              /* HTTP status; 0 when no response came */
+  tw_json *body;           /* parsed JSON body, or NULL (empty / not JSON); borrowed */
+  const char *raw;         /* raw body, borrowed; raw_len bytes */
+  size_t raw_len;
+  const tw_error *error;   /* NULL on 2xx */
+} tw_response;
+
+typedef void (*tw_response_fn)(void *user, const tw_response *r);
+
+/* Queues a Helix request with the client's token, Client-Id, rate limiting, 401
+ * refresh and retries. `path` starts with "/" and may carry a query string; `body` (JSON,
+ * copied) may be NULL. `cb` is called exactly once, from the loop, unless the client is
+ * freed first. Returns 0, or a TW_E* code with err filled (cb not called). */
+TW_API int tw_helix(tw_client *c, const char *method, const char *path, const char *body,
+                    size_t body_len, tw_response_fn cb, void *user, tw_error *err);
+
+/* The app token in use (borrowed; NULL before the first one). */
+TW_API const char *tw_client_token(const tw_client *c);
+
+/* ------------------------------------------------------------------------------------ */
+/* Conduits and websocket shards                                                         */
+
+typedef struct tw_conduit_opts {
+  const char *id; /* reuse this conduit; NULL creates one */
+  int shards;     /* websocket shards run by this process (>= 0) */
+  int offset;     /* first shard id this process runs; default 0 */
+  int total;      /* the conduit's shard count; 0: offset+shards, or the existing count
+                     when that is already large enough */
+} tw_conduit_opts;
+
+/* Opens a conduit: creates or finds it, resizes it when needed, connects `shards`
+ * websocket sessions and assigns them in as few PATCH calls as possible. Progress and
+ * failures arrive as events (TW_EV_SHARD_ENABLED, TW_EV_READY, TW_EV_ERROR). Returns a
+ * conduit owned by the client (freed by tw_conduit_close or tw_client_free), or NULL. */
+TW_API tw_conduit *tw_conduit_open(tw_client *c, const tw_conduit_opts *o, tw_error *err);
+/* Closes the conduit's sockets (normal close) and frees it once they are gone. Does not
+ * delete the conduit on Twitch. Safe from callbacks; idempotent. */
+TW_API void tw_conduit_close(tw_conduit *cd);
+TW_API const char *tw_conduit_id(const tw_conduit *cd);       /* NULL until known */
+TW_API int tw_conduit_shard_count(const tw_conduit *cd);      /* Twitch's count; 0 until known */
+TW_API const char *tw_conduit_state(const tw_conduit *cd);    /* "starting" "ready" "failed" "closed" */
+TW_API size_t tw_conduit_nshards(const tw_conduit *cd);       /* shards run here */
+TW_API tw_shard *tw_conduit_shard(const tw_conduit *cd, size_t i); /* borrowed; NULL if out of range */
+TW_API tw_shard *tw_conduit_find_shard(const tw_conduit *cd, const char *shard_id);
+TW_API void tw_conduit_set_user(tw_conduit *cd, void *user);
+TW_API void *tw_conduit_user(const tw_conduit *cd);
+
+/* Shard state, as seen here:
+ *   "idle" (waiting for backoff), "connecting", "welcomed" (awaiting assignment),
+ *   "assigning", "enabled", "closed". */
+TW_API const char *tw_shard_id(const tw_shard *s);
+TW_API const char *tw_shard_state(const tw_shard *s);
+TW_API const char *tw_shard_status(const tw_shard *s);     /* last Twitch-side status */
+TW_API const char *tw_shard_session_id(const tw_shard *s); /* NULL when none */
+TW_API tw_conduit *tw_shard_conduit(const tw_shard *s);
+TW_API void tw_shard_set_user(tw_shard *s, void *user);
+TW_API void *tw_shard_user(const tw_shard *s);
+
+typedef struct tw_shard_stats {
+  uint64_t notifications; /* delivered from this shard */
+  uint64_t duplicates;
+  uint64_t keepalives;
+  uint64_t connects;      /* sockets opened */
+  uint64_t reconnects;    /* session_reconnect handled */
+  uint64_t assignments;   /* successful PATCHes of this shard */
+  uint64_t bytes;         /* websocket payload bytes received */
+  int last_close_code;    /* 0 when none */
+} tw_shard_stats;
+TW_API void tw_shard_get_stats(const tw_shard *s, tw_shard_stats *out);
+
+/* Drops the shard's socket and connects again at once (as after a network error). */
+TW_API int tw_shard_reconnect(tw_shard *s);
+
+/* ------------------------------------------------------------------------------------ */
+/* Timers on the client's loop (for bindings and hosts: sleeps, policies, deadlines)     */
+
+typedef struct tw_timer tw_timer;
+typedef void (*tw_timer_fn)(void *user);
+/* Calls cb after `ms`, then every `repeat_ms` when > 0. Returns a timer owned by the
+ * client until tw_timer_cancel (one-shot timers free themselves after firing, so cancel
+ * them only before they fire). NULL on failure. */
+TW_API tw_timer *tw_timer_start(tw_client *c, uint64_t ms, uint64_t repeat_ms, tw_timer_fn cb,
+                                void *user);
+/* Stops and frees the timer; cb is not called again. Safe from inside cb. */
+TW_API void tw_timer_cancel(tw_timer *t);
+/* Milliseconds of the loop's clock (monotonic). */
+TW_API uint64_t tw_client_now_ms(tw_client *c);
+
+/* ------------------------------------------------------------------------------------ */
+/* Small utilities                                                                       */
+
+/* Logging of libwebsockets (process-wide, so only on request). level: 0 errors only,
+ * 1 errors + warnings, 2 + notices. */
+TW_API void tw_set_lws_log_level(int level);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
