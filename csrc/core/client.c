@@ -1,0 +1,295 @@
+/* client.c - the client: options, the loop, embedding, timers, and the one place every
+ * event passes (tw_emit / tw_client_deliver). */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+#define DEF(v, d) ((v) > 0 ? (v) : (d))
+
+static int check_base(const char *name, const char *v, const char *const *schemes, tw_error *err) {
+  for (size_t i = 0; schemes[i]; i++)
+    if (strncmp(v, schemes[i], strlen(schemes[i])) == 0) return 0;
+  tw_err_set(err, "invalid_argument", 0, "%s must start with %s%s%s", name, schemes[0], schemes[1] ? " or " : "",
+             schemes[1] ? schemes[1] : "");
+  return -1;
+}
+
+static char *dup_base(const char *v) { /* without a trailing slash */
+  size_t n = strlen(v);
+  while (n > 0 && v[n - 1] == '/') n--;
+  return tw_strndup(v, n);
+}
+
+tw_client *tw_client_new(const tw_client_opts *o, tw_error *err) {
+  static const char *const http[] = {"https://", "http://", NULL};
+  static const char *const ws[] = {"wss://", "ws://", NULL};
+  tw_err_clear(err);
+  if (!o || !o->client_id || !*o->client_id) {
+    tw_err_set(err, "invalid_argument", 0, "client_id is required");
+    return NULL;
+  }
+  if ((!o->client_secret || !*o->client_secret) && (!o->access_token || !*o->access_token)) {
+    tw_err_set(err, "invalid_argument", 0, "client_secret or access_token is required");
+    return NULL;
+  }
+  const char *api = o->api_base ? o->api_base : "https://api.twitch.tv/helix";
+  const char *auth = o->auth_base ? o->auth_base : "https://id.twitch.tv/oauth2";
+  const char *wsu = o->eventsub_ws ? o->eventsub_ws : "wss://eventsub.wss.twitch.tv/ws";
+  if (check_base("api_base", api, http, err) || check_base("auth_base", auth, http, err) ||
+      check_base("eventsub_ws", wsu, ws, err))
+    return NULL;
+  if (o->keepalive_s && (o->keepalive_s < 10 || o->keepalive_s > 600)) {
+    tw_err_set(err, "invalid_argument", 0, "keepalive must be between 10 and 600 seconds");
+    return NULL;
+  }
+  tw_client *c = calloc(1, sizeof *c);
+  if (!c) {
+    tw_err_set(err, "no_memory", 0, "out of memory");
+    return NULL;
+  }
+  curl_global_init(CURL_GLOBAL_DEFAULT); /* refcounted by curl; never cleaned up here */
+  c->client_id = tw_strdup(o->client_id);
+  c->client_secret = o->client_secret && *o->client_secret ? tw_strdup(o->client_secret) : NULL;
+  c->given_token = o->access_token && *o->access_token ? tw_strdup(o->access_token) : NULL;
+  c->api_base = dup_base(api);
+  c->auth_base = dup_base(auth);
+  c->eventsub_ws = tw_strdup(wsu);
+  c->keepalive_s = o->keepalive_s;
+  c->keepalive_slack_s = o->keepalive_slack_s > 0 ? o->keepalive_slack_s : 5;
+  c->max_age_s = o->max_age_s != 0 ? o->max_age_s : 600;
+  c->backoff_min_s = DEF(o->backoff_min_s, 0.25);
+  c->backoff_max_s = DEF(o->backoff_max_s, 30);
+  if (c->backoff_max_s < c->backoff_min_s) c->backoff_max_s = c->backoff_min_s;
+  c->http_timeout_s = DEF(o->http_timeout_s, 15);
+  c->http_retries = o->http_retries > 0 ? o->http_retries : (o->http_retries < 0 ? 0 : 4);
+  c->http_max_inflight = DEF(o->http_max_inflight, 16);
+  c->patch_batch = DEF(o->patch_batch, 100);
+  c->validate_interval_s = o->validate_interval_s != 0 ? o->validate_interval_s : 3600;
+  c->max_message_bytes = DEF(o->max_message_bytes, (size_t)1 << 20);
+  c->stats.ratelimit_remaining = -1;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  c->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (uint64_t)(uintptr_t)c;
+  if (!c->client_id || !c->api_base || !c->auth_base || !c->eventsub_ws) goto nomem;
+
+  if (o->uv_loop) {
+    c->loop = o->uv_loop;
+  } else {
+    if (uv_loop_init(&c->own_loop) != 0) goto nomem;
+    c->loop = &c->own_loop;
+    c->owns_loop = true;
+  }
+  uv_update_time(c->loop);
+  c->dedupe = tw_dedupe_new(o->dedupe_max ? o->dedupe_max : 1000000,
+                            (uint64_t)((o->dedupe_window_s > 0 ? o->dedupe_window_s : 600) * 1000));
+  c->http = tw_http_new(c->loop);
+  if (!c->dedupe || !c->http) goto nomem;
+  c->hx = tw_helix_new(c);
+  if (!c->hx) goto nomem;
+  if (tw_ws_init(c, err) != 0) {
+    tw_client_free(c);
+    return NULL;
+  }
+  return c;
+nomem:
+  tw_err_set(err, "no_memory", 0, "could not set up the client");
+  tw_client_free(c);
+  return NULL;
+}
+
+struct tw_timer {
+  uv_timer_t h;
+  tw_client *c;
+  tw_timer_fn cb;
+  void *user;
+  bool repeat, firing, cancelled;
+  struct tw_timer *next, *prev;
+};
+
+static void timer_unlink(tw_timer *t) {
+  if (t->prev) t->prev->next = t->next;
+  else t->c->timers = t->next;
+  if (t->next) t->next->prev = t->prev;
+  t->next = t->prev = NULL;
+}
+
+static void timer_free_cb(uv_handle_t *h) { free(h->data); }
+
+void tw_timer_cancel(tw_timer *t) {
+  if (!t || t->cancelled) return;
+  t->cancelled = true;
+  timer_unlink(t);
+  uv_timer_stop(&t->h);
+  uv_close((uv_handle_t *)&t->h, timer_free_cb);
+}
+
+static void on_timer(uv_timer_t *h) {
+  tw_timer *t = h->data;
+  t->firing = true;
+  t->cb(t->user);
+  t->firing = false;
+  if (!t->repeat && !t->cancelled) tw_timer_cancel(t);
+}
+
+tw_timer *tw_timer_start(tw_client *c, uint64_t ms, uint64_t repeat_ms, tw_timer_fn cb, void *user) {
+  if (!c || !cb || c->freeing) return NULL;
+  tw_timer *t = calloc(1, sizeof *t);
+  if (!t) return NULL;
+  t->c = c;
+  t->cb = cb;
+  t->user = user;
+  t->repeat = repeat_ms > 0;
+  uv_timer_init(c->loop, &t->h);
+  t->h.data = t;
+  t->next = c->timers;
+  if (c->timers) c->timers->prev = t;
+  c->timers = t;
+  uv_timer_start(&t->h, on_timer, ms, repeat_ms);
+  return t;
+}
+
+uint64_t tw_client_now_ms(tw_client *c) { return uv_now(c->loop); }
+
+static void run_until_quiet(tw_client *c, int max_iter) {
+  for (int i = 0; i < max_iter && uv_loop_alive(c->loop); i++) uv_run(c->loop, UV_RUN_NOWAIT);
+}
+
+void tw_client_free(tw_client *c) {
+  if (!c) return;
+  c->freeing = true;
+  c->on_event = NULL;
+  tw_conduits_free_all(c);
+  while (c->timers) tw_timer_cancel(c->timers);
+  if (c->hx) tw_helix_state_closing(c->hx);
+  if (c->http) tw_http_free(c->http);
+  if (c->hx) tw_helix_free(c->hx);
+  if (c->lws) {
+    tw_ws_destroy_begin(c);
+    if (c->owns_loop) run_until_quiet(c, 1000);
+    else
+      for (int i = 0; i < 8; i++) uv_run(c->loop, UV_RUN_NOWAIT);
+    tw_ws_destroy_end(c);
+  }
+  if (c->owns_loop) {
+    run_until_quiet(c, 1000);
+    uv_loop_close(c->loop);
+  } else {
+    uv_run(c->loop, UV_RUN_NOWAIT); /* let our close callbacks run on the host's loop */
+  }
+  tw_dedupe_free(c->dedupe);
+  if (c->client_secret) memset(c->client_secret, 0, strlen(c->client_secret));
+  if (c->given_token) memset(c->given_token, 0, strlen(c->given_token));
+  free(c->client_id);
+  free(c->client_secret);
+  free(c->given_token);
+  free(c->api_base);
+  free(c->auth_base);
+  free(c->eventsub_ws);
+  free(c);
+}
+
+int tw_client_run(tw_client *c) {
+  if (c->running) return TW_EBUSY;
+  c->running = true;
+  c->stop_requested = false;
+  while (!c->stop_requested) {
+    if (uv_run(c->loop, UV_RUN_ONCE) == 0 && !c->stop_requested) {
+      /* nothing left that could produce an event */
+      break;
+    }
+  }
+  c->running = false;
+  return 0;
+}
+
+static void on_step_timeout(uv_timer_t *t) { (void)t; }
+
+int tw_client_step(tw_client *c, int timeout_ms) {
+  if (c->running) return TW_EBUSY;
+  c->running = true;
+  if (timeout_ms == 0) {
+    uv_run(c->loop, UV_RUN_NOWAIT);
+  } else if (timeout_ms < 0) {
+    uv_run(c->loop, UV_RUN_ONCE);
+  } else {
+    uv_timer_t t;
+    uv_timer_init(c->loop, &t);
+    uv_timer_start(&t, on_step_timeout, (uint64_t)timeout_ms, 0);
+    uv_run(c->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(c->loop, UV_RUN_NOWAIT); /* lets the close complete (t lives on this stack) */
+  }
+  c->running = false;
+  return 0;
+}
+
+void tw_client_stop(tw_client *c) {
+  c->stop_requested = true;
+  uv_stop(c->loop);
+}
+
+int tw_client_pollfd(tw_client *c) { return uv_backend_fd(c->loop); }
+
+int tw_client_timeout_ms(tw_client *c) {
+  if (!uv_loop_alive(c->loop)) return -1; /* libuv says 0 here: a host would spin */
+  return uv_backend_timeout(c->loop);
+}
+
+void *tw_client_loop(tw_client *c) { return c->loop; }
+
+void tw_client_get_stats(const tw_client *c, tw_client_stats *out) { *out = c->stats; }
+
+void tw_client_on_event(tw_client *c, tw_event_fn fn, void *user) {
+  c->on_event = fn;
+  c->on_event_user = user;
+}
+
+void tw_emit(tw_client *c, const tw_event *ev) {
+  if (!c->on_event || c->freeing) return;
+  c->depth++;
+  c->on_event(c->on_event_user, ev);
+  c->depth--;
+}
+
+void tw_emit_error(tw_client *c, tw_conduit *cd, tw_shard *s, const tw_error *e) {
+  tw_event ev = {.type = TW_EV_ERROR,
+                 .conduit = cd,
+                 .shard = s,
+                 .metadata = TW_JNONE,
+                 .subscription = TW_JNONE,
+                 .event = TW_JNONE,
+                 .error = e};
+  tw_emit(c, &ev);
+}
+
+void tw_set_lws_log_level(int level) {
+  int l = LLL_ERR;
+  if (level >= 1) l |= LLL_WARN;
+  if (level >= 2) l |= LLL_NOTICE;
+  lws_set_log_level(l, NULL);
+}
+
+void tw_client_deliver(tw_client *c, tw_event *ev, uint64_t *dup_counter) {
+  size_t idlen = ev->message_id ? strlen(ev->message_id) : 0;
+  if (idlen && tw_dedupe_seen(c->dedupe, ev->message_id, idlen, uv_now(c->loop))) {
+    c->stats.duplicates++;
+    if (dup_counter) (*dup_counter)++;
+    return;
+  }
+  if (c->max_age_s > 0 && ev->doc && ev->metadata != TW_JNONE) {
+    const char *ts = tw_json_str(ev->doc, tw_json_get(ev->doc, ev->metadata, "message_timestamp", 17), NULL);
+    double t;
+    if (ts && tw_parse_rfc3339(ts, &t) && tw_wall_now() - t > c->max_age_s) {
+      c->stats.stale++;
+      tw_error e;
+      tw_err_set(&e, "stale_message", 0, "message %s is older than %.0f s (timestamp %s): not delivered",
+                 ev->message_id ? ev->message_id : "?", c->max_age_s, ts);
+      tw_emit_error(c, ev->conduit, ev->shard, &e);
+      return;
+    }
+  }
+  if (ev->type == TW_EV_NOTIFICATION) c->stats.notifications++;
+  tw_emit(c, ev);
+}

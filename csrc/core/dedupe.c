@@ -1,0 +1,165 @@
+/* dedupe.c - remembers message ids for a window, in a bounded open-addressing table.
+ *
+ * Ids live in a FIFO ring (insertion order = time order); the hash table indexes the
+ * ring. Expired or evicted entries leave the table by backward-shift deletion, so a
+ * lookup never walks tombstones. Cost per notification: one hash, one probe sequence,
+ * no allocation once warm (ids are copied into fixed 40-byte slots; longer ids are
+ * hashed and compared by their hash and length only). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define ID_MAX 40
+
+typedef struct entry {
+  uint64_t hash;
+  uint64_t t_ms;
+  uint8_t len;
+  char id[ID_MAX];
+} entry;
+
+struct tw_dedupe {
+  entry *ring;    /* capacity `max` */
+  size_t max, head, count;
+  uint32_t *table; /* ring index + 1, 0 = empty; size `tsize` (power of two) */
+  size_t tsize;
+  uint64_t window_ms;
+};
+
+static uint64_t hash_id(const char *p, size_t n) { /* FNV-1a 64 + final mix */
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; i++) {
+    h ^= (unsigned char)p[i];
+    h *= 0x100000001b3ull;
+  }
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  return h;
+}
+
+tw_dedupe *tw_dedupe_new(size_t max, uint64_t window_ms) {
+  if (max < 16) max = 16;
+  if (max > 0x7fffffff) max = 0x7fffffff;
+  tw_dedupe *d = calloc(1, sizeof *d);
+  if (!d) return NULL;
+  d->max = max;
+  d->window_ms = window_ms;
+  /* the ring grows on demand: start small so idle clients stay lean */
+  d->tsize = 64;
+  d->table = calloc(d->tsize, sizeof *d->table);
+  d->ring = NULL;
+  if (!d->table) {
+    free(d);
+    return NULL;
+  }
+  return d;
+}
+
+void tw_dedupe_free(tw_dedupe *d) {
+  if (!d) return;
+  free(d->ring);
+  free(d->table);
+  free(d);
+}
+
+static size_t ring_cap(const tw_dedupe *d) { return d->tsize / 2 < d->max ? d->tsize / 2 : d->max; }
+
+static void table_remove(tw_dedupe *d, size_t ring_index) {
+  size_t mask = d->tsize - 1;
+  size_t i = d->ring[ring_index].hash & mask;
+  while (d->table[i] != ring_index + 1) {
+    if (d->table[i] == 0) return; /* not present */
+    i = (i + 1) & mask;
+  }
+  /* backward-shift deletion */
+  size_t j = i;
+  for (;;) {
+    j = (j + 1) & mask;
+    if (d->table[j] == 0) break;
+    size_t k = d->ring[d->table[j] - 1].hash & mask;
+    /* can the entry at j move to i? (k cyclically outside (i, j]) */
+    if ((j > i && (k <= i || k > j)) || (j < i && (k <= i && k > j))) {
+      d->table[i] = d->table[j];
+      i = j;
+    }
+  }
+  d->table[i] = 0;
+}
+
+static void pop_oldest(tw_dedupe *d) {
+  size_t cap = ring_cap(d);
+  size_t oldest = (d->head + cap - d->count) % cap;
+  table_remove(d, oldest);
+  d->count--;
+}
+
+/* Doubles the table (and the ring with it) while under `max`. */
+static int grow(tw_dedupe *d) {
+  size_t oldcap = ring_cap(d);
+  size_t ntsize = d->tsize * 2;
+  size_t ncap = ntsize / 2 < d->max ? ntsize / 2 : d->max;
+  if (ncap <= oldcap && d->ring) return 0;
+  entry *nring = malloc(ncap * sizeof *nring);
+  uint32_t *ntable = calloc(ntsize, sizeof *ntable);
+  if (!nring || !ntable) {
+    free(nring);
+    free(ntable);
+    return -1;
+  }
+  /* copy entries oldest first */
+  for (size_t n = 0; n < d->count; n++) nring[n] = d->ring[(d->head + oldcap - d->count + n) % oldcap];
+  free(d->ring);
+  free(d->table);
+  d->ring = nring;
+  d->table = ntable;
+  d->tsize = ntsize;
+  d->head = d->count % ncap;
+  size_t mask = ntsize - 1;
+  for (size_t n = 0; n < d->count; n++) {
+    size_t i = nring[n].hash & mask;
+    while (ntable[i]) i = (i + 1) & mask;
+    ntable[i] = (uint32_t)(n + 1);
+  }
+  return 0;
+}
+
+bool tw_dedupe_seen(tw_dedupe *d, const char *id, size_t len, uint64_t now_ms) {
+  if (!d || len == 0) return false;
+  uint64_t h = hash_id(id, len);
+  /* expire old entries */
+  size_t cap = ring_cap(d);
+  while (d->count && d->ring) {
+    size_t oldest = (d->head + cap - d->count) % cap;
+    if (now_ms - d->ring[oldest].t_ms <= d->window_ms) break;
+    pop_oldest(d);
+  }
+  size_t mask = d->tsize - 1;
+  if (d->ring) {
+    for (size_t i = h & mask; d->table[i]; i = (i + 1) & mask) {
+      const entry *e = &d->ring[d->table[i] - 1];
+      if (e->hash == h && e->len == (len > ID_MAX ? 255 : len) &&
+          (len > ID_MAX || memcmp(e->id, id, len) == 0))
+        return true;
+    }
+  }
+  /* remember it */
+  if (!d->ring || (d->count >= ring_cap(d) && ring_cap(d) < d->max)) {
+    if (grow(d) != 0 && !d->ring) return false;
+  }
+  cap = ring_cap(d);
+  if (d->count >= cap) pop_oldest(d);
+  mask = d->tsize - 1;
+  entry *e = &d->ring[d->head];
+  e->hash = h;
+  e->t_ms = now_ms;
+  e->len = (uint8_t)(len > ID_MAX ? 255 : len);
+  if (len <= ID_MAX) memcpy(e->id, id, len);
+  size_t i = h & mask;
+  while (d->table[i]) i = (i + 1) & mask;
+  d->table[i] = (uint32_t)(d->head + 1);
+  d->head = (d->head + 1) % cap;
+  d->count++;
+  return false;
+}

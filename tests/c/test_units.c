@@ -1,0 +1,100 @@
+/* Unit tests of the core's small parts: de-duplication, backoff, timestamps, codes. */
+#include "../../csrc/core/internal.h"
+#include "support.h"
+
+int main(void) {
+  tw_set_lws_log_level(0);
+  /* de-duplication: exact, windowed, bounded */
+  tw_dedupe *d = tw_dedupe_new(1000, 1000);
+  ok(!tw_dedupe_seen(d, "a", 1, 0), "a new id is not a duplicate");
+  ok(tw_dedupe_seen(d, "a", 1, 10), "the same id again is a duplicate");
+  ok(!tw_dedupe_seen(d, "b", 1, 20), "another id is not");
+  ok(!tw_dedupe_seen(d, "a", 1, 2000), "an id outside the window is forgotten");
+  int dup = 0;
+  char id[64];
+  for (int i = 0; i < 5000; i++) {
+    snprintf(id, sizeof id, "e76c6bd4-55c9-4987-8304-%012d", i);
+    dup += tw_dedupe_seen(d, id, strlen(id), 3000);
+  }
+  ok(dup == 0, "5000 distinct ids: no false duplicates (%d)", dup);
+  int again = 0;
+  for (int i = 4000; i < 5000; i++) {
+    snprintf(id, sizeof id, "e76c6bd4-55c9-4987-8304-%012d", i);
+    again += tw_dedupe_seen(d, id, strlen(id), 3001);
+  }
+  ok(again == 1000, "the newest 1000 (the bound) are remembered (%d)", again);
+  snprintf(id, sizeof id, "e76c6bd4-55c9-4987-8304-%012d", 10);
+  ok(!tw_dedupe_seen(d, id, strlen(id), 3002), "the oldest were evicted by the bound");
+  char longid[100];
+  memset(longid, 'x', 99);
+  longid[99] = 0;
+  ok(!tw_dedupe_seen(d, longid, 99, 3003) && tw_dedupe_seen(d, longid, 99, 3004), "ids longer than a slot work");
+  tw_dedupe_free(d);
+
+  /* a big table under churn stays correct */
+  d = tw_dedupe_new(1u << 16, 1u << 30);
+  int bad = 0;
+  for (int i = 0; i < 200000; i++) {
+    snprintf(id, sizeof id, "%d", i);
+    if (tw_dedupe_seen(d, id, strlen(id), (uint64_t)i)) bad++;
+    if (i >= 10 && !tw_dedupe_seen(d, id, strlen(id), (uint64_t)i)) bad++;
+  }
+  ok(bad == 0, "200k inserts with eviction keep exact answers (%d wrong)", bad);
+  tw_dedupe_free(d);
+
+  /* backoff */
+  uint64_t rng = 42;
+  int in_range = 1;
+  for (unsigned a = 0; a < 20; a++) {
+    uint64_t ms = tw_backoff_ms(&rng, 0.25, 30, a);
+    if (ms < 250 || ms > 30000) in_range = 0;
+  }
+  ok(in_range, "backoff stays within [min, max]");
+  ok(tw_backoff_ms(&rng, 0.25, 30, 0) == 250, "the first retry waits exactly the minimum");
+  uint64_t a1 = tw_backoff_ms(&rng, 1, 1000, 10), a2 = tw_backoff_ms(&rng, 1, 1000, 10);
+  ok(a1 != a2, "backoff is jittered (%llu vs %llu)", (unsigned long long)a1, (unsigned long long)a2);
+
+  /* timestamps */
+  double t;
+  ok(tw_parse_rfc3339("2019-11-16T10:11:12.634234626Z", &t) && (long long)t == 1573899072LL,
+     "RFC3339 with nanoseconds parses");
+  ok(tw_parse_rfc3339("2019-11-16T10:11:12+01:00", &t) && (long long)t == 1573895472LL, "offsets apply");
+  ok(!tw_parse_rfc3339("2019-11-16 10:11:12Z", &t), "a malformed timestamp is refused");
+  ok(!tw_parse_rfc3339("garbage", &t), "garbage is refused");
+
+  /* codes */
+  ok(strcmp(tw_http_code(429), "rate_limited") == 0 && strcmp(tw_http_code(503), "server_error") == 0 &&
+         strcmp(tw_http_code(401), "unauthorized") == 0,
+     "HTTP statuses map to stable codes");
+  ok(strcmp(tw_close_status(4002), "websocket_failed_ping_pong") == 0 &&
+         strcmp(tw_close_status(1000), "websocket_disconnected") == 0,
+     "close codes map to shard statuses");
+
+  /* client options are checked */
+  tw_error err;
+  tw_client_opts o = {0};
+  ok(tw_client_new(&o, &err) == NULL && strcmp(err.code, "invalid_argument") == 0, "client_id is required");
+  o.client_id = "x";
+  ok(tw_client_new(&o, &err) == NULL && strstr(err.message, "client_secret"), "a secret or a token is required");
+  o.client_secret = "s";
+  o.api_base = "ftp://x";
+  ok(tw_client_new(&o, &err) == NULL && strstr(err.message, "api_base"), "bad base URLs are refused");
+  o.api_base = NULL;
+  o.keepalive_s = 5;
+  ok(tw_client_new(&o, &err) == NULL && strstr(err.message, "keepalive"), "keepalive out of range is refused");
+  o.keepalive_s = 0;
+  tw_client *c = tw_client_new(&o, &err);
+  ok(c != NULL, "a client starts without any network (%s)", c ? "" : err.message);
+  if (c) {
+    ok(tw_client_pollfd(c) >= 0, "the client has a pollable fd");
+    tw_conduit_opts co = {.shards = -1};
+    ok(tw_conduit_open(c, &co, &err) == NULL && strcmp(err.code, "invalid_argument") == 0, "negative shards refused");
+    co.shards = 2;
+    co.offset = 3;
+    co.total = 4;
+    ok(tw_conduit_open(c, &co, &err) == NULL && strstr(err.message, "exceeds total"), "offset+shards > total refused");
+    ok(tw_helix(c, "GET", "no-slash", NULL, 0, NULL, NULL, &err) == TW_EINVAL, "a Helix path must start with /");
+    tw_client_free(c);
+  }
+  return done_testing();
+}
