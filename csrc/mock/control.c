@@ -1,0 +1,1021 @@
+/* The control API under /_mock: triggers, streams, blasts, sessions, faults,
+ * clock, state and ledger. */
+#include "mock.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_PRODUCE 5000000ull
+
+static void cerr(hreq_t *r, int status, const char *msg)
+{
+    json_error(r, status, status == 404 ? "Not Found" : "Bad Request", msg);
+}
+
+static void ok_obj(hreq_t *r, cJSON *o) { set_json(r, 200, o ? o : cJSON_CreateObject()); }
+
+/* The channel a subscription listens to: to_broadcaster for raids, else broadcaster. */
+const char *match_value(sub_t *s)
+{
+    const char *v = NULL;
+    if (!strcmp(s->type, "channel.raid")) {
+        v = jstr(s->condition, "to_broadcaster_user_id");
+        if (!v || !*v)
+            v = jstr(s->condition, "from_broadcaster_user_id");
+    } else
+        v = jstr(s->condition, "broadcaster_user_id");
+    return v && *v ? v : NULL;
+}
+
+static int sub_matches(sub_t *s, const char *type, const char *version, const char *channel)
+{
+    if (strcmp(s->status, "enabled") || strcmp(s->type, type))
+        return 0;
+    if (version && strcmp(s->version, version))
+        return 0;
+    const char *mv = match_value(s);
+    return !mv || !channel || !strcmp(mv, channel);
+}
+
+/* channels: array of strings or numbers. Returns a new array of strings or NULL. */
+static cJSON *parse_channels(const cJSON *body, const char **err)
+{
+    const cJSON *ch = cJSON_GetObjectItemCaseSensitive(body, "channels");
+    cJSON *out = cJSON_CreateArray();
+    if (!ch) {
+        const char *one = jstr(body, "channel");
+        if (one)
+            cJSON_AddItemToArray(out, cJSON_CreateString(one));
+        return out;
+    }
+    if (!cJSON_IsArray(ch)) {
+        *err = "channels must be an array of strings";
+        cJSON_Delete(out);
+        return NULL;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, ch)
+    {
+        char b[64];
+        if (cJSON_IsString(it))
+            cJSON_AddItemToArray(out, cJSON_CreateString(it->valuestring));
+        else if (cJSON_IsNumber(it) && it->valuedouble == floor(it->valuedouble)) {
+            snprintf(b, sizeof b, "%.0f", it->valuedouble);
+            cJSON_AddItemToArray(out, cJSON_CreateString(b));
+        } else {
+            *err = "channels must be an array of strings";
+            cJSON_Delete(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static int get_count(const cJSON *body, const char *k, uint64_t def, uint64_t *out,
+                     const char **err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, k);
+    if (!v) {
+        *out = def;
+        return 1;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > 1e9 ||
+        v->valuedouble != floor(v->valuedouble)) {
+        *err = "count must be a positive integer";
+        return 0;
+    }
+    *out = (uint64_t)v->valuedouble;
+    return 1;
+}
+
+/* One trigger for one channel: a notification per matching subscription. */
+static uint64_t trigger_one(const char *type, const char *version, const char *channel,
+                            uint64_t n, const cJSON *merge, cJSON *ids)
+{
+    uint64_t produced = 0;
+    /* snapshot matching subscriptions: producing can change statuses */
+    size_t cap = 16, cnt = 0;
+    sub_t **list = xmalloc(cap * sizeof *list);
+    for (sub_t *s = M->subs; s; s = s->next)
+        if (sub_matches(s, type, version, channel)) {
+            if (cnt == cap) {
+                cap *= 2;
+                sub_t **nl = realloc(list, cap * sizeof *nl);
+                if (!nl)
+                    abort();
+                list = nl;
+            }
+            list[cnt++] = s;
+        }
+    for (size_t i = 0; i < cnt; i++) {
+        sub_t *s = list[i];
+        const char *ch = channel ? channel : match_value(s);
+        cJSON *ev = gen_event(type, ch, n, merge);
+        char mid[ID_LEN];
+        produce(s, ch, ev, 0, NULL, mid);
+        cJSON_Delete(ev);
+        if (ids)
+            cJSON_AddItemToArray(ids, cJSON_CreateString(mid));
+        produced++;
+    }
+    free(list);
+    return produced;
+}
+
+static void c_trigger(hreq_t *r, cJSON *body)
+{
+    const char *err = NULL;
+    const char *type = jstr(body, "type");
+    if (!type || !*type) {
+        cerr(r, 400, "type is required");
+        return;
+    }
+    const cJSON *jv = cJSON_GetObjectItemCaseSensitive(body, "version");
+    if (jv && !cJSON_IsString(jv)) {
+        cerr(r, 400, "version must be a string");
+        return;
+    }
+    const char *version = jv ? jv->valuestring : NULL;
+    uint64_t count;
+    if (!get_count(body, "count", 1, &count, &err)) {
+        cerr(r, 400, err);
+        return;
+    }
+    const cJSON *merge = cJSON_GetObjectItemCaseSensitive(body, "event");
+    if (merge && !cJSON_IsObject(merge)) {
+        cerr(r, 400, "event must be an object");
+        return;
+    }
+    cJSON *chans = parse_channels(body, &err);
+    if (!chans) {
+        cerr(r, 400, err);
+        return;
+    }
+    int nch = cJSON_GetArraySize(chans);
+    if ((uint64_t)(nch ? nch : 1) * count > MAX_PRODUCE) {
+        cJSON_Delete(chans);
+        cerr(r, 400, "too many notifications for one trigger; use /_mock/blast");
+        return;
+    }
+    cJSON *ids = cJSON_CreateArray();
+    uint64_t produced = 0;
+    for (uint64_t k = 0; k < count; k++) {
+        if (nch == 0)
+            produced += trigger_one(type, version, NULL, k, merge, ids);
+        else {
+            const cJSON *c;
+            cJSON_ArrayForEach(c, chans)
+            produced += trigger_one(type, version, c->valuestring, k, merge, ids);
+        }
+    }
+    cJSON_Delete(chans);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "produced", (double)produced);
+    if (produced <= 10000)
+        cJSON_AddItemToObject(o, "message_ids", ids);
+    else
+        cJSON_Delete(ids);
+    ok_obj(r, o);
+}
+
+/* ---------------- streams ---------------- */
+
+static void stream_free(stream_t *s)
+{
+    lws_sul_cancel(&s->sul);
+    free(s->type);
+    free(s->version);
+    cJSON_Delete(s->channels);
+    cJSON_Delete(s->event);
+    free(s);
+}
+
+static void stream_cb(lws_sorted_usec_list_t *sul)
+{
+    stream_t *st = lws_container_of(sul, stream_t, sul);
+    if (!st->active)
+        return;
+    double el = (double)(mono_us() - st->start_us) / 1e6;
+    uint64_t due = (uint64_t)(el * st->rate);
+    if (due > st->total)
+        due = st->total;
+    int nch = cJSON_GetArraySize(st->channels);
+    while (st->emitted < due) {
+        const char *ch = NULL;
+        if (nch) {
+            cJSON *c = cJSON_GetArrayItem(st->channels, (int)(st->emitted % (uint64_t)nch));
+            ch = c->valuestring;
+        }
+        trigger_one(st->type, st->version, ch, st->emitted, st->event, NULL);
+        st->emitted++;
+    }
+    if (st->emitted >= st->total) {
+        st->active = 0;
+        return;
+    }
+    double next = (double)(st->emitted + 1) / st->rate - el;
+    if (next < 0.001)
+        next = 0.001;
+    lws_sul_schedule(M->ctx, 0, &st->sul, stream_cb, (lws_usec_t)(next * 1e6));
+}
+
+static void c_stream(hreq_t *r, cJSON *body)
+{
+    const char *err = NULL;
+    const char *type = jstr(body, "type");
+    if (!type || !*type) {
+        cerr(r, 400, "type is required");
+        return;
+    }
+    const cJSON *rate = cJSON_GetObjectItemCaseSensitive(body, "rate");
+    if (!cJSON_IsNumber(rate) || rate->valuedouble <= 0 || rate->valuedouble > 1e6) {
+        cerr(r, 400, "rate must be a positive number (per second)");
+        return;
+    }
+    uint64_t count;
+    if (!get_count(body, "count", 1000000000ull, &count, &err)) {
+        cerr(r, 400, err);
+        return;
+    }
+    const cJSON *merge = cJSON_GetObjectItemCaseSensitive(body, "event");
+    if (merge && !cJSON_IsObject(merge)) {
+        cerr(r, 400, "event must be an object");
+        return;
+    }
+    cJSON *chans = parse_channels(body, &err);
+    if (!chans) {
+        cerr(r, 400, err);
+        return;
+    }
+    stream_t *st = xcalloc(1, sizeof *st);
+    gen_uuid(st->id);
+    st->type = xstrdup(type);
+    st->version = jstr(body, "version") ? xstrdup(jstr(body, "version")) : NULL;
+    st->channels = chans;
+    st->event = merge ? cJSON_Duplicate(merge, 1) : NULL;
+    st->rate = rate->valuedouble;
+    st->total = count;
+    st->start_us = mono_us();
+    st->active = 1;
+    st->next = M->streams;
+    M->streams = st;
+    lws_sul_schedule(M->ctx, 0, &st->sul, stream_cb, (lws_usec_t)(1e6 / st->rate));
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "stream_id", st->id);
+    ok_obj(r, o);
+}
+
+void streams_stop_all(void)
+{
+    while (M->streams) {
+        stream_t *s = M->streams;
+        M->streams = s->next;
+        stream_free(s);
+    }
+}
+
+static void c_stream_stop(hreq_t *r, cJSON *body)
+{
+    const char *id = body ? jstr(body, "stream_id") : NULL;
+    int stopped = 0;
+    for (stream_t **pp = &M->streams; *pp;) {
+        stream_t *s = *pp;
+        if (!id || !strcmp(s->id, id)) {
+            *pp = s->next;
+            if (s->active)
+                stopped++;
+            stream_free(s);
+        } else
+            pp = &s->next;
+    }
+    if (id && !stopped) {
+        cerr(r, 404, "stream not found");
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "stopped", stopped);
+    ok_obj(r, o);
+}
+
+static void c_stream_get(hreq_t *r, const char *id)
+{
+    for (stream_t *s = M->streams; s; s = s->next)
+        if (!strcmp(s->id, id)) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "stream_id", s->id);
+            cJSON_AddNumberToObject(o, "emitted", (double)s->emitted);
+            cJSON_AddNumberToObject(o, "total", (double)s->total);
+            cJSON_AddBoolToObject(o, "done", !s->active);
+            ok_obj(r, o);
+            return;
+        }
+    cerr(r, 404, "stream not found");
+}
+
+/* ---------------- blasts ---------------- */
+
+static void blast_release(blast_t *b)
+{
+    if (b->refs > 0 || !b->routes)
+        return;
+    for (int i = 0; i < b->nroutes; i++)
+        free(b->routes[i].tmpl);
+    free(b->routes);
+    b->routes = NULL;
+}
+
+static void blast_check(blast_t *b)
+{
+    if (!b->done && b->sent + b->dropped >= b->total) {
+        b->done = 1;
+        b->end_us = mono_us();
+    }
+}
+
+void blast_delivered(blast_t *b, uint64_t n)
+{
+    b->sent += n;
+    M->blast_delivered += n;
+    blast_check(b);
+}
+
+void blast_dropped(blast_t *b, uint64_t n)
+{
+    b->dropped += n;
+    M->blast_dropped += n;
+    blast_check(b);
+}
+
+void blasts_free_all(void)
+{
+    while (M->blasts) {
+        blast_t *b = M->blasts;
+        M->blasts = b->next;
+        b->refs = 0;
+        blast_release(b);
+        free(b);
+    }
+}
+
+static void c_blast(hreq_t *r, cJSON *body)
+{
+    const char *err = NULL;
+    const char *type = jstr(body, "type");
+    if (!type || !*type) {
+        cerr(r, 400, "type is required");
+        return;
+    }
+    uint64_t count;
+    if (!get_count(body, "count", 1, &count, &err)) {
+        cerr(r, 400, err);
+        return;
+    }
+    const cJSON *merge = cJSON_GetObjectItemCaseSensitive(body, "event");
+    if (merge && !cJSON_IsObject(merge)) {
+        cerr(r, 400, "event must be an object");
+        return;
+    }
+    cJSON *chans = parse_channels(body, &err);
+    if (!chans) {
+        cerr(r, 400, err);
+        return;
+    }
+    const char *version = jstr(body, "version");
+    blast_t *b = xcalloc(1, sizeof *b);
+    gen_uuid(b->id);
+    b->start_us = mono_us();
+    int cap = 16;
+    b->routes = xcalloc((size_t)cap, sizeof *b->routes);
+    uint64_t dropped = 0;
+    int nch = cJSON_GetArraySize(chans);
+    for (int ci = 0; ci < (nch ? nch : 1); ci++) {
+        const char *ch = nch ? cJSON_GetArrayItem(chans, ci)->valuestring : NULL;
+        for (sub_t *s = M->subs; s; s = s->next) {
+            if (!sub_matches(s, type, version, ch))
+                continue;
+            const char *chv = ch ? ch : match_value(s);
+            /* resolve the target once: conduit routing or the plain websocket session */
+            conn_t *target = NULL;
+            if (s->method == M_CONDUIT) {
+                conduit_t *c = find_conduit(s->conduit_id);
+                if (c) {
+                    char kb[256];
+                    const char *key = routing_value(s, kb, sizeof kb);
+                    int whs;
+                    target = route_conduit(c, key ? key : s->id, NULL, &whs);
+                }
+            } else if (s->method == T_WS) {
+                session_t *ss = find_session(s->session_id);
+                if (session_live(ss))
+                    target = ss->cur;
+            }
+            if (!target) {
+                dropped += count;
+                continue;
+            }
+            if (b->nroutes == cap) {
+                cap *= 2;
+                broute_t *nr = realloc(b->routes, (size_t)cap * sizeof *nr);
+                if (!nr)
+                    abort();
+                b->routes = nr;
+            }
+            broute_t *rt = &b->routes[b->nroutes++];
+            memset(rt, 0, sizeof *rt);
+            rt->target = target;
+            cJSON *ev = gen_event(type, chv, 0, merge);
+            cJSON *sj = sub_json(s);
+            char *evt = cJSON_PrintUnformatted(ev);
+            char *sjt = cJSON_PrintUnformatted(sj);
+            cJSON_Delete(ev);
+            cJSON_Delete(sj);
+            buf_t m = {0};
+            buf_adds(&m, "{\"metadata\":{\"message_id\":\"");
+            rt->id_off = m.len;
+            buf_adds(&m, "00000000-0000-4000-8000-000000000000\",\"message_type\":\"notification\","
+                         "\"message_timestamp\":\"");
+            rt->ts_off = m.len;
+            buf_adds(&m, "2000-01-01T00:00:00.000000000Z");
+            buf_printf(&m, "\",\"subscription_type\":\"%s\",\"subscription_version\":\"%s\"},"
+                           "\"payload\":{\"subscription\":",
+                       s->type, s->version);
+            buf_adds(&m, sjt);
+            buf_adds(&m, ",\"event\":");
+            buf_adds(&m, evt);
+            buf_adds(&m, "}}");
+            free(evt);
+            free(sjt);
+            rt->tmpl = m.p;
+            rt->len = m.len;
+        }
+    }
+    cJSON_Delete(chans);
+    b->total = count * (uint64_t)b->nroutes + dropped;
+    /* one generator per target connection */
+    for (int i = 0; i < b->nroutes; i++) {
+        conn_t *c = b->routes[i].target;
+        bgen_t *g = NULL;
+        for (bgen_t *x = c->gens; x; x = x->next)
+            if (x->b == b)
+                g = x;
+        if (!g) {
+            g = xcalloc(1, sizeof *g);
+            g->b = b;
+            g->routes = xcalloc((size_t)b->nroutes, sizeof(int));
+            bgen_t **pp = &c->gens;
+            while (*pp)
+                pp = &(*pp)->next;
+            *pp = g;
+            b->refs++;
+            if (c->wsi)
+                lws_callback_on_writable(c->wsi);
+        }
+        g->routes[g->nroutes++] = i;
+        g->remaining += count;
+    }
+    b->next = M->blasts;
+    M->blasts = b;
+    if (dropped)
+        blast_dropped(b, dropped);
+    blast_check(b);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "blast_id", b->id);
+    cJSON_AddNumberToObject(o, "total", (double)b->total);
+    ok_obj(r, o);
+}
+
+static void c_blast_get(hreq_t *r, const char *id)
+{
+    for (blast_t *b = M->blasts; b; b = b->next)
+        if (!strcmp(b->id, id)) {
+            if (b->done)
+                blast_release(b);
+            double secs = (double)((b->done ? b->end_us : mono_us()) - b->start_us) / 1e6;
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "blast_id", b->id);
+            cJSON_AddNumberToObject(o, "sent", (double)b->sent);
+            cJSON_AddNumberToObject(o, "dropped", (double)b->dropped);
+            cJSON_AddNumberToObject(o, "total", (double)b->total);
+            cJSON_AddBoolToObject(o, "done", b->done);
+            cJSON_AddNumberToObject(o, "seconds", secs);
+            cJSON_AddNumberToObject(o, "rate", secs > 0 ? floor((double)b->sent / secs) : 0);
+            ok_obj(r, o);
+            return;
+        }
+    cerr(r, 404, "blast not found");
+}
+
+/* ---------------- sessions ---------------- */
+
+static cJSON *session_obj(session_t *s)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", s->id);
+    cJSON_AddBoolToObject(o, "connected", s->connected);
+    cJSON *sh = cJSON_AddArrayToObject(o, "shards");
+    for (conduit_t *c = M->conduits; c; c = c->next)
+        for (int i = 0; i < c->shard_count; i++)
+            if (c->shards[i].method == T_WS && !strcmp(c->shards[i].session_id, s->id) &&
+                !strcmp(c->shards[i].status, "enabled")) {
+                cJSON *x = cJSON_CreateObject();
+                cJSON_AddStringToObject(x, "conduit_id", c->id);
+                char sid[16];
+                snprintf(sid, sizeof sid, "%d", i);
+                cJSON_AddStringToObject(x, "shard", sid);
+                cJSON_AddItemToArray(sh, x);
+            }
+    cJSON_AddNumberToObject(o, "keepalive", s->keepalive);
+    cJSON_AddBoolToObject(o, "reconnecting", s->reconnecting || s->old != NULL);
+    cJSON_AddStringToObject(o, "connected_at", s->connected_at);
+    if (s->disconnected_at[0])
+        cJSON_AddStringToObject(o, "disconnected_at", s->disconnected_at);
+    cJSON_AddNumberToObject(o, "queued", s->cur ? (double)s->cur->qlen : 0);
+    return o;
+}
+
+static cJSON *sessions_arr(void)
+{
+    /* oldest first */
+    cJSON *a = cJSON_CreateArray();
+    size_t n = 0;
+    for (session_t *s = M->sessions; s; s = s->next)
+        n++;
+    session_t **v = xmalloc((n ? n : 1) * sizeof *v);
+    size_t i = 0;
+    for (session_t *s = M->sessions; s; s = s->next)
+        v[i++] = s;
+    while (i > 0)
+        cJSON_AddItemToArray(a, session_obj(v[--i]));
+    free(v);
+    return a;
+}
+
+static void c_session_action(hreq_t *r, const char *rest, cJSON *body)
+{
+    char id[ID_LEN + 8];
+    const char *slash = strchr(rest, '/');
+    if (!slash || (size_t)(slash - rest) >= sizeof id) {
+        cerr(r, 404, "unknown control path");
+        return;
+    }
+    memcpy(id, rest, (size_t)(slash - rest));
+    id[slash - rest] = 0;
+    const char *action = slash + 1;
+    session_t *s = find_session(id);
+    if (!s) {
+        cerr(r, 404, "session not found");
+        return;
+    }
+    if (!s->cur) {
+        cerr(r, 400, "session is not connected");
+        return;
+    }
+    if (!strcmp(action, "close")) {
+        int code = 4000;
+        const cJSON *jc = body ? cJSON_GetObjectItemCaseSensitive(body, "code") : NULL;
+        if (jc) {
+            if (!cJSON_IsNumber(jc)) {
+                cerr(r, 400, "code must be a number");
+                return;
+            }
+            code = (int)jc->valuedouble;
+        }
+        if (!(code == 1000 || (code >= 4000 && code <= 4007))) {
+            cerr(r, 400, "code must be 1000 or 4000..4007");
+            return;
+        }
+        const char *reason = body ? jstr(body, "reason") : NULL;
+        session_close(s, code, reason);
+    } else if (!strcmp(action, "reconnect")) {
+        if (s->reconnecting) {
+            cerr(r, 400, "session is already reconnecting");
+            return;
+        }
+        session_reconnect(s);
+        cJSON *o = cJSON_CreateObject();
+        char url[160];
+        snprintf(url, sizeof url, "ws://127.0.0.1:%d/ws?reconnect_id=%s", M->port, s->reconnect_id);
+        cJSON_AddStringToObject(o, "reconnect_url", url);
+        ok_obj(r, o);
+        return;
+    } else if (!strcmp(action, "drop")) {
+        session_drop(s);
+    } else if (!strcmp(action, "malformed")) {
+        session_malformed(s);
+    } else {
+        cerr(r, 404, "unknown session action");
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", 1);
+    ok_obj(r, o);
+}
+
+/* ---------------- misc ---------------- */
+
+static void c_revoke(hreq_t *r, const char *rest, cJSON *body)
+{
+    char id[ID_LEN + 8];
+    const char *slash = strchr(rest, '/');
+    if (!slash || strcmp(slash, "/revoke") || (size_t)(slash - rest) >= sizeof id) {
+        cerr(r, 404, "unknown control path");
+        return;
+    }
+    memcpy(id, rest, (size_t)(slash - rest));
+    id[slash - rest] = 0;
+    sub_t *s = find_sub(id);
+    if (!s) {
+        cerr(r, 404, "subscription not found");
+        return;
+    }
+    const cJSON *js = body ? cJSON_GetObjectItemCaseSensitive(body, "status") : NULL;
+    if (js && (!cJSON_IsString(js) || !*js->valuestring || strlen(js->valuestring) >= 48)) {
+        cerr(r, 400, "status must be a non-empty string");
+        return;
+    }
+    const char *st = js ? js->valuestring : "authorization_revoked";
+    char mid[ID_LEN];
+    uint64_t seq = produce(s, match_value(s), NULL, 1, st, mid);
+    snprintf(s->status, sizeof s->status, "%s", st);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "message_id", mid);
+    cJSON_AddNumberToObject(o, "seq", (double)seq);
+    ok_obj(r, o);
+}
+
+static void c_faults(hreq_t *r, cJSON *body)
+{
+    if (!cJSON_IsObject(body)) {
+        cerr(r, 400, "body must be a JSON object");
+        return;
+    }
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(body, "helix");
+    if (h && !cJSON_IsArray(h)) {
+        cerr(r, 400, "helix must be an array");
+        return;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, h)
+    {
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(it, "status");
+        const cJSON *cn = cJSON_GetObjectItemCaseSensitive(it, "count");
+        const cJSON *pa = cJSON_GetObjectItemCaseSensitive(it, "path");
+        if (!cJSON_IsNumber(st) || st->valuedouble < 400 || st->valuedouble > 599 ||
+            (cn && (!cJSON_IsNumber(cn) || cn->valuedouble < 1)) || (pa && !cJSON_IsString(pa))) {
+            cerr(r, 400, "helix faults need status 400..599, count >= 1, path string");
+            return;
+        }
+    }
+    const cJSON *lat = cJSON_GetObjectItemCaseSensitive(body, "latency_ms");
+    if (lat && (!cJSON_IsNumber(lat) || lat->valuedouble < 0 || lat->valuedouble > 600000)) {
+        cerr(r, 400, "latency_ms must be a number in [0, 600000]");
+        return;
+    }
+    const cJSON *dn = cJSON_GetObjectItemCaseSensitive(body, "duplicate_next");
+    const cJSON *sn = cJSON_GetObjectItemCaseSensitive(body, "stale_next");
+    if ((dn && (!cJSON_IsNumber(dn) || dn->valuedouble < 0)) ||
+        (sn && (!cJSON_IsNumber(sn) || sn->valuedouble < 0))) {
+        cerr(r, 400, "duplicate_next and stale_next must be non-negative numbers");
+        return;
+    }
+    const cJSON *mf = cJSON_GetObjectItemCaseSensitive(body, "malformed_frame");
+    session_t *mfs = NULL;
+    if (mf) {
+        if (!cJSON_IsObject(mf) && !cJSON_IsTrue(mf)) {
+            cerr(r, 400, "malformed_frame must be an object");
+            return;
+        }
+        const char *sid = cJSON_IsObject(mf) ? jstr(mf, "session_id") : NULL;
+        if (sid) {
+            mfs = find_session(sid);
+            if (!mfs || !mfs->cur) {
+                cerr(r, 404, "session not found or not connected");
+                return;
+            }
+        }
+    }
+    /* all valid: apply */
+    cJSON_ArrayForEach(it, h)
+    {
+        hfault_t *f = xcalloc(1, sizeof *f);
+        f->status = (int)cJSON_GetObjectItemCaseSensitive(it, "status")->valuedouble;
+        const cJSON *cn = cJSON_GetObjectItemCaseSensitive(it, "count");
+        f->count = cn ? (int)cn->valuedouble : 1;
+        const char *pa = jstr(it, "path");
+        f->path = pa ? xstrdup(pa) : NULL;
+        hfault_t **pp = &M->hfaults;
+        while (*pp)
+            pp = &(*pp)->next;
+        *pp = f;
+    }
+    if (lat)
+        M->latency_ms = (int)lat->valuedouble;
+    if (dn)
+        M->duplicate_next = (int)dn->valuedouble;
+    if (sn)
+        M->stale_next = (int)sn->valuedouble;
+    int nmal = 0;
+    if (mf) {
+        if (mfs) {
+            session_malformed(mfs);
+            nmal = 1;
+        } else
+            for (session_t *s = M->sessions; s; s = s->next)
+                if (s->cur) {
+                    session_malformed(s);
+                    nmal++;
+                }
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", 1);
+    cJSON_AddNumberToObject(o, "malformed_sent", nmal);
+    ok_obj(r, o);
+}
+
+static void c_tokens_revoke(hreq_t *r, cJSON *body)
+{
+    if (!cJSON_IsObject(body)) {
+        cerr(r, 400, "body must be a JSON object");
+        return;
+    }
+    int n = 0;
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(body, "all"))) {
+        for (token_t *t = M->tokens; t; t = t->next)
+            if (!t->revoked) {
+                t->revoked = 1;
+                n++;
+            }
+    } else {
+        const char *tok = jstr(body, "token");
+        if (!tok) {
+            cerr(r, 400, "token or all:true is required");
+            return;
+        }
+        for (token_t *t = M->tokens; t; t = t->next)
+            if (!strcmp(t->tok, tok)) {
+                t->revoked = 1;
+                n++;
+            }
+        if (!n) {
+            cerr(r, 404, "token not found");
+            return;
+        }
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "revoked", n);
+    ok_obj(r, o);
+}
+
+static void c_clock(hreq_t *r, cJSON *body)
+{
+    if (body && !cJSON_IsObject(body)) {
+        cerr(r, 400, "body must be a JSON object");
+        return;
+    }
+    const cJSON *sp = body ? cJSON_GetObjectItemCaseSensitive(body, "speed") : NULL;
+    const cJSON *adv = body ? cJSON_GetObjectItemCaseSensitive(body, "advance_s") : NULL;
+    if ((sp && (!cJSON_IsNumber(sp) || sp->valuedouble < 0 || sp->valuedouble > 1e7)) ||
+        (adv && (!cJSON_IsNumber(adv) || adv->valuedouble < 0 || adv->valuedouble > 1e10))) {
+        cerr(r, 400, "speed must be in [0, 1e7] and advance_s >= 0");
+        return;
+    }
+    double now = emu_now();
+    M->emu_base = now;
+    M->mono_base = mono_us();
+    if (sp)
+        M->speed = sp->valuedouble;
+    if (adv)
+        M->emu_base += adv->valuedouble;
+    housekeeping();
+    cJSON *o = cJSON_CreateObject();
+    char ts[40];
+    fmt_time(emu_now(), ts);
+    cJSON_AddStringToObject(o, "now", ts);
+    cJSON_AddNumberToObject(o, "speed", M->speed);
+    ok_obj(r, o);
+}
+
+static cJSON *ledger_entry_json(lent_t *e)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "seq", (double)e->seq);
+    cJSON_AddStringToObject(o, "message_id", e->msg_id);
+    cJSON_AddStringToObject(o, "message_type", e->kind ? "revocation" : "notification");
+    cJSON_AddStringToObject(o, "type", e->type);
+    cJSON_AddStringToObject(o, "subscription_id", e->sub_id);
+    if (e->conduit_id[0])
+        cJSON_AddStringToObject(o, "conduit_id", e->conduit_id);
+    else
+        cJSON_AddNullToObject(o, "conduit_id");
+    if (e->channel)
+        cJSON_AddStringToObject(o, "channel", e->channel);
+    else
+        cJSON_AddNullToObject(o, "channel");
+    cJSON_AddStringToObject(o, "status",
+                            e->status == L_DELIVERED ? "delivered"
+                            : e->status == L_DROPPED ? "dropped"
+                                                     : "pending");
+    if (e->shard >= 0) {
+        char sh[16];
+        snprintf(sh, sizeof sh, "%d", e->shard);
+        cJSON_AddStringToObject(o, "shard", sh);
+    } else
+        cJSON_AddNullToObject(o, "shard");
+    if (e->session_id[0])
+        cJSON_AddStringToObject(o, "session_id", e->session_id);
+    else
+        cJSON_AddNullToObject(o, "session_id");
+    if (e->reason && e->status != L_DELIVERED)
+        cJSON_AddStringToObject(o, "reason", e->reason);
+    else
+        cJSON_AddNullToObject(o, "reason");
+    cJSON *at = cJSON_AddArrayToObject(o, "attempts");
+    for (int i = 0; i < e->nattempts; i++) {
+        cJSON *a = cJSON_CreateObject();
+        if (e->att[i].shard >= 0) {
+            char sh[16];
+            snprintf(sh, sizeof sh, "%d", e->att[i].shard);
+            cJSON_AddStringToObject(a, "shard", sh);
+        } else
+            cJSON_AddNullToObject(a, "shard");
+        cJSON_AddStringToObject(a, "session_id", e->att[i].session_id);
+        cJSON_AddStringToObject(a, "result", e->att[i].result ? e->att[i].result : "");
+        cJSON_AddItemToArray(at, a);
+    }
+    return o;
+}
+
+static void c_ledger(hreq_t *r)
+{
+    char sv[32];
+    uint64_t since = 0;
+    if (qparam(r->query, "since", sv, sizeof sv, 0)) {
+        char *e = NULL;
+        unsigned long long v = strtoull(sv, &e, 10);
+        if (!sv[0] || *e) {
+            cerr(r, 400, "since must be a sequence number");
+            return;
+        }
+        since = v;
+    }
+    /* build the text directly: the ledger can be large */
+    cJSON *o = cJSON_CreateObject();
+    cJSON *ents = cJSON_AddArrayToObject(o, "entries");
+    uint64_t pending = 0;
+    for (size_t i = 0; i < M->nledger; i++) {
+        lent_t *e = M->ledger[i];
+        if (e->status == L_PENDING)
+            pending++;
+        if (e->seq > since)
+            cJSON_AddItemToArray(ents, ledger_entry_json(e));
+    }
+    cJSON_AddNumberToObject(o, "delivered", (double)(M->n_delivered + M->blast_delivered));
+    cJSON_AddNumberToObject(o, "dropped", (double)(M->n_dropped + M->blast_dropped));
+    cJSON_AddNumberToObject(o, "pending", (double)pending);
+    cJSON_AddNumberToObject(o, "last_seq", (double)(M->ledger_base + M->nledger));
+    cJSON_AddNumberToObject(o, "blast_delivered", (double)M->blast_delivered);
+    cJSON_AddNumberToObject(o, "blast_dropped", (double)M->blast_dropped);
+    ok_obj(r, o);
+}
+
+static void c_state(hreq_t *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *cs = cJSON_AddArrayToObject(o, "conduits");
+    for (conduit_t *c = M->conduits; c; c = c->next) {
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "id", c->id);
+        cJSON_AddStringToObject(x, "client_id", c->client_id);
+        cJSON_AddNumberToObject(x, "shard_count", c->shard_count);
+        cJSON *sh = cJSON_AddArrayToObject(x, "shards");
+        for (int i = 0; i < c->shard_count; i++)
+            cJSON_AddItemToArray(sh, shard_json(c, i));
+        cJSON_AddItemToArray(cs, x);
+    }
+    cJSON_AddItemToObject(o, "sessions", sessions_arr());
+    cJSON *ss = cJSON_AddArrayToObject(o, "subscriptions");
+    for (sub_t *s = M->subs; s; s = s->next)
+        cJSON_AddItemToArray(ss, sub_json(s));
+    int nt = 0;
+    for (token_t *t = M->tokens; t; t = t->next)
+        nt++;
+    cJSON_AddNumberToObject(o, "tokens", nt);
+    cJSON *hc = cJSON_AddObjectToObject(o, "helix_calls");
+    cJSON_AddNumberToObject(hc, "total", (double)M->helix_total);
+    cJSON *br = cJSON_AddObjectToObject(hc, "by_route");
+    for (route_ctr_t *rc = M->routes; rc; rc = rc->next)
+        cJSON_AddNumberToObject(br, rc->name, (double)rc->n);
+    char ts[40];
+    fmt_time(emu_now(), ts);
+    cJSON_AddStringToObject(o, "clock", ts);
+    cJSON_AddNumberToObject(o, "speed", M->speed);
+    ok_obj(r, o);
+}
+
+cJSON *config_json(void)
+{
+    config_t *c = &M->cfg;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "keepalive_default", c->keepalive_default);
+    cJSON_AddNumberToObject(o, "keepalive_min", c->keepalive_min);
+    cJSON_AddNumberToObject(o, "keepalive_max", c->keepalive_max);
+    cJSON_AddNumberToObject(o, "assign_window_s", c->assign_window_s);
+    cJSON_AddNumberToObject(o, "reconnect_grace_s", c->reconnect_grace_s);
+    cJSON_AddNumberToObject(o, "ping_interval_s", c->ping_interval_s);
+    cJSON_AddNumberToObject(o, "token_ttl_s", c->token_ttl_s);
+    cJSON_AddNumberToObject(o, "rate_limit", c->rate_limit);
+    cJSON_AddNumberToObject(o, "max_conduits", c->max_conduits);
+    cJSON_AddNumberToObject(o, "max_shards", c->max_shards);
+    cJSON_AddNumberToObject(o, "shard_page_size", c->shard_page_size);
+    cJSON_AddNumberToObject(o, "sub_page_size", c->sub_page_size);
+    cJSON_AddStringToObject(o, "routing_key", c->routing_key);
+    cJSON_AddNumberToObject(o, "max_frame_bytes", (double)c->max_frame_bytes);
+    cJSON_AddBoolToObject(o, "strict_webhook_urls", c->strict_webhook_urls);
+    cJSON_AddNumberToObject(o, "webhook_max_attempts", c->webhook_max_attempts);
+    cJSON_AddNumberToObject(o, "webhook_retry_base_s", c->webhook_retry_base_s);
+    cJSON_AddNumberToObject(o, "webhook_timeout_s", c->webhook_timeout_s);
+    cJSON_AddNumberToObject(o, "webhook_failures_limit", c->webhook_failures_limit);
+    cJSON_AddNumberToObject(o, "max_total_cost", c->sub_max_cost);
+    return o;
+}
+
+static void shutdown_cb(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
+    M->stop = 1;
+    lws_cancel_service(M->ctx);
+}
+
+void handle_control(hreq_t *r, const char *p, cJSON *body)
+{
+    int post = !strcmp(r->method, "POST"), get = !strcmp(r->method, "GET");
+    if (body && !cJSON_IsObject(body)) {
+        cerr(r, 400, "body must be a JSON object");
+        return;
+    }
+    if (post && !strcmp(p, "/trigger"))
+        c_trigger(r, body);
+    else if (post && !strcmp(p, "/stream"))
+        c_stream(r, body);
+    else if (post && !strcmp(p, "/stream/stop"))
+        c_stream_stop(r, body);
+    else if (get && !strncmp(p, "/stream/", 8))
+        c_stream_get(r, p + 8);
+    else if (post && !strcmp(p, "/blast"))
+        c_blast(r, body);
+    else if (get && !strncmp(p, "/blast/", 7))
+        c_blast_get(r, p + 7);
+    else if (get && !strcmp(p, "/sessions")) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "sessions", sessions_arr());
+        ok_obj(r, o);
+    } else if (post && !strncmp(p, "/sessions/", 10))
+        c_session_action(r, p + 10, body);
+    else if (post && !strncmp(p, "/subscriptions/", 15))
+        c_revoke(r, p + 15, body);
+    else if (post && !strcmp(p, "/faults"))
+        c_faults(r, body);
+    else if (post && !strcmp(p, "/tokens/revoke"))
+        c_tokens_revoke(r, body);
+    else if (post && !strcmp(p, "/clock"))
+        c_clock(r, body);
+    else if (get && !strcmp(p, "/clock"))
+        c_clock(r, NULL);
+    else if (get && !strcmp(p, "/state"))
+        c_state(r);
+    else if (get && !strcmp(p, "/ledger"))
+        c_ledger(r);
+    else if (post && !strcmp(p, "/config")) {
+        char err[256] = "";
+        if (!body) {
+            cerr(r, 400, "body must be a JSON object");
+            return;
+        }
+        apply_config(body, err, sizeof err);
+        if (err[0]) {
+            cerr(r, 400, err);
+            return;
+        }
+        ok_obj(r, config_json());
+    } else if (get && !strcmp(p, "/config"))
+        ok_obj(r, config_json());
+    else if (post && !strcmp(p, "/reset")) {
+        streams_stop_all();
+        reset_helix_state();
+        ledger_free_all();
+        for (int i = 0; i < M->nclients; i++)
+            M->clients[i].bucket = -1;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddBoolToObject(o, "ok", 1);
+        ok_obj(r, o);
+    } else if (post && !strcmp(p, "/shutdown")) {
+        static lws_sorted_usec_list_t sul;
+        lws_sul_schedule(M->ctx, 0, &sul, shutdown_cb, 100 * 1000);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddBoolToObject(o, "ok", 1);
+        ok_obj(r, o);
+    } else
+        cerr(r, 404, "unknown control path");
+}

@@ -1,0 +1,887 @@
+/* EventSub websocket sessions, conduit routing, the ledger and delivery. */
+#include "mock.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define BATCH_BYTES (256 * 1024)
+
+/* ---------------- ledger ---------------- */
+
+lent_t *ledger_get(uint64_t seq)
+{
+    if (seq <= M->ledger_base || seq > M->ledger_base + M->nledger)
+        return NULL;
+    return M->ledger[seq - M->ledger_base - 1];
+}
+
+static lent_t *ledger_new(void)
+{
+    if (M->nledger == M->capledger) {
+        size_t nc = M->capledger ? M->capledger * 2 : 1024;
+        lent_t **n = realloc(M->ledger, nc * sizeof *n);
+        if (!n)
+            abort();
+        M->ledger = n;
+        M->capledger = nc;
+    }
+    lent_t *e = xcalloc(1, sizeof *e);
+    M->ledger[M->nledger++] = e;
+    e->seq = M->ledger_base + M->nledger;
+    e->shard = -1;
+    return e;
+}
+
+void ledger_set(uint64_t seq, int status, const char *reason)
+{
+    lent_t *e = ledger_get(seq);
+    if (!e || e->status != L_PENDING)
+        return;
+    e->status = status;
+    if (reason)
+        e->reason = reason;
+    if (e->nattempts > 0) {
+        attempt_t *a = &e->att[e->nattempts - 1];
+        if (a->result && !strcmp(a->result, "queued"))
+            a->result = status == L_DELIVERED ? "delivered" : "dropped";
+    }
+    if (status == L_DELIVERED)
+        M->n_delivered++;
+    else if (status == L_DROPPED)
+        M->n_dropped++;
+}
+
+static void ledger_attempt(lent_t *e, int shard, const char *sid, const char *result)
+{
+    if (!e)
+        return;
+    if (e->nattempts >= MAX_ATTEMPTS) {
+        /* keep the last slot current */
+        e->nattempts = MAX_ATTEMPTS - 1;
+    }
+    attempt_t *a = &e->att[e->nattempts++];
+    a->shard = shard;
+    snprintf(a->session_id, sizeof a->session_id, "%s", sid ? sid : "");
+    a->result = result;
+    e->shard = shard;
+    snprintf(e->session_id, sizeof e->session_id, "%s", sid ? sid : "");
+}
+
+void ledger_free_all(void)
+{
+    for (size_t i = 0; i < M->nledger; i++) {
+        free(M->ledger[i]->type);
+        free(M->ledger[i]->channel);
+        free(M->ledger[i]);
+    }
+    free(M->ledger);
+    M->ledger = NULL;
+    M->ledger_base += M->nledger;
+    M->nledger = M->capledger = 0;
+    M->n_delivered = M->n_dropped = 0;
+    M->blast_delivered = M->blast_dropped = 0;
+}
+
+/* ---------------- sessions ---------------- */
+
+session_t *find_session(const char *id)
+{
+    if (!id)
+        return NULL;
+    for (session_t *s = M->sessions; s; s = s->next)
+        if (!strcmp(s->id, id))
+            return s;
+    return NULL;
+}
+
+int session_live(session_t *s)
+{
+    return s && s->connected && s->cur && s->cur->welcomed && !s->cur->closing;
+}
+
+static void gen_session_id(char out[ID_LEN])
+{
+    static const char al[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    strcpy(out, "AgoQ");
+    for (int i = 4; i < 28; i++)
+        out[i] = al[rnd64() & 63];
+    out[28] = 0;
+}
+
+void enqueue_conn(conn_t *c, const char *data, size_t len, uint64_t seq)
+{
+    outmsg_t *m = xmalloc(sizeof *m + len + 1);
+    m->next = NULL;
+    m->seq = seq;
+    m->is_close = 0;
+    m->len = len;
+    memcpy(m->data, data, len);
+    m->data[len] = 0;
+    if (c->qtail)
+        c->qtail->next = m;
+    else
+        c->qhead = m;
+    c->qtail = m;
+    c->qlen++;
+    if (c->wsi)
+        lws_callback_on_writable(c->wsi);
+}
+
+static void meta_begin(buf_t *b, const char *type, const char *msg_id, const char *ts)
+{
+    buf_printf(b, "{\"metadata\":{\"message_id\":\"%s\",\"message_type\":\"%s\","
+                  "\"message_timestamp\":\"%s\"",
+               msg_id, type, ts);
+}
+
+static void send_welcome(conn_t *c)
+{
+    session_t *s = c->sess;
+    char id[ID_LEN], ts[40];
+    gen_uuid(id);
+    fmt_time(wall_now(), ts);
+    buf_t b = {0};
+    meta_begin(&b, "session_welcome", id, ts);
+    buf_printf(&b, "},\"payload\":{\"session\":{\"id\":\"%s\",\"status\":\"connected\","
+                   "\"connected_at\":\"%s\",\"keepalive_timeout_seconds\":%d,"
+                   "\"reconnect_url\":null,\"recovery_url\":null}}}",
+               s->id, s->connected_at, c->keepalive);
+    enqueue_conn(c, b.p, b.len, 0);
+    buf_free(&b);
+    c->welcomed = 1;
+}
+
+static void send_keepalive(conn_t *c)
+{
+    char id[ID_LEN], ts[40];
+    gen_uuid(id);
+    fmt_time(wall_now(), ts);
+    buf_t b = {0};
+    meta_begin(&b, "session_keepalive", id, ts);
+    buf_adds(&b, "},\"payload\":{}}");
+    enqueue_conn(c, b.p, b.len, 0);
+    buf_free(&b);
+}
+
+static const char *status_for_code(int code)
+{
+    switch (code) {
+    case 4000: return "websocket_internal_error";
+    case 4001: return "websocket_received_inbound_traffic";
+    case 4002: return "websocket_failed_ping_pong";
+    case 4003: return "websocket_connection_unused";
+    case 4004: return "websocket_failed_to_reconnect";
+    case 4005: return "websocket_network_timeout";
+    case 4006: return "websocket_network_error";
+    default: return "websocket_disconnected";
+    }
+}
+
+static const char *reason_for_code(int code)
+{
+    switch (code) {
+    case 4000: return "internal server error";
+    case 4001: return "sent inbound traffic";
+    case 4002: return "failed ping pong";
+    case 4003: return "connection unused";
+    case 4004: return "reconnect grace time expired";
+    case 4005: return "network timeout";
+    case 4006: return "network error";
+    case 4007: return "invalid reconnect";
+    default: return "";
+    }
+}
+
+static void conn_close(conn_t *c, int code, const char *reason)
+{
+    if (!c || c->closing)
+        return;
+    c->closing = 1;
+    c->close_code = code;
+    snprintf(c->close_reason, sizeof c->close_reason, "%s",
+             reason && *reason ? reason : reason_for_code(code));
+    c->end_status = status_for_code(code);
+    if (c->wsi)
+        lws_callback_on_writable(c->wsi);
+}
+
+static void ka_cb(lws_sorted_usec_list_t *sul)
+{
+    conn_t *c = lws_container_of(sul, conn_t, sul_ka);
+    if (c->closing || c->retired)
+        return;
+    int64_t now = mono_us();
+    int64_t ka = (int64_t)c->keepalive * 1000000;
+    int64_t idle = now - c->last_tx_us;
+    if (idle >= ka - 1000 && c->qlen == 0 && !c->gens) {
+        send_keepalive(c);
+        c->last_tx_us = now; /* counts from the enqueue; write follows at once */
+        lws_sul_schedule(M->ctx, 0, &c->sul_ka, ka_cb, ka);
+    } else {
+        int64_t rem = ka - idle;
+        if (rem < 1000)
+            rem = ka;
+        lws_sul_schedule(M->ctx, 0, &c->sul_ka, ka_cb, rem);
+    }
+}
+
+static void ping_cb(lws_sorted_usec_list_t *sul)
+{
+    conn_t *c = lws_container_of(sul, conn_t, sul_ping);
+    if (c->closing)
+        return;
+    if (c->awaiting_pong) {
+        conn_close(c, 4002, NULL);
+        return;
+    }
+    c->ping_due = 1;
+    if (c->wsi)
+        lws_callback_on_writable(c->wsi);
+    lws_sul_schedule(M->ctx, 0, &c->sul_ping, ping_cb,
+                     (lws_usec_t)(M->cfg.ping_interval_s * 1e6));
+}
+
+static void assign_cb(lws_sorted_usec_list_t *sul)
+{
+    conn_t *c = lws_container_of(sul, conn_t, sul_assign);
+    if (c->closing || !c->sess)
+        return;
+    if (!c->sess->assigned)
+        conn_close(c, 4003, NULL);
+}
+
+static void grace_cb(lws_sorted_usec_list_t *sul)
+{
+    /* old connection not closed by the client within the grace period */
+    conn_t *c = lws_container_of(sul, conn_t, sul_grace);
+    conn_close(c, 4004, NULL);
+}
+
+static void rc_timeout_cb(lws_sorted_usec_list_t *sul)
+{
+    /* the client never connected to reconnect_url */
+    session_t *s = lws_container_of(sul, session_t, sul_rc);
+    if (!s->reconnecting)
+        return;
+    s->reconnecting = 0;
+    s->reconnect_id[0] = 0;
+    if (s->cur)
+        conn_close(s->cur, 4004, NULL);
+}
+
+static void parse_ws_query(struct lws *wsi, int *ka, char *rcid, size_t rclen)
+{
+    char frag[512];
+    rcid[0] = 0;
+    for (int i = 0; i < 64; i++) {
+        int n = lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (n < 0)
+            break;
+        char v[400];
+        if (qparam(frag, "keepalive_timeout_seconds", v, sizeof v, 0)) {
+            char *e = NULL;
+            long x = strtol(v, &e, 10);
+            if (e != v && *e == 0) {
+                if (x < M->cfg.keepalive_min)
+                    x = M->cfg.keepalive_min;
+                if (x > M->cfg.keepalive_max)
+                    x = M->cfg.keepalive_max;
+                *ka = (int)x;
+            }
+        }
+        if (qparam(frag, "reconnect_id", v, sizeof v, 0))
+        {
+            size_t vl = strlen(v);
+            if (!vl || vl >= rclen)
+                strcpy(rcid, "-"); /* never matches a real id */
+            else
+                memcpy(rcid, v, vl + 1);
+        }
+    }
+}
+
+void ws_established(struct lws *wsi, pss_t *p)
+{
+    conn_t *c = xcalloc(1, sizeof *c);
+    c->wsi = wsi;
+    p->conn = c;
+    c->last_tx_us = mono_us();
+    int ka = M->cfg.keepalive_default;
+    char rcid[ID_LEN + 8];
+    parse_ws_query(wsi, &ka, rcid, sizeof rcid);
+    c->keepalive = ka;
+    if (rcid[0]) {
+        session_t *s = NULL;
+        for (session_t *x = M->sessions; x; x = x->next)
+            if (x->reconnecting && x->reconnect_id[0] && !strcmp(x->reconnect_id, rcid)) {
+                s = x;
+                break;
+            }
+        if (!s || !s->cur || s->cur->closing) {
+            c->bad_reconnect = 1;
+            conn_close(c, 4007, NULL);
+            c->end_status = NULL;
+            return;
+        }
+        lws_sul_cancel(&s->sul_rc);
+        s->reconnecting = 0;
+        s->reconnect_id[0] = 0;
+        conn_t *old = s->cur;
+        old->retired = 1;
+        lws_sul_cancel(&old->sul_ka);
+        lws_sul_cancel(&old->sul_assign);
+        if (s->old && s->old != old)
+            conn_close(s->old, 4004, NULL);
+        s->old = old;
+        s->cur = c;
+        c->sess = s;
+        s->keepalive = ka;
+        send_welcome(c);
+        lws_sul_schedule(M->ctx, 0, &old->sul_grace, grace_cb,
+                         (lws_usec_t)(M->cfg.reconnect_grace_s * 1e6));
+    } else {
+        session_t *s = xcalloc(1, sizeof *s);
+        gen_session_id(s->id);
+        s->cur = c;
+        s->connected = 1;
+        s->keepalive = ka;
+        fmt_time(emu_now(), s->connected_at);
+        s->next = M->sessions;
+        M->sessions = s;
+        c->sess = s;
+        send_welcome(c);
+        lws_sul_schedule(M->ctx, 0, &c->sul_assign, assign_cb,
+                         (lws_usec_t)(M->cfg.assign_window_s * 1e6));
+    }
+    lws_sul_schedule(M->ctx, 0, &c->sul_ka, ka_cb, (lws_usec_t)c->keepalive * 1000000);
+    lws_sul_schedule(M->ctx, 0, &c->sul_ping, ping_cb,
+                     (lws_usec_t)(M->cfg.ping_interval_s * 1e6));
+}
+
+void ws_receive(conn_t *c, int is_pong)
+{
+    (void)is_pong;
+    if (!c->closing)
+        conn_close(c, 4001, NULL);
+}
+
+void ws_pong(conn_t *c) { c->awaiting_pong = 0; }
+
+static void confirm_inflight(conn_t *c, int delivered)
+{
+    for (size_t i = 0; i < c->ninflight; i++)
+        ledger_set(c->inflight[i], delivered ? L_DELIVERED : L_DROPPED,
+                   delivered ? NULL : "socket closed before the frame was flushed");
+    c->ninflight = 0;
+}
+
+static size_t frame_header(unsigned char *h, size_t len)
+{
+    h[0] = 0x81;
+    if (len < 126) {
+        h[1] = (unsigned char)len;
+        return 2;
+    }
+    if (len < 65536) {
+        h[1] = 126;
+        h[2] = (unsigned char)(len >> 8);
+        h[3] = (unsigned char)len;
+        return 4;
+    }
+    h[1] = 127;
+    for (int i = 0; i < 8; i++)
+        h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    return 10;
+}
+
+static unsigned char *batch_room(size_t need)
+{
+    if (M->batch_cap < need + LWS_PRE) {
+        size_t nc = need + LWS_PRE + BATCH_BYTES;
+        free(M->batch);
+        M->batch = xmalloc(nc);
+        M->batch_cap = nc;
+    }
+    return (unsigned char *)M->batch + LWS_PRE;
+}
+
+void blast_gen_free(conn_t *c)
+{
+    while (c->gens) {
+        bgen_t *g = c->gens;
+        c->gens = g->next;
+        if (g->remaining)
+            blast_dropped(g->b, g->remaining);
+        g->b->refs--;
+        free(g->routes);
+        free(g);
+    }
+}
+
+int ws_writeable(conn_t *c)
+{
+    struct lws *wsi = c->wsi;
+    /* everything written by the previous callback has left lws' buffers */
+    confirm_inflight(c, 1);
+    if (c->blast_inflight) {
+        for (int i = 0; i < 8 && c->blast_inflight_b[i]; i++) {
+            (void)i;
+        }
+        c->blast_inflight = 0;
+    }
+    if (c->closing) {
+        if (c->close_code) {
+            lws_close_reason(wsi, (enum lws_close_status)c->close_code,
+                             (unsigned char *)c->close_reason, strlen(c->close_reason));
+        }
+        return -1;
+    }
+    if (c->ping_due) {
+        unsigned char pb[LWS_PRE + 4];
+        c->ping_due = 0;
+        c->awaiting_pong = 1;
+        if (lws_write(wsi, pb + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+            return -1;
+        if (c->qhead || c->gens)
+            lws_callback_on_writable(wsi);
+        return 0;
+    }
+    if (!c->qhead && !c->gens)
+        return 0;
+    size_t used = 0;
+    unsigned char *out = batch_room(BATCH_BYTES);
+    size_t cap = M->batch_cap - LWS_PRE;
+    int wrote = 0;
+    while (c->qhead) {
+        outmsg_t *m = c->qhead;
+        size_t need = m->len + 10;
+        if (used && used + need > cap)
+            break;
+        if (!used && need > cap) {
+            out = batch_room(need);
+            cap = M->batch_cap - LWS_PRE;
+        }
+        used += frame_header(out + used, m->len);
+        memcpy(out + used, m->data, m->len);
+        used += m->len;
+        if (m->seq) {
+            if (c->ninflight == c->capinflight) {
+                size_t nc = c->capinflight ? c->capinflight * 2 : 64;
+                uint64_t *ni = realloc(c->inflight, nc * sizeof *ni);
+                if (!ni)
+                    abort();
+                c->inflight = ni;
+                c->capinflight = nc;
+            }
+            c->inflight[c->ninflight++] = m->seq;
+        }
+        c->qhead = m->next;
+        if (!c->qhead)
+            c->qtail = NULL;
+        c->qlen--;
+        free(m);
+        wrote++;
+        if (used >= BATCH_BYTES)
+            break;
+    }
+    /* blast generators fill the rest of the batch */
+    char ts[40];
+    int have_ts = 0;
+    while (c->gens && used < BATCH_BYTES) {
+        bgen_t *g = c->gens;
+        if (!g->remaining) {
+            c->gens = g->next;
+            g->b->refs--;
+            free(g->routes);
+            free(g);
+            continue;
+        }
+        if (!have_ts) {
+            fmt_time(wall_now(), ts);
+            have_ts = 1;
+        }
+        uint64_t n = 0;
+        while (g->remaining && used < BATCH_BYTES) {
+            broute_t *r = &g->b->routes[g->routes[g->cur]];
+            if (used + r->len + 10 > cap)
+                break;
+            used += frame_header(out + used, r->len);
+            unsigned char *d = out + used;
+            memcpy(d, r->tmpl, r->len);
+            char id[ID_LEN];
+            gen_uuid(id);
+            memcpy(d + r->id_off, id, 36);
+            memcpy(d + r->ts_off, ts, 30);
+            used += r->len;
+            g->remaining--;
+            n++;
+            g->cur = (g->cur + 1) % g->nroutes;
+        }
+        blast_delivered(g->b, n);
+        wrote++;
+        if (g->remaining)
+            break;
+    }
+    if (used) {
+        if (lws_write(wsi, out, used, LWS_WRITE_RAW) < 0)
+            return -1;
+        c->last_tx_us = mono_us();
+    }
+    (void)wrote;
+    if (c->qhead || c->gens || c->ninflight)
+        lws_callback_on_writable(wsi);
+    return 0;
+}
+
+static void drop_queue(conn_t *c, const char *reason)
+{
+    while (c->qhead) {
+        outmsg_t *m = c->qhead;
+        c->qhead = m->next;
+        if (m->seq)
+            ledger_set(m->seq, L_DROPPED, reason);
+        free(m);
+    }
+    c->qtail = NULL;
+    c->qlen = 0;
+}
+
+void shard_set_disabled(conduit_t *c, int i, const char *status)
+{
+    shard_t *sh = &c->shards[i];
+    int was_enabled = !strcmp(sh->status, "enabled");
+    snprintf(sh->status, sizeof sh->status, "%s", status);
+    fmt_time(emu_now(), sh->disconnected_at);
+    if (was_enabled)
+        fire_shard_disabled(c, i);
+}
+
+static void session_lost(session_t *s, const char *status)
+{
+    s->connected = 0;
+    s->cur = NULL;
+    fmt_time(emu_now(), s->disconnected_at);
+    if (s->reconnecting) {
+        s->reconnecting = 0;
+        s->reconnect_id[0] = 0;
+        lws_sul_cancel(&s->sul_rc);
+    }
+    for (conduit_t *c = M->conduits; c; c = c->next)
+        for (int i = 0; i < c->shard_count; i++) {
+            shard_t *sh = &c->shards[i];
+            if (sh->method == T_WS && !strcmp(sh->session_id, s->id) &&
+                !strcmp(sh->status, "enabled"))
+                shard_set_disabled(c, i, status);
+        }
+    for (sub_t *u = M->subs; u; u = u->next)
+        if (u->method == T_WS && !strcmp(u->session_id, s->id) && !strcmp(u->status, "enabled")) {
+            snprintf(u->status, sizeof u->status, "%s", status);
+            fmt_time(emu_now(), u->disconnected_at);
+        }
+}
+
+void ws_closed(conn_t *c)
+{
+    lws_sul_cancel(&c->sul_ka);
+    lws_sul_cancel(&c->sul_ping);
+    lws_sul_cancel(&c->sul_grace);
+    lws_sul_cancel(&c->sul_assign);
+    confirm_inflight(c, 0);
+    drop_queue(c, "session closed");
+    blast_gen_free(c);
+    session_t *s = c->sess;
+    if (s) {
+        if (s->old == c) {
+            s->old = NULL;
+        } else if (s->cur == c) {
+            if (s->old) {
+                /* the new connection died while the old one is retired: close that too */
+                conn_close(s->old, 4004, NULL);
+            }
+            session_lost(s, c->end_status ? c->end_status : "websocket_disconnected");
+        }
+    }
+    free(c->inflight);
+    free(c);
+}
+
+void session_close(session_t *s, int code, const char *reason)
+{
+    if (s->cur)
+        conn_close(s->cur, code, reason);
+    if (s->old)
+        conn_close(s->old, code, reason);
+}
+
+void session_drop(session_t *s)
+{
+    conn_t *cs[2] = {s->cur, s->old};
+    for (int i = 0; i < 2; i++) {
+        conn_t *c = cs[i];
+        if (!c || !c->wsi)
+            continue;
+        c->end_status = "websocket_network_error";
+        int fd = (int)lws_get_socket_fd(c->wsi);
+        if (fd >= 0) {
+            struct linger lg = {1, 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            shutdown(fd, SHUT_RDWR);
+        }
+        lws_callback_on_writable(c->wsi);
+    }
+}
+
+void session_reconnect(session_t *s)
+{
+    conn_t *c = s->cur;
+    if (!c || c->closing)
+        return;
+    gen_uuid(s->reconnect_id);
+    s->reconnecting = 1;
+    char id[ID_LEN], ts[40];
+    gen_uuid(id);
+    fmt_time(wall_now(), ts);
+    buf_t b = {0};
+    meta_begin(&b, "session_reconnect", id, ts);
+    buf_printf(&b, "},\"payload\":{\"session\":{\"id\":\"%s\",\"status\":\"reconnecting\","
+                   "\"keepalive_timeout_seconds\":null,"
+                   "\"reconnect_url\":\"ws://127.0.0.1:%d/ws?reconnect_id=%s\","
+                   "\"connected_at\":\"%s\",\"recovery_url\":null}}}",
+               s->id, M->port, s->reconnect_id, s->connected_at);
+    enqueue_conn(c, b.p, b.len, 0);
+    buf_free(&b);
+    lws_sul_schedule(M->ctx, 0, &s->sul_rc, rc_timeout_cb,
+                     (lws_usec_t)(M->cfg.reconnect_grace_s * 1e6));
+}
+
+void session_malformed(session_t *s)
+{
+    if (!s->cur)
+        return;
+    static const char bad[] = "{\"metadata\":{\"message_type\":\"notification\",broken";
+    enqueue_conn(s->cur, bad, sizeof bad - 1, 0);
+}
+
+/* ---------------- routing ---------------- */
+
+const char *routing_value(sub_t *s, char *buf, size_t n)
+{
+    const char *key = M->cfg.routing_key;
+    const char *v = NULL;
+    if (!strcmp(key, "broadcaster_user_id") && s->type && !strcmp(s->type, "channel.raid")) {
+        v = jstr(s->condition, "to_broadcaster_user_id");
+        if (!v || !*v)
+            v = jstr(s->condition, "from_broadcaster_user_id");
+    } else
+        v = jstr(s->condition, key);
+    if (!v || !*v)
+        return NULL;
+    snprintf(buf, n, "%s", v);
+    return buf;
+}
+
+static conn_t *shard_conn(conduit_t *c, int i, int *is_webhook)
+{
+    shard_t *sh = &c->shards[i];
+    *is_webhook = 0;
+    if (strcmp(sh->status, "enabled"))
+        return NULL;
+    if (sh->method == T_WEBHOOK) {
+        *is_webhook = 1;
+        return NULL;
+    }
+    if (sh->method != T_WS)
+        return NULL;
+    session_t *s = find_session(sh->session_id);
+    if (!session_live(s))
+        return NULL;
+    return s->cur;
+}
+
+/* Picks the connection (or webhook shard) for a conduit notification and records
+ * the attempts in the ledger entry. Returns NULL with *webhook_shard = -1 on drop. */
+conn_t *route_conduit(conduit_t *c, const char *key, lent_t *le, int *webhook_shard)
+{
+    *webhook_shard = -1;
+    if (!c->shard_count) {
+        if (le)
+            le->reason = "conduit has no shards";
+        return NULL;
+    }
+    int idx = (int)(fnv1a(key) % (uint32_t)c->shard_count);
+    int wh = 0;
+    conn_t *cn = shard_conn(c, idx, &wh);
+    if (cn || wh) {
+        ledger_attempt(le, idx, wh ? "" : cn->sess->id, "queued");
+        if (wh)
+            *webhook_shard = idx;
+        return cn;
+    }
+    ledger_attempt(le, idx, c->shards[idx].session_id, "shard_disabled");
+    for (int k = 1; k < c->shard_count; k++) {
+        int j = (idx + k) % c->shard_count;
+        cn = shard_conn(c, j, &wh);
+        if (cn || wh) {
+            ledger_attempt(le, j, wh ? "" : cn->sess->id, "queued");
+            if (wh)
+                *webhook_shard = j;
+            return cn;
+        }
+    }
+    if (le)
+        le->reason = "target shard disabled and no other enabled shard";
+    return NULL;
+}
+
+/* Builds and routes one notification (kind 0) or revocation (kind 1) for a
+ * subscription. Returns the ledger seq. */
+uint64_t produce(sub_t *s, const char *channel, cJSON *event, int kind, const char *status_override,
+                 char *out_msg_id)
+{
+    lent_t *le = ledger_new();
+    gen_uuid(le->msg_id);
+    if (out_msg_id)
+        memcpy(out_msg_id, le->msg_id, ID_LEN);
+    le->type = xstrdup(s->type);
+    le->kind = kind;
+    snprintf(le->sub_id, sizeof le->sub_id, "%s", s->id);
+    if (s->method == M_CONDUIT)
+        snprintf(le->conduit_id, sizeof le->conduit_id, "%s", s->conduit_id);
+    le->channel = channel ? xstrdup(channel) : NULL;
+
+    char ts[40];
+    double t = wall_now();
+    if (M->stale_next > 0) {
+        M->stale_next--;
+        t -= 11 * 60;
+    }
+    fmt_time(t, ts);
+    int dup = 0;
+    if (M->duplicate_next > 0) {
+        M->duplicate_next--;
+        dup = 1;
+    }
+
+    /* payload */
+    cJSON *sj = sub_json(s);
+    if (status_override) {
+        cJSON_DeleteItemFromObjectCaseSensitive(sj, "status");
+        cJSON_AddStringToObject(sj, "status", status_override);
+    }
+    char *subtxt = cJSON_PrintUnformatted(sj);
+    cJSON_Delete(sj);
+    char *evtxt = event ? cJSON_PrintUnformatted(event) : NULL;
+    buf_t payload = {0};
+    buf_adds(&payload, "{\"subscription\":");
+    buf_adds(&payload, subtxt);
+    if (kind == 0) {
+        buf_adds(&payload, ",\"event\":");
+        buf_adds(&payload, evtxt ? evtxt : "{}");
+    }
+    buf_adds(&payload, "}");
+    free(subtxt);
+    free(evtxt);
+
+    const char *mtype = kind == 0 ? "notification" : "revocation";
+    if (s->method == T_WEBHOOK) {
+        wh_deliver_sub(s, le->seq, payload.p, kind, le->msg_id, ts);
+        buf_free(&payload);
+        return le->seq;
+    }
+    conn_t *target = NULL;
+    if (s->method == M_CONDUIT) {
+        conduit_t *c = find_conduit(s->conduit_id);
+        if (!c) {
+            le->reason = "conduit not found";
+        } else {
+            char kb[256];
+            const char *key = routing_value(s, kb, sizeof kb);
+            if (!key)
+                key = s->id;
+            int whs = -1;
+            target = route_conduit(c, key, le, &whs);
+            if (whs >= 0) {
+                wh_deliver_shard(c, whs, s, le->seq, payload.p, kind, le->msg_id, ts);
+                buf_free(&payload);
+                return le->seq;
+            }
+        }
+    } else if (s->method == T_WS) {
+        session_t *ss = find_session(s->session_id);
+        if (session_live(ss)) {
+            target = ss->cur;
+            ledger_attempt(le, -1, ss->id, "queued");
+        } else {
+            ledger_attempt(le, -1, s->session_id, "session_disconnected");
+            le->reason = "websocket session not connected";
+        }
+    }
+    if (!target) {
+        if (!le->reason)
+            le->reason = "no target";
+        ledger_set(le->seq, L_DROPPED, NULL);
+        buf_free(&payload);
+        return le->seq;
+    }
+    buf_t msg = {0};
+    meta_begin(&msg, mtype, le->msg_id, ts);
+    buf_printf(&msg, ",\"subscription_type\":\"%s\",\"subscription_version\":\"%s\"},\"payload\":",
+               s->type, s->version);
+    buf_add(&msg, payload.p, payload.len);
+    buf_adds(&msg, "}");
+    enqueue_conn(target, msg.p, msg.len, le->seq);
+    if (dup)
+        enqueue_conn(target, msg.p, msg.len, 0);
+    buf_free(&msg);
+    buf_free(&payload);
+    return le->seq;
+}
+
+void fire_shard_disabled(conduit_t *c, int i)
+{
+    shard_t *sh = &c->shards[i];
+    /* collect first: producing may not change the subscription list, but stay safe */
+    for (sub_t *s = M->subs; s; s = s->next) {
+        if (strcmp(s->type, "conduit.shard.disabled") || strcmp(s->status, "enabled"))
+            continue;
+        const char *cid = jstr(s->condition, "client_id");
+        if (!cid || strcmp(cid, c->client_id))
+            continue;
+        const char *fc = jstr(s->condition, "conduit_id");
+        if (fc && *fc && strcmp(fc, c->id))
+            continue;
+        cJSON *ev = cJSON_CreateObject();
+        cJSON_AddStringToObject(ev, "conduit_id", c->id);
+        char sid[16];
+        snprintf(sid, sizeof sid, "%d", i);
+        cJSON_AddStringToObject(ev, "shard_id", sid);
+        cJSON_AddStringToObject(ev, "status", sh->status);
+        cJSON *tr = cJSON_AddObjectToObject(ev, "transport");
+        if (sh->method == T_WEBHOOK) {
+            cJSON_AddStringToObject(tr, "method", "webhook");
+            cJSON_AddStringToObject(tr, "callback", sh->callback ? sh->callback : "");
+        } else {
+            cJSON_AddStringToObject(tr, "method", "websocket");
+            cJSON_AddStringToObject(tr, "session_id", sh->session_id);
+            if (sh->connected_at[0])
+                cJSON_AddStringToObject(tr, "connected_at", sh->connected_at);
+            if (sh->disconnected_at[0])
+                cJSON_AddStringToObject(tr, "disconnected_at", sh->disconnected_at);
+        }
+        produce(s, NULL, ev, 0, NULL, NULL);
+        cJSON_Delete(ev);
+    }
+}
+
+void sessions_free_all(void)
+{
+    while (M->sessions) {
+        session_t *s = M->sessions;
+        M->sessions = s->next;
+        lws_sul_cancel(&s->sul_rc);
+        free(s);
+    }
+}
