@@ -31,7 +31,7 @@ MOCK_BIN := $(BUILD)/bin/twconduit-mock
 CTESTS   := $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
 CORE_LIB := $(BUILD)/libtwconduit.a
 
-.PHONY: all module mock ctests test asan test-asan bench clean install lint
+.PHONY: all module mock ctests test asan test-asan bench clean install lint rock valgrind example host-example
 all: module mock ctests
 
 module: $(MODULE)
@@ -80,6 +80,27 @@ asan:
 test-asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 SANFLAGS="$(ASAN_FLAGS)" SANITIZED=1 test
 
+# the example bot: against the bundled emulator unless TWITCH_CLIENT_ID is set
+LUA_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/$(BUILD)/lib/?.so;;" \
+          TWCONDUIT_MOCK="$(CURDIR)/$(MOCK_BIN)"
+example: module mock
+	$(LUA_ENV) $(LUA) examples/bot.lua
+
+# a C program hosting Lua and twconduit in its own poll loop
+HOST_BIN := $(BUILD)/bin/twconduit-host-example
+$(HOST_BIN): examples/host.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -I$(LUA_INCDIR) $< -o $@ $(LDFLAGS_ALL) -llua5.4 -lm
+host-example: $(HOST_BIN) module mock
+	$(LUA_ENV) $(HOST_BIN) examples/host_script.lua
+
+# the core driven from C (no Lua) under valgrind: no leaks, no errors
+valgrind: $(BUILD)/tests/test_core mock
+	TWCONDUIT_MOCK=$(MOCK_BIN) valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+	  --show-leak-kinds=definite,indirect -q $(BUILD)/tests/test_core
+
+rock: module mock
+
 lint:
 	luacheck --std lua54 lua spec examples bench
 
@@ -87,11 +108,11 @@ lint:
 INST_LIBDIR ?= $(BUILD)/install/lib
 INST_LUADIR ?= $(BUILD)/install/lua
 INST_BINDIR ?= $(BUILD)/install/bin
-install: module mock
+install: rock
 	mkdir -p $(INST_LIBDIR)/twconduit $(INST_LUADIR)/twconduit $(INST_BINDIR)
 	cp $(MODULE) $(INST_LIBDIR)/twconduit/core.so
 	cp -r lua/twconduit/. $(INST_LUADIR)/twconduit/
 	cp $(MOCK_BIN) $(INST_BINDIR)/twconduit-mock
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-rock
