@@ -43,6 +43,7 @@ struct tw_helix_state {
   uv_timer_t validate_timer;
   uv_timer_t token_retry_timer;
   bool closing;
+  int open_handles; /* timers still to close before hx can be freed */
 };
 
 static void pump(tw_helix_state *hx);
@@ -461,7 +462,7 @@ tw_helix_state *tw_helix_new(tw_client *c) {
 
 static void close_cb(uv_handle_t *h) {
   tw_helix_state *hx = h->data;
-  if (h == (uv_handle_t *)&hx->token_retry_timer) free(hx);
+  if (--hx->open_handles == 0) free(hx);
 }
 
 void tw_helix_state_closing(tw_helix_state *hx) { hx->closing = true; }
@@ -479,7 +480,8 @@ void tw_helix_free(tw_helix_state *hx) {
   if (hx->token) memset(hx->token, 0, strlen(hx->token));
   free(hx->token);
   hx->token = NULL;
-  /* closed in order; the last close frees hx */
+  /* the last of the three closes frees hx (libuv runs close callbacks in any order) */
+  hx->open_handles = 3;
   uv_close((uv_handle_t *)&hx->pump_timer, close_cb);
   uv_close((uv_handle_t *)&hx->validate_timer, close_cb);
   uv_close((uv_handle_t *)&hx->token_retry_timer, close_cb);
