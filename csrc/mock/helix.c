@@ -156,6 +156,10 @@ void reset_helix_state(void)
     }
     M->latency_ms = 0;
     M->duplicate_next = M->stale_next = 0;
+}
+
+void free_route_counters(void)
+{
     while (M->routes) {
         route_ctr_t *r = M->routes;
         M->routes = r->next;

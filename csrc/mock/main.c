@@ -470,6 +470,7 @@ int main(int argc, char **argv)
     sessions_free_all();
     free_tokens();
     reset_helix_state();
+    free_route_counters();
     ledger_free_all();
     blasts_free_all();
     free(M->batch);

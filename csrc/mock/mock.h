@@ -367,6 +367,7 @@ void reset_helix_state(void);
 void housekeeping(void);
 void apply_config(const cJSON *o, char *err, size_t errlen);
 void free_tokens(void);
+void free_route_counters(void);
 cJSON *config_json(void);
 
 /* ws.c */
