@@ -346,7 +346,7 @@ static void flush_batch(tw_conduit *cd) {
   char *body = cJSON_PrintUnformatted(root);
   cJSON_Delete(root);
   tw_error err;
-  if (tw_helix(c, "PATCH", "/eventsub/conduits/shards", body, strlen(body), on_patch, p, &err) != 0) {
+  if (tw_helix_urgent(c, "PATCH", "/eventsub/conduits/shards", body, strlen(body), on_patch, p, &err) != 0) {
     conduit_error(cd, NULL, &err);
     patch_ctx_free(p);
   } else {

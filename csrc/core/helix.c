@@ -397,8 +397,21 @@ static void on_response(void *user, const tw_http_result *res) {
   pump(hx);
 }
 
+static int helix_queue(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
+                       tw_response_fn cb, void *user, tw_error *err, bool urgent);
+
 int tw_helix(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
              tw_response_fn cb, void *user, tw_error *err) {
+  return helix_queue(c, method, path, body, body_len, cb, user, err, false);
+}
+
+int tw_helix_urgent(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
+                    tw_response_fn cb, void *user, tw_error *err) {
+  return helix_queue(c, method, path, body, body_len, cb, user, err, true);
+}
+
+static int helix_queue(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
+                       tw_response_fn cb, void *user, tw_error *err, bool urgent) {
   if (!c || !method || !path || path[0] != '/') {
     tw_err_set(err, "invalid_argument", 0, "helix: method and a path starting with '/' are required");
     return TW_EINVAL;
@@ -427,7 +440,7 @@ int tw_helix(tw_client *c, const char *method, const char *path, const char *bod
   }
   r->cb = cb;
   r->user = user;
-  enqueue(hx, r, false);
+  enqueue(hx, r, urgent);
   /* send on the next loop iteration, so a burst of calls shares token fetch and pacing */
   uv_timer_start(&hx->pump_timer, on_pump_timer, 0, 0);
   return 0;

@@ -66,7 +66,10 @@ int tw_http_pending(const tw_http *h);
 typedef struct tw_helix_state tw_helix_state;
 tw_helix_state *tw_helix_new(tw_client *c);
 void tw_helix_free(tw_helix_state *hx);
-void tw_helix_state_closing(tw_helix_state *hx); /* stop sending; cancelled replies are ignored */
+void tw_helix_state_closing(tw_helix_state *hx);
+/* tw_helix, queued ahead of other requests (shard assignment must beat the 10 s window) */
+int tw_helix_urgent(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
+                    tw_response_fn cb, void *user, tw_error *err); /* stop sending; cancelled replies are ignored */
 
 /* ---- websocket sessions (ws.c) ---- */
 typedef struct tw_session tw_session;
