@@ -22,6 +22,8 @@ struct tw_session {
   int close_code;
   char why[128];
   bool welcomed, gone, reported, opening, closing_sent;
+  bool wsi_alive; /* lws still holds a wsi pointing at us: free only after WSI_DESTROY */
+  bool freeing;
   int want_close; /* close code to send when writeable */
 };
 
@@ -32,6 +34,12 @@ static void session_free_cb(uv_handle_t *h) {
   free(ss);
 }
 
+static void maybe_free(tw_session *ss) {
+  if (!ss->reported || ss->wsi_alive || ss->freeing) return;
+  ss->freeing = true;
+  uv_close((uv_handle_t *)&ss->timer, session_free_cb);
+}
+
 static void on_report(uv_timer_t *t) {
   tw_session *ss = t->data;
   if (ss->reported) return;
@@ -40,7 +48,7 @@ static void on_report(uv_timer_t *t) {
   tw_shard *s = ss->shard;
   ss->shard = NULL;
   if (s) tw_shard_on_closed(s, ss, ss->close_code, ss->why);
-  uv_close((uv_handle_t *)&ss->timer, session_free_cb);
+  maybe_free(ss);
 }
 
 /* the socket is gone: report to the shard from a fresh timer callback */
@@ -233,8 +241,11 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
   case LWS_CALLBACK_WSI_DESTROY:
     if (ss) {
       lws_set_opaque_user_data(wsi, NULL);
-      if (!ss->opening) session_gone(ss);
-      else {
+      ss->wsi_alive = false;
+      if (!ss->opening) {
+        session_gone(ss);
+        maybe_free(ss);
+      } else {
         ss->gone = true;
         ss->wsi = NULL;
       }
@@ -335,8 +346,10 @@ tw_session *tw_ws_open(tw_shard *s, const char *url, bool is_reconnect) {
   i.retry_and_idle_policy = NULL;
   c->stats.ws_connects++;
   ss->opening = true;
+  ss->wsi_alive = true;
   struct lws *w = lws_client_connect_via_info(&i);
   ss->opening = false;
+  if (!w) ss->wsi_alive = false; /* no wsi left behind (destroyed already, or never made) */
   (void)is_reconnect;
   if (!w || ss->gone) {
     /* failed before returning: report asynchronously like any other end */
