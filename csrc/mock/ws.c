@@ -440,10 +440,13 @@ int ws_writeable(conn_t *c)
         return -1;
     }
     if (c->ping_due) {
-        unsigned char pb[LWS_PRE + 4];
+        /* a non-empty payload: lws does not report empty pongs */
+        unsigned char pb[LWS_PRE + 16];
+        int pl = snprintf((char *)pb + LWS_PRE, 16, "%08llx",
+                          (unsigned long long)(mono_us() & 0xffffffffull));
         c->ping_due = 0;
         c->awaiting_pong = 1;
-        if (lws_write(wsi, pb + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+        if (lws_write(wsi, pb + LWS_PRE, (size_t)pl, LWS_WRITE_PING) < 0)
             return -1;
         if (c->qhead || c->gens)
             lws_callback_on_writable(wsi);

@@ -563,6 +563,15 @@ int main(void)
     test_body_limits();
     test_rate_limit();
     test_faults_tokens_clock();
+    {
+        wsc_t w;
+        ws_connect(&w, m.port, "/ws?keepalive_timeout_seconds=5");
+        cJSON *o = ws_recv_json(&w, 3000);
+        t_ok(jn(o, "payload.session.keepalive_timeout_seconds") == 10,
+             "default config: keepalive 5 clamped to 10");
+        cJSON_Delete(o);
+        ws_free(&w);
+    }
     t_ok(mock_stop(&m) == 0, "SIGTERM -> clean exit 0");
     return t_done();
 }
