@@ -975,7 +975,19 @@ void handle_control(hreq_t *r, const char *p, cJSON *body)
         c_session_action(r, p + 10, body);
     else if (post && !strncmp(p, "/subscriptions/", 15))
         c_revoke(r, p + 15, body);
-    else if (post && !strcmp(p, "/faults"))
+    else if (post && !strcmp(p, "/sign")) {
+        const char *sec = jstr(body, "secret"), *id = jstr(body, "message_id"),
+                   *ts = jstr(body, "timestamp"), *b = jstr(body, "body");
+        if (!sec || !id || !ts || !b) {
+            cerr(r, 400, "secret, message_id, timestamp and body are required strings");
+            return;
+        }
+        char sig[80];
+        hmac_sha256_hex(sec, id, ts, b, strlen(b), sig);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "signature", sig);
+        ok_obj(r, o);
+    } else if (post && !strcmp(p, "/faults"))
         c_faults(r, body);
     else if (post && !strcmp(p, "/tokens/revoke"))
         c_tokens_revoke(r, body);
