@@ -1,0 +1,133 @@
+/* twl.h - shared pieces of the Lua binding (twconduit.core).
+ *
+ * Objects: each core object (client, conduit, shard) is represented by a userdata holding
+ * a small box with a pointer to it. The core object may outlive the userdata's usefulness
+ * (sockets close asynchronously); when the core frees it (TW_EV_FREED) the box pointer is
+ * set to NULL and methods raise "<type> is closed".
+ *
+ * Lua values live in uservalues: the client's slots hold the dispatcher, the table of
+ * anchored conduit/shard userdata (keyed by the core pointer as light userdata) and the
+ * table of pending callbacks (Helix requests, timers). A conduit or shard userdata keeps
+ * the Lua object bound to it (`ud:bind(obj)`) in its own slot 1.
+ */
+#ifndef TWL_H
+#define TWL_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "twconduit.h"
+
+#if defined(__has_include)
+#if __has_include("twl_json.h")
+#include "twl_json.h"
+#define TWL_HAVE_JSON_H 1
+#endif
+#endif
+#ifndef TWL_HAVE_JSON_H
+/* Provided by luajson.c / view.c. */
+void twl_json_open(lua_State *L, int modidx);
+void twl_view_push(lua_State *L, tw_json *doc, tw_jnode node);
+void twl_json_push_table(lua_State *L, tw_json *doc, tw_jnode node);
+void twl_json_encode(lua_State *L, int idx);
+#endif
+
+#define TWL_CLIENT_MT "twconduit.client"
+#define TWL_CONDUIT_MT "twconduit.conduit"
+#define TWL_SHARD_MT "twconduit.shard"
+#define TWL_MESSAGE_MT "twconduit.message"
+#define TWL_ERROR_MT "twconduit.Error"
+
+/* client uservalue slots */
+enum { TWL_UV_DISPATCH = 1, TWL_UV_OBJS = 2, TWL_UV_PENDING = 3, TWL_UV_CLIENT_N = 3 };
+
+typedef struct twl_req twl_req;
+
+/* Stack slots cached while Lua is entered from the core (see twl_frame_begin). */
+typedef struct twl_frame {
+  lua_State *L;
+  int ud;       /* the client userdata */
+  int dispatch; /* dispatcher function (or nil) */
+  int objs;     /* anchored objects table */
+  int pending;  /* pending callbacks table */
+  int msg_mt;   /* twconduit.message metatable */
+  int s_notification; /* interned event names */
+} twl_frame;
+
+typedef struct twl_client {
+  tw_client *c;       /* NULL once closed */
+  twl_frame fr;       /* valid while fr.L != NULL */
+  int running;        /* inside step/run */
+  int depth;          /* Lua calls in progress from the core */
+  int close_requested;/* close() inside a callback: finished when step/run returns */
+  int dispatch_off;   /* no Lua while the client is being torn down */
+  int self_ref;       /* registry ref anchoring the userdata while live */
+  int nconduits;      /* open conduits */
+  int npending;       /* pending requests + timers */
+  int sweep;          /* some anchored objects were freed: sweep OBJS */
+  lua_Integer next_id;/* ids of pending callbacks */
+  twl_req *reqs;      /* pending requests and timers (freed on close) */
+} twl_client;
+
+/* A conduit or shard box. */
+typedef struct twl_obj {
+  void *obj;          /* tw_conduit* or tw_shard*; NULL once freed */
+  twl_client *cl;     /* owning client box (valid while obj != NULL) */
+} twl_obj;
+
+struct twl_req {
+  twl_client *cl;
+  lua_Integer id;
+  tw_timer *timer;    /* for timers */
+  twl_req *prev, *next;
+};
+
+/* class helper */
+void twl_newclass(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta);
+
+/* errors */
+void twl_push_error(lua_State *L, const tw_error *e);
+void twl_push_errorf(lua_State *L, const char *code, int status, const char *fmt, ...);
+int twl_fail(lua_State *L, const tw_error *e); /* pushes nil, err; returns 2 */
+
+/* calls the function at top-nargs with nargs args through lua_pcall + traceback;
+ * failures are reported on stderr (the Lua dispatcher routes handler errors itself).
+ * Returns 1 when the call succeeded. Leaves the stack as it was below the function. */
+int twl_pcall(twl_client *cl, lua_State *L, int nargs);
+
+/* Entering Lua from a core callback. Returns the frame to use, or NULL when Lua cannot be
+ * entered (client torn down, or no Lua state available). twl_enter_end must follow a
+ * non-NULL twl_enter with the value it returned in *top. */
+twl_frame *twl_enter(twl_client *cl, int *top);
+void twl_enter_end(twl_client *cl, int top);
+/* Sets up cl->fr on L with the client userdata at index ud (used by step/run). */
+void twl_frame_begin(twl_client *cl, lua_State *L, int ud, twl_frame *saved);
+void twl_frame_end(twl_client *cl, twl_frame *saved);
+
+/* anchoring */
+void twl_client_update_anchor(twl_client *cl, lua_State *L, int client_ud);
+/* pushes the bound Lua object of a core pointer (or its userdata, or nil) */
+void twl_push_bound(lua_State *L, int objs, void *ptr);
+/* pushes (creating on first use) the shard userdata for s; objs is a stack index */
+void twl_push_shard_ud(lua_State *L, twl_client *cl, int objs, int client_ud, tw_shard *s);
+void twl_sweep(twl_client *cl, lua_State *L, int objs);
+
+/* per-type registration */
+void twl_client_open(lua_State *L, int modidx);
+void twl_conduit_open(lua_State *L);
+void twl_shard_open(lua_State *L);
+void twl_message_open(lua_State *L);
+void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int shard_obj, int conduit_obj);
+
+/* conduit userdata creation (client.c calls it after tw_conduit_open) */
+void twl_push_conduit_ud(lua_State *L, twl_client *cl, int objs, int client_ud, tw_conduit *cd);
+
+twl_client *twl_check_client(lua_State *L, int idx); /* raises when closed */
+
+int twl_http_sync(lua_State *L);
+
+/* seconds -> milliseconds, rounded up, clamped */
+int twl_seconds_to_ms(lua_Number s);
+
+#endif
