@@ -1,0 +1,353 @@
+/* view.c - read-only Lua views over tw_json documents, the null sentinel,
+ * totable / json_decode / json_view / isview.
+ *
+ * A view is a 16-byte userdata {document, node} holding one reference on the
+ * document; __index, __len and __pairs decode only what is touched. The
+ * metamethods that push values carry the view metatable and the null sentinel
+ * as upvalues, so a nested view costs one lua_newuserdatauv and no lookup. */
+#include "twl_json.h"
+
+#include <string.h>
+
+const char *const twl_null_name = TWL_NULL_MT;
+
+/* Registry keys: the addresses of these constants. */
+static const char view_mt_key = 'v';
+static const char null_key = 'n';
+
+typedef struct {
+  tw_json *d; /* one reference, dropped by __gc; NULL once collected */
+  tw_jnode n;
+} view_box;
+
+enum { UV_MT = 1, UV_NULL = 2 }; /* upvalues of __index / __pairs */
+
+void twl_push_null(lua_State *L) { lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key); }
+
+int twl_is_null(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TUSERDATA) return 0;
+  idx = lua_absindex(L, idx);
+  twl_push_null(L);
+  int r = lua_rawequal(L, idx, -1);
+  lua_pop(L, 1);
+  return r;
+}
+
+static view_box *toview(lua_State *L, int idx) {
+  view_box *b = luaL_testudata(L, idx, TWL_VIEW_MT);
+  return b && b->d ? b : NULL;
+}
+
+int twl_isview(lua_State *L, int idx) { return toview(L, idx) != NULL; }
+
+tw_json *twl_view_get(lua_State *L, int idx, tw_jnode *n) {
+  view_box *b = toview(L, idx);
+  if (!b) return NULL;
+  if (n) *n = b->n;
+  return b->d;
+}
+
+/* Pushes node n; mtidx / nullidx: stack (or upvalue) indices of the view
+ * metatable and the null sentinel. */
+static void push_node(lua_State *L, tw_json *d, tw_jnode n, int mtidx, int nullidx) {
+  switch (tw_json_type(d, n)) {
+  case TW_JSON_STR: {
+    size_t l;
+    const char *s = tw_json_str(d, n, &l);
+    lua_pushlstring(L, s, l);
+    return;
+  }
+  case TW_JSON_INT: lua_pushinteger(L, (lua_Integer)tw_json_int(d, n)); return;
+  case TW_JSON_NUM: lua_pushnumber(L, (lua_Number)tw_json_num(d, n)); return;
+  case TW_JSON_TRUE: lua_pushboolean(L, 1); return;
+  case TW_JSON_FALSE: lua_pushboolean(L, 0); return;
+  case TW_JSON_NULL: lua_pushvalue(L, nullidx); return;
+  case TW_JSON_ARR:
+  case TW_JSON_OBJ: {
+    view_box *b = lua_newuserdatauv(L, sizeof *b, 0);
+    b->d = d;
+    b->n = n;
+    tw_json_ref(d);
+    lua_pushvalue(L, mtidx);
+    lua_setmetatable(L, -2);
+    return;
+  }
+  default: lua_pushnil(L); return;
+  }
+}
+
+void twl_view_push(lua_State *L, tw_json *d, tw_jnode n) {
+  luaL_checkstack(L, 3, "twl_view_push");
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &view_mt_key);
+  twl_push_null(L);
+  push_node(L, d, n, -2, -1);
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+}
+
+/* ---- metamethods ---------------------------------------------------------- */
+
+/* The view at 1, checked against the metatable in upvalue UV_MT (no lookup). */
+static view_box *selfview(lua_State *L) {
+  view_box *b = lua_touserdata(L, 1);
+  if (!b || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(UV_MT)))
+    luaL_typeerror(L, 1, TWL_VIEW_MT);
+  lua_pop(L, 1);
+  if (!b->d) luaL_error(L, "twconduit.view used after collection");
+  return b;
+}
+
+static int view_index(lua_State *L) {
+  view_box *b = selfview(L);
+  tw_jnode c;
+  if (tw_json_type(b->d, b->n) == TW_JSON_OBJ) {
+    if (lua_type(L, 2) != LUA_TSTRING) return 0;
+    size_t kl;
+    const char *k = lua_tolstring(L, 2, &kl);
+    c = tw_json_get(b->d, b->n, k, kl);
+  } else {
+    if (lua_type(L, 2) != LUA_TNUMBER) return 0;
+    int isint;
+    lua_Integer i = lua_tointegerx(L, 2, &isint);
+    if (!isint || i < 1) return 0;
+    c = tw_json_at(b->d, b->n, (size_t)(i - 1));
+  }
+  if (c == TW_JNONE) return 0;
+  push_node(L, b->d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL));
+  return 1;
+}
+
+static int view_len(lua_State *L) {
+  view_box *b = luaL_checkudata(L, 1, TWL_VIEW_MT);
+  lua_pushinteger(L, b->d ? (lua_Integer)tw_json_len(b->d, b->n) : 0);
+  return 1;
+}
+
+/* pairs iterator; upvalues: mt, null, the view, the cursor (next node or -1). */
+static int view_iter(lua_State *L) {
+  view_box *b = lua_touserdata(L, lua_upvalueindex(3));
+  lua_Integer cur = lua_tointeger(L, lua_upvalueindex(4));
+  if (cur < 0 || !b->d) return 0;
+  tw_jnode c = (tw_jnode)cur, nx;
+  if (tw_json_type(b->d, b->n) == TW_JSON_OBJ) {
+    size_t kl;
+    const char *k = tw_json_str(b->d, c, &kl);
+    lua_pushlstring(L, k, kl);
+    c = tw_json_next(b->d, c);
+    nx = tw_json_next(b->d, c);
+  } else {
+    lua_pushinteger(L, lua_tointeger(L, 2) + 1);
+    nx = tw_json_next(b->d, c);
+  }
+  push_node(L, b->d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL));
+  lua_pushinteger(L, nx == TW_JNONE ? -1 : (lua_Integer)nx);
+  lua_replace(L, lua_upvalueindex(4));
+  return 2;
+}
+
+static int view_pairs(lua_State *L) {
+  view_box *b = selfview(L);
+  tw_jnode f = tw_json_first(b->d, b->n);
+  lua_pushvalue(L, lua_upvalueindex(UV_MT));
+  lua_pushvalue(L, lua_upvalueindex(UV_NULL));
+  lua_pushvalue(L, 1);
+  lua_pushinteger(L, f == TW_JNONE ? -1 : (lua_Integer)f);
+  lua_pushcclosure(L, view_iter, 4);
+  lua_pushvalue(L, 1);
+  lua_pushinteger(L, 0);
+  return 3;
+}
+
+static int view_newindex(lua_State *L) { return luaL_error(L, "twconduit.view is read-only"); }
+
+static int view_tostring(lua_State *L) {
+  view_box *b = luaL_checkudata(L, 1, TWL_VIEW_MT);
+  size_t l = 0;
+  const char *s = b->d ? tw_json_raw(b->d, b->n, &l) : NULL;
+  if (s)
+    lua_pushlstring(L, s, l);
+  else
+    lua_pushliteral(L, "twconduit.view (collected)");
+  return 1;
+}
+
+static int view_eq(lua_State *L) {
+  view_box *a = toview(L, 1), *b = toview(L, 2);
+  lua_pushboolean(L, a && b && a->d == b->d && a->n == b->n);
+  return 1;
+}
+
+static int view_gc(lua_State *L) {
+  view_box *b = luaL_checkudata(L, 1, TWL_VIEW_MT);
+  if (b->d) {
+    tw_json_unref(b->d);
+    b->d = NULL;
+  }
+  return 0;
+}
+
+static int null_tostring(lua_State *L) {
+  lua_pushstring(L, twl_null_name);
+  return 1;
+}
+
+/* ---- plain tables ---------------------------------------------------------- */
+
+static void push_plain(lua_State *L, const tw_json *d, tw_jnode n, int nullidx) {
+  switch (tw_json_type(d, n)) {
+  case TW_JSON_OBJ: {
+    luaL_checkstack(L, 4, "json nesting");
+    lua_createtable(L, 0, (int)tw_json_len(d, n));
+    for (tw_jnode k = tw_json_first(d, n); k != TW_JNONE; k = tw_json_next(d, k)) {
+      size_t kl;
+      const char *ks = tw_json_str(d, k, &kl);
+      lua_pushlstring(L, ks, kl);
+      k = tw_json_next(d, k);
+      push_plain(L, d, k, nullidx);
+      lua_rawset(L, -3);
+    }
+    return;
+  }
+  case TW_JSON_ARR: {
+    luaL_checkstack(L, 4, "json nesting");
+    lua_createtable(L, (int)tw_json_len(d, n), 0);
+    lua_Integer i = 1;
+    for (tw_jnode e = tw_json_first(d, n); e != TW_JNONE; e = tw_json_next(d, e)) {
+      push_plain(L, d, e, nullidx);
+      lua_rawseti(L, -2, i++);
+    }
+    return;
+  }
+  case TW_JSON_STR: {
+    size_t l;
+    const char *s = tw_json_str(d, n, &l);
+    lua_pushlstring(L, s, l);
+    return;
+  }
+  case TW_JSON_INT: lua_pushinteger(L, (lua_Integer)tw_json_int(d, n)); return;
+  case TW_JSON_NUM: lua_pushnumber(L, (lua_Number)tw_json_num(d, n)); return;
+  case TW_JSON_TRUE: lua_pushboolean(L, 1); return;
+  case TW_JSON_FALSE: lua_pushboolean(L, 0); return;
+  case TW_JSON_NULL: lua_pushvalue(L, nullidx); return;
+  default: lua_pushnil(L); return;
+  }
+}
+
+void twl_json_push_table(lua_State *L, const tw_json *d, tw_jnode n) {
+  luaL_checkstack(L, 2, "twl_json_push_table");
+  twl_push_null(L);
+  int nullidx = lua_gettop(L);
+  push_plain(L, d, n, nullidx);
+  lua_remove(L, nullidx);
+}
+
+/* ---- module functions ---------------------------------------------------- */
+
+static int l_totable(lua_State *L) {
+  luaL_checkany(L, 1);
+  view_box *b = toview(L, 1);
+  if (!b) {
+    lua_settop(L, 1);
+    return 1;
+  }
+  twl_json_push_table(L, b->d, b->n);
+  return 1;
+}
+
+static int l_isview(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_pushboolean(L, toview(L, 1) != NULL);
+  return 1;
+}
+
+/* Parses argument 1 and leaves a view box of the root on the stack (it owns
+ * the document, so a raised error while building cannot leak it). */
+static view_box *parse_arg(lua_State *L, const char *fname) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  view_box *b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->d = NULL;
+  b->n = 0;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &view_mt_key);
+  lua_setmetatable(L, -2);
+  char err[160];
+  b->d = tw_json_parse(s, len, err, sizeof err);
+  if (!b->d) luaL_error(L, "%s: %s", fname, err);
+  return b;
+}
+
+static int l_json_decode(lua_State *L) {
+  view_box *b = parse_arg(L, "json_decode");
+  twl_json_push_table(L, b->d, 0);
+  return 1;
+}
+
+/* json_view(s): the document's root as a view (scalars as values). */
+static int l_json_view(lua_State *L) {
+  view_box *b = parse_arg(L, "json_view");
+  int t = tw_json_type(b->d, 0);
+  if (t == TW_JSON_OBJ || t == TW_JSON_ARR) return 1; /* the box is the root view */
+  twl_view_push(L, b->d, 0);
+  return 1;
+}
+
+static int l_json_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  twl_json_encode(L, 1);
+  return 1;
+}
+
+void twl_json_open(lua_State *L, int modidx) {
+  modidx = lua_absindex(L, modidx);
+  luaL_checkstack(L, 8, "twl_json_open");
+
+  /* null sentinel: one per state, reused if the module is opened again */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key) != LUA_TUSERDATA) {
+    lua_pop(L, 1);
+    lua_newuserdatauv(L, 0, 0);
+    if (luaL_newmetatable(L, TWL_NULL_MT)) {
+      lua_pushcfunction(L, null_tostring);
+      lua_setfield(L, -2, "__tostring");
+      lua_pushliteral(L, TWL_NULL_MT);
+      lua_setfield(L, -2, "__metatable");
+    }
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &null_key);
+  }
+  int nullidx = lua_gettop(L);
+
+  if (luaL_newmetatable(L, TWL_VIEW_MT)) {
+    int mt = lua_gettop(L);
+    static const struct {
+      const char *name;
+      lua_CFunction f;
+    } withuv[] = {{"__index", view_index}, {"__pairs", view_pairs}},
+      plain[] = {{"__len", view_len},           {"__newindex", view_newindex},
+                 {"__tostring", view_tostring}, {"__eq", view_eq},
+                 {"__gc", view_gc}};
+    for (size_t i = 0; i < sizeof withuv / sizeof withuv[0]; i++) {
+      lua_pushvalue(L, mt);
+      lua_pushvalue(L, nullidx);
+      lua_pushcclosure(L, withuv[i].f, 2);
+      lua_setfield(L, mt, withuv[i].name);
+    }
+    for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
+      lua_pushcfunction(L, plain[i].f);
+      lua_setfield(L, mt, plain[i].name);
+    }
+    lua_pushliteral(L, TWL_VIEW_MT); /* getmetatable(view) cannot reach the metamethods */
+    lua_setfield(L, mt, "__metatable");
+    lua_pushvalue(L, mt);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &view_mt_key);
+  }
+  lua_pop(L, 1);
+
+  lua_setfield(L, modidx, "null"); /* pops the sentinel */
+  static const luaL_Reg fns[] = {{"totable", l_totable},         {"json_decode", l_json_decode},
+                                 {"json_encode", l_json_encode}, {"json_view", l_json_view},
+                                 {"isview", l_isview},           {NULL, NULL}};
+  lua_pushvalue(L, modidx);
+  luaL_setfuncs(L, fns, 0);
+  lua_pop(L, 1);
+}
