@@ -68,6 +68,8 @@ typedef struct twl_client {
   int sweep;          /* some anchored objects were freed: sweep OBJS */
   lua_Integer next_id;/* ids of pending callbacks */
   twl_req *reqs;      /* pending requests and timers (freed on close) */
+  lua_State *mainL;   /* the state's main thread, for host-driven loops */
+  void *host;         /* saved frame of a host-driven entry */
 } twl_client;
 
 /* A conduit or shard box. */

@@ -1,0 +1,813 @@
+/* client.c - twconduit.client: the loop, event dispatch into Lua, Helix and timers.
+ *
+ * Every event of the core reaches Lua through one dispatcher function installed by the
+ * Lua layer (set_dispatcher). Lua is entered on the thread that called step/run, or on
+ * the main thread when a host drives the loop without a Lua frame (shared libuv loop).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "twl.h"
+
+twl_client *twl_check_client(lua_State *L, int idx) {
+  twl_client *cl = luaL_checkudata(L, idx, TWL_CLIENT_MT);
+  if (cl->c == NULL) luaL_error(L, "client is closed");
+  return cl;
+}
+
+/* ---- frames ---------------------------------------------------------------------- */
+
+void twl_frame_begin(twl_client *cl, lua_State *L, int ud, twl_frame *saved) {
+  ud = lua_absindex(L, ud);
+  *saved = cl->fr;
+  luaL_checkstack(L, 8, "twconduit: frame");
+  lua_getiuservalue(L, ud, TWL_UV_DISPATCH);
+  int dispatch = lua_gettop(L);
+  lua_getiuservalue(L, ud, TWL_UV_OBJS);
+  lua_getiuservalue(L, ud, TWL_UV_PENDING);
+  luaL_getmetatable(L, TWL_MESSAGE_MT);
+  lua_pushliteral(L, "notification");
+  cl->fr.L = L;
+  cl->fr.ud = ud;
+  cl->fr.dispatch = dispatch;
+  cl->fr.objs = dispatch + 1;
+  cl->fr.pending = dispatch + 2;
+  cl->fr.msg_mt = dispatch + 3;
+  cl->fr.s_notification = dispatch + 4;
+}
+
+void twl_frame_end(twl_client *cl, twl_frame *saved) {
+  lua_State *L = cl->fr.L;
+  if (L != NULL) lua_settop(L, cl->fr.dispatch - 1);
+  cl->fr = *saved;
+}
+
+/* Saved frame of a host-driven entry (no step/run on the stack). */
+typedef struct {
+  twl_frame saved;
+} host_frame;
+
+twl_frame *twl_enter(twl_client *cl, int *top) {
+  if (cl->dispatch_off || cl->c == NULL || cl->close_requested) return NULL;
+  if (cl->fr.L != NULL) {
+    lua_State *L = cl->fr.L;
+    if (!lua_checkstack(L, 16)) return NULL;
+    *top = lua_gettop(L);
+    return &cl->fr;
+  }
+  /* No frame: a host drives the loop. Use the main thread, with the anchored client. */
+  lua_State *L = cl->mainL;
+  if (L == NULL || cl->self_ref == LUA_NOREF || !lua_checkstack(L, 24)) return NULL;
+  *top = lua_gettop(L);
+  host_frame *h = malloc(sizeof *h);
+  if (h == NULL) return NULL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, cl->self_ref);
+  /* cannot raise: the stack was checked above */
+  twl_frame_begin(cl, L, lua_gettop(L), &h->saved);
+  cl->host = h;
+  return &cl->fr;
+}
+
+void twl_enter_end(twl_client *cl, int top) {
+  host_frame *h = cl->host;
+  if (h != NULL && cl->fr.L == cl->mainL && cl->depth == 0) {
+    lua_State *L = cl->fr.L;
+    cl->host = NULL;
+    twl_frame_end(cl, &h->saved);
+    free(h);
+    lua_settop(L, top);
+    return;
+  }
+  if (cl->fr.L != NULL) lua_settop(cl->fr.L, top);
+}
+
+/* ---- anchoring ------------------------------------------------------------------- */
+
+void twl_client_update_anchor(twl_client *cl, lua_State *L, int client_ud) {
+  int live = cl->c != NULL && (cl->nconduits > 0 || cl->npending > 0);
+  if (live && cl->self_ref == LUA_NOREF) {
+    lua_pushvalue(L, client_ud);
+    cl->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  } else if (!live && cl->self_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, cl->self_ref);
+    cl->self_ref = LUA_NOREF;
+  }
+}
+
+void twl_push_bound(lua_State *L, int objs, void *ptr) {
+  if (ptr == NULL) {
+    lua_pushnil(L);
+    return;
+  }
+  if (lua_rawgetp(L, objs, ptr) == LUA_TUSERDATA) {
+    if (lua_getiuservalue(L, -1, 1) != LUA_TNIL)
+      lua_remove(L, -2);
+    else
+      lua_pop(L, 1);
+  }
+}
+
+void twl_sweep(twl_client *cl, lua_State *L, int objs) {
+  objs = lua_absindex(L, objs);
+  cl->sweep = 0;
+  lua_newtable(L);
+  int dead = lua_gettop(L);
+  lua_Integer n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, objs)) {
+    twl_obj *b = lua_touserdata(L, -1);
+    if (b == NULL || b->obj == NULL) {
+      lua_pushvalue(L, -2);
+      lua_rawseti(L, dead, ++n);
+    }
+    lua_pop(L, 1);
+  }
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, dead, i);
+    lua_pushnil(L);
+    lua_rawset(L, objs);
+  }
+  lua_pop(L, 1);
+}
+
+/* After step/run or a method that may have changed liveness. */
+static void post_call(twl_client *cl, lua_State *L, int ud) {
+  if (cl->sweep && cl->c != NULL) {
+    lua_getiuservalue(L, ud, TWL_UV_OBJS);
+    twl_sweep(cl, L, -1);
+    lua_pop(L, 1);
+  }
+  twl_client_update_anchor(cl, L, ud);
+}
+
+/* ---- the event handler -------------------------------------------------------------- */
+
+static void on_freed(twl_client *cl, const tw_event *ev) {
+  if (ev->shard != NULL) {
+    twl_obj *b = tw_shard_user(ev->shard);
+    if (b != NULL) {
+      b->obj = NULL;
+      tw_shard_set_user(ev->shard, NULL);
+    }
+  } else if (ev->conduit != NULL) {
+    twl_obj *b = tw_conduit_user(ev->conduit);
+    if (b != NULL) {
+      b->obj = NULL;
+      tw_conduit_set_user(ev->conduit, NULL);
+      if (cl->nconduits > 0) cl->nconduits--;
+    }
+  }
+  cl->sweep = 1;
+}
+
+static void push_shard_obj(lua_State *L, twl_frame *fr, twl_client *cl, tw_shard *s) {
+  if (s == NULL) {
+    lua_pushnil(L);
+    return;
+  }
+  if (lua_rawgetp(L, fr->objs, s) == LUA_TNIL) {
+    lua_pop(L, 1);
+    twl_push_shard_ud(L, cl, fr->objs, fr->ud, s);
+  }
+  if (lua_getiuservalue(L, -1, 1) != LUA_TNIL)
+    lua_remove(L, -2);
+  else
+    lua_pop(L, 1);
+}
+
+/* Pushes the dispatcher's arguments for ev; returns their count (-1: nothing to do). */
+static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_event *ev) {
+  int base = lua_gettop(L);
+  switch (ev->type) {
+  case TW_EV_NOTIFICATION:
+  case TW_EV_REVOCATION: {
+    if (ev->type == TW_EV_NOTIFICATION)
+      lua_pushvalue(L, fr->s_notification);
+    else
+      lua_pushliteral(L, "revocation");
+    twl_push_bound(L, fr->objs, ev->conduit);
+    if (ev->subscription_type)
+      lua_pushstring(L, ev->subscription_type);
+    else
+      lua_pushnil(L);
+    twl_view_push(L, ev->doc, ev->type == TW_EV_NOTIFICATION ? ev->event : ev->subscription);
+    push_shard_obj(L, fr, cl, ev->shard);  /* base+5 */
+    twl_push_message(L, fr, ev, base + 5, base + 2);
+    lua_rotate(L, base + 5, 1); /* msg before shard */
+    if (ev->type == TW_EV_REVOCATION) {
+      if (ev->status)
+        lua_pushstring(L, ev->status);
+      else
+        lua_pushnil(L);
+      return 7;
+    }
+    return 6;
+  }
+  case TW_EV_READY:
+    lua_pushliteral(L, "ready");
+    twl_push_bound(L, fr->objs, ev->conduit);
+    return 2;
+  case TW_EV_SHARD_ENABLED:
+  case TW_EV_RECONNECT:
+    if (ev->type == TW_EV_SHARD_ENABLED)
+      lua_pushliteral(L, "shard_enabled");
+    else
+      lua_pushliteral(L, "reconnect");
+    twl_push_bound(L, fr->objs, ev->conduit);
+    push_shard_obj(L, fr, cl, ev->shard);
+    return 3;
+  case TW_EV_SHARD_DISABLED:
+    lua_pushliteral(L, "shard_disabled");
+    twl_push_bound(L, fr->objs, ev->conduit);
+    push_shard_obj(L, fr, cl, ev->shard);
+    if (ev->status)
+      lua_pushstring(L, ev->status);
+    else
+      lua_pushnil(L);
+    if (ev->error)
+      twl_push_error(L, ev->error);
+    else
+      lua_pushnil(L);
+    return 5;
+  case TW_EV_ERROR:
+    lua_pushliteral(L, "error");
+    twl_push_bound(L, fr->objs, ev->conduit);
+    if (ev->error)
+      twl_push_error(L, ev->error);
+    else
+      twl_push_errorf(L, "error", 0, "unknown error");
+    push_shard_obj(L, fr, cl, ev->shard);
+    return 4;
+  case TW_EV_TOKEN:
+    lua_pushliteral(L, "token");
+    lua_pushnil(L);
+    return 2;
+  default:
+    return -1;
+  }
+}
+
+/* Lua is entered through a protected C function so that a failed allocation never
+ * unwinds through the core. Stack indices are only valid in the C frame that pushed
+ * them, so the frame's values are passed as arguments and cl->fr points at them while
+ * the function runs (nested entries from methods called by handlers use it). */
+enum { PA_CL = 1, PA_ARG, PA_UD, PA_DISPATCH, PA_OBJS, PA_PENDING, PA_MSGMT, PA_SNOTIF, PA_N = 8 };
+
+static twl_client *protected_frame(lua_State *L) {
+  twl_client *cl = lua_touserdata(L, PA_CL);
+  cl->fr.L = L;
+  cl->fr.ud = PA_UD;
+  cl->fr.dispatch = PA_DISPATCH;
+  cl->fr.objs = PA_OBJS;
+  cl->fr.pending = PA_PENDING;
+  cl->fr.msg_mt = PA_MSGMT;
+  cl->fr.s_notification = PA_SNOTIF;
+  return cl;
+}
+
+static void call_protected(twl_client *cl, lua_CFunction f, void *arg) {
+  twl_frame saved = cl->fr;
+  lua_State *L = saved.L;
+  lua_pushcfunction(L, f);
+  lua_pushlightuserdata(L, cl);
+  lua_pushlightuserdata(L, arg);
+  lua_pushvalue(L, saved.ud);
+  lua_pushvalue(L, saved.dispatch);
+  lua_pushvalue(L, saved.objs);
+  lua_pushvalue(L, saved.pending);
+  lua_pushvalue(L, saved.msg_mt);
+  lua_pushvalue(L, saved.s_notification);
+  if (lua_pcall(L, PA_N, 0, 0) != LUA_OK) {
+    fprintf(stderr, "twconduit: callback dropped: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  cl->fr = saved;
+}
+
+static int dispatch_protected(lua_State *L) {
+  twl_client *cl = protected_frame(L);
+  const tw_event *ev = lua_touserdata(L, PA_ARG);
+  twl_frame *fr = &cl->fr;
+  if (lua_type(L, fr->dispatch) != LUA_TFUNCTION) return 0;
+  lua_pushvalue(L, fr->dispatch);
+  int n = push_event(L, fr, cl, ev);
+  if (n < 0) return 0;
+  twl_pcall(cl, L, n);
+  return 0;
+}
+
+static void on_event(void *user, const tw_event *ev) {
+  twl_client *cl = user;
+  if (ev->type == TW_EV_FREED) {
+    on_freed(cl, ev);
+    return;
+  }
+  int top;
+  twl_frame *fr = twl_enter(cl, &top);
+  if (fr == NULL) return;
+  call_protected(cl, dispatch_protected, (void *)ev);
+  twl_enter_end(cl, top);
+}
+
+/* ---- Helix and timers: pending callbacks ---------------------------------------------- */
+
+static twl_req *req_new(twl_client *cl) {
+  twl_req *r = calloc(1, sizeof *r);
+  if (r == NULL) return NULL;
+  r->cl = cl;
+  r->id = ++cl->next_id;
+  r->next = cl->reqs;
+  if (cl->reqs) cl->reqs->prev = r;
+  cl->reqs = r;
+  return r;
+}
+
+static void req_unlink(twl_req *r) {
+  twl_client *cl = r->cl;
+  if (r->prev)
+    r->prev->next = r->next;
+  else
+    cl->reqs = r->next;
+  if (r->next) r->next->prev = r->prev;
+  r->prev = r->next = NULL;
+}
+
+typedef struct {
+  twl_req *req;
+  const tw_response *resp; /* NULL for timers */
+} pending_args;
+
+static int pending_protected(lua_State *L) {
+  twl_client *cl = protected_frame(L);
+  pending_args *a = lua_touserdata(L, PA_ARG);
+  twl_frame *fr = &cl->fr;
+  lua_rawgeti(L, fr->pending, a->req->id);
+  lua_pushnil(L);
+  lua_rawseti(L, fr->pending, a->req->id);
+  if (lua_isnil(L, -1)) return 0;
+  if (a->resp == NULL) {
+    twl_pcall(cl, L, 0);
+    return 0;
+  }
+  const tw_response *r = a->resp;
+  lua_pushinteger(L, r->status);
+  if (r->body != NULL)
+    twl_json_push_table(L, r->body, 0);
+  else if (r->raw != NULL && r->raw_len > 0)
+    lua_pushlstring(L, r->raw, r->raw_len);
+  else
+    lua_pushnil(L);
+  if (r->error != NULL)
+    twl_push_error(L, r->error);
+  else
+    lua_pushnil(L);
+  twl_pcall(cl, L, 3);
+  return 0;
+}
+
+static void finish_pending(twl_req *req, const tw_response *resp) {
+  twl_client *cl = req->cl;
+  req_unlink(req);
+  if (cl->npending > 0) cl->npending--;
+  int top;
+  twl_frame *fr = twl_enter(cl, &top);
+  if (fr != NULL) {
+    pending_args a = {req, resp};
+    call_protected(cl, pending_protected, &a);
+    twl_enter_end(cl, top);
+  }
+  free(req);
+}
+
+static void on_response(void *user, const tw_response *r) { finish_pending(user, r); }
+
+static void on_timer(void *user) {
+  twl_req *req = user;
+  req->timer = NULL; /* one-shot timers free themselves */
+  finish_pending(req, NULL);
+}
+
+/* client:helix(method, path, body_or_nil, fn) -> id | nil, err
+ * fn(status, body_table_or_string_or_nil, err_or_nil) is called once, from the loop. */
+static int cl_helix(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  const char *method = luaL_checkstring(L, 2);
+  const char *path = luaL_checkstring(L, 3);
+  size_t blen = 0;
+  const char *body = luaL_optlstring(L, 4, NULL, &blen);
+  luaL_checktype(L, 5, LUA_TFUNCTION);
+  twl_req *req = req_new(cl);
+  if (req == NULL) return luaL_error(L, "out of memory");
+  lua_getiuservalue(L, 1, TWL_UV_PENDING);
+  lua_pushvalue(L, 5);
+  lua_rawseti(L, -2, req->id);
+  tw_error err;
+  memset(&err, 0, sizeof err);
+  int rc = tw_helix(cl->c, method, path, body, blen, on_response, req, &err);
+  if (rc != TW_OK) {
+    lua_pushnil(L);
+    lua_rawseti(L, -2, req->id);
+    req_unlink(req);
+    free(req);
+    if (err.code[0] == '\0') snprintf(err.code, sizeof err.code, "invalid_argument");
+    return twl_fail(L, &err);
+  }
+  cl->npending++;
+  twl_client_update_anchor(cl, L, 1);
+  lua_pushinteger(L, req->id);
+  return 1;
+}
+
+/* client:timer(seconds, fn) -> id ; fn() is called once from the loop. */
+static int cl_timer(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  lua_Number s = luaL_checknumber(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_argcheck(L, s >= 0, 2, "seconds must be non-negative");
+  twl_req *req = req_new(cl);
+  if (req == NULL) return luaL_error(L, "out of memory");
+  req->timer = tw_timer_start(cl->c, (uint64_t)twl_seconds_to_ms(s), 0, on_timer, req);
+  if (req->timer == NULL) {
+    req_unlink(req);
+    free(req);
+    return luaL_error(L, "could not start a timer");
+  }
+  lua_getiuservalue(L, 1, TWL_UV_PENDING);
+  lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, req->id);
+  cl->npending++;
+  twl_client_update_anchor(cl, L, 1);
+  lua_pushinteger(L, req->id);
+  return 1;
+}
+
+static int cl_cancel_timer(lua_State *L) {
+  twl_client *cl = luaL_checkudata(L, 1, TWL_CLIENT_MT);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  for (twl_req *r = cl->reqs; r != NULL; r = r->next) {
+    if (r->id == id && r->timer != NULL) {
+      tw_timer_cancel(r->timer);
+      req_unlink(r);
+      free(r);
+      if (cl->npending > 0) cl->npending--;
+      lua_getiuservalue(L, 1, TWL_UV_PENDING);
+      lua_pushnil(L);
+      lua_rawseti(L, -2, id);
+      twl_client_update_anchor(cl, L, 1);
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* ---- construction, closing ------------------------------------------------------------ */
+
+static const char *opt_string(lua_State *L, int t, const char *k) {
+  int ty = lua_getfield(L, t, k);
+  const char *s = NULL;
+  if (ty == LUA_TSTRING)
+    s = lua_tostring(L, -1);
+  else if (ty != LUA_TNIL)
+    luaL_error(L, "%s must be a string", k);
+  lua_pop(L, 1); /* the string stays alive in the options table */
+  return s;
+}
+
+static lua_Number opt_number(lua_State *L, int t, const char *k, lua_Number dflt) {
+  int ty = lua_getfield(L, t, k);
+  lua_Number v = dflt;
+  if (ty == LUA_TNUMBER)
+    v = lua_tonumber(L, -1);
+  else if (ty != LUA_TNIL)
+    luaL_error(L, "%s must be a number", k);
+  lua_pop(L, 1);
+  return v;
+}
+
+static lua_Integer opt_integer(lua_State *L, int t, const char *k, lua_Integer dflt) {
+  int ty = lua_getfield(L, t, k);
+  lua_Integer v = dflt;
+  if (ty != LUA_TNIL) {
+    int ok = 0;
+    v = lua_tointegerx(L, -1, &ok);
+    if (!ok) luaL_error(L, "%s must be an integer", k);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/* core.client(opts) -> client userdata | nil, err  (options are checked by the Lua
+ * layer; here only types are checked again). */
+static int cl_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  tw_client_opts o;
+  memset(&o, 0, sizeof o);
+  o.client_id = opt_string(L, 1, "client_id");
+  if (o.client_id == NULL) luaL_error(L, "client_id must be a string");
+  o.client_secret = opt_string(L, 1, "client_secret");
+  o.access_token = opt_string(L, 1, "access_token");
+  o.api_base = opt_string(L, 1, "api_base");
+  o.auth_base = opt_string(L, 1, "auth_base");
+  o.eventsub_ws = opt_string(L, 1, "eventsub_ws");
+  o.keepalive_s = (int)opt_integer(L, 1, "keepalive", 0);
+  o.keepalive_slack_s = opt_number(L, 1, "keepalive_slack", 0);
+  o.dedupe_window_s = opt_number(L, 1, "dedupe_window", 0);
+  o.dedupe_max = (size_t)opt_integer(L, 1, "dedupe_max", 0);
+  o.max_age_s = opt_number(L, 1, "max_age", 0);
+  o.backoff_min_s = opt_number(L, 1, "backoff_min", 0);
+  o.backoff_max_s = opt_number(L, 1, "backoff_max", 0);
+  o.http_timeout_s = opt_number(L, 1, "http_timeout", 0);
+  o.http_retries = (int)opt_integer(L, 1, "http_retries", -1);
+  o.http_max_inflight = (int)opt_integer(L, 1, "http_max_inflight", 0);
+  o.patch_batch = (int)opt_integer(L, 1, "patch_batch", 0);
+  o.validate_interval_s = opt_number(L, 1, "validate_interval", 0);
+  o.max_message_bytes = (size_t)opt_integer(L, 1, "max_message_bytes", 0);
+  if (o.http_retries < 0) o.http_retries = 4;
+
+  twl_client *cl = lua_newuserdatauv(L, sizeof *cl, TWL_UV_CLIENT_N);
+  memset(cl, 0, sizeof *cl);
+  cl->self_ref = LUA_NOREF;
+  luaL_setmetatable(L, TWL_CLIENT_MT);
+  lua_pushnil(L);
+  lua_setiuservalue(L, -2, TWL_UV_DISPATCH);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, TWL_UV_OBJS);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, TWL_UV_PENDING);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  cl->mainL = lua_tothread(L, -1);
+  lua_pop(L, 1);
+
+  tw_error err;
+  memset(&err, 0, sizeof err);
+  cl->c = tw_client_new(&o, &err);
+  if (cl->c == NULL) return twl_fail(L, &err);
+  tw_client_on_event(cl->c, on_event, cl);
+  return 1;
+}
+
+static void finish_close(twl_client *cl, lua_State *L, int ud) {
+  if (cl->c == NULL) return;
+  cl->dispatch_off = 1;
+  tw_client_free(cl->c);
+  cl->c = NULL;
+  /* every box still anchored loses its object */
+  lua_getiuservalue(L, ud, TWL_UV_OBJS);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    twl_obj *b = lua_touserdata(L, -1);
+    if (b != NULL) b->obj = NULL;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_setiuservalue(L, ud, TWL_UV_OBJS);
+  lua_newtable(L);
+  lua_setiuservalue(L, ud, TWL_UV_PENDING);
+  while (cl->reqs != NULL) {
+    twl_req *r = cl->reqs;
+    req_unlink(r);
+    free(r); /* timers were freed with the client */
+  }
+  cl->npending = cl->nconduits = 0;
+  free(cl->host);
+  cl->host = NULL;
+  twl_client_update_anchor(cl, L, ud);
+}
+
+static int cl_close(lua_State *L) {
+  twl_client *cl = luaL_checkudata(L, 1, TWL_CLIENT_MT);
+  if (cl->c == NULL) return 0;
+  if (cl->running) { /* from a callback: finished when step/run returns */
+    cl->close_requested = 1;
+    tw_client_stop(cl->c);
+    return 0;
+  }
+  finish_close(cl, L, 1);
+  return 0;
+}
+
+static int cl_gc(lua_State *L) {
+  twl_client *cl = luaL_checkudata(L, 1, TWL_CLIENT_MT);
+  cl->dispatch_off = 1;
+  if (cl->c != NULL) finish_close(cl, L, 1);
+  return 0;
+}
+
+static int loop_result(lua_State *L, twl_client *cl, int rc) {
+  if (cl->close_requested) {
+    cl->close_requested = 0;
+    finish_close(cl, L, 1);
+  } else {
+    post_call(cl, L, 1);
+  }
+  if (rc == TW_EBUSY) {
+    luaL_pushfail(L);
+    twl_push_errorf(L, "busy", 0, "loop already running");
+    return 2;
+  }
+  if (rc < 0 && rc != TW_ECLOSED) {
+    luaL_pushfail(L);
+    twl_push_errorf(L, "closed", 0, "loop failed (%d)", rc);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* client:step([seconds]) -> true | nil, err ; nil waits until something happens */
+static int cl_step(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  int ms = -1;
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Number t = luaL_checknumber(L, 2);
+    ms = t < 0 ? -1 : twl_seconds_to_ms(t);
+  }
+  if (cl->running) return loop_result(L, cl, TW_EBUSY);
+  lua_settop(L, 1);
+  twl_frame saved;
+  twl_frame_begin(cl, L, 1, &saved);
+  cl->running = 1;
+  int rc = tw_client_step(cl->c, ms);
+  cl->running = 0;
+  twl_frame_end(cl, &saved);
+  return loop_result(L, cl, rc);
+}
+
+static int cl_run(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  if (cl->running) return loop_result(L, cl, TW_EBUSY);
+  lua_settop(L, 1);
+  twl_frame saved;
+  twl_frame_begin(cl, L, 1, &saved);
+  cl->running = 1;
+  int rc = tw_client_run(cl->c);
+  cl->running = 0;
+  twl_frame_end(cl, &saved);
+  return loop_result(L, cl, rc);
+}
+
+static int cl_stop(lua_State *L) {
+  twl_client *cl = luaL_checkudata(L, 1, TWL_CLIENT_MT);
+  if (cl->c) tw_client_stop(cl->c);
+  return 0;
+}
+
+static int cl_running(lua_State *L) {
+  twl_client *cl = luaL_checkudata(L, 1, TWL_CLIENT_MT);
+  lua_pushboolean(L, cl->running);
+  return 1;
+}
+
+static int cl_closed(lua_State *L) {
+  twl_client *cl = luaL_checkudata(L, 1, TWL_CLIENT_MT);
+  lua_pushboolean(L, cl->c == NULL || cl->close_requested);
+  return 1;
+}
+
+static int cl_pollfd(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  lua_pushinteger(L, tw_client_pollfd(cl->c));
+  return 1;
+}
+
+static int cl_events(lua_State *L) {
+  twl_check_client(L, 1);
+  lua_pushliteral(L, "r");
+  return 1;
+}
+
+static int cl_timeout(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  int ms = tw_client_timeout_ms(cl->c);
+  if (ms < 0)
+    lua_pushnil(L);
+  else
+    lua_pushnumber(L, (lua_Number)ms / 1000.0);
+  return 1;
+}
+
+static int cl_now(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  lua_pushnumber(L, (lua_Number)tw_client_now_ms(cl->c) / 1000.0);
+  return 1;
+}
+
+static int cl_token(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  const char *t = tw_client_token(cl->c);
+  if (t)
+    lua_pushstring(L, t);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+#define SET_U(f) (lua_pushinteger(L, (lua_Integer)st.f), lua_setfield(L, -2, #f))
+static int cl_stats(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  tw_client_stats st;
+  memset(&st, 0, sizeof st);
+  tw_client_get_stats(cl->c, &st);
+  lua_createtable(L, 0, 10);
+  SET_U(notifications);
+  SET_U(duplicates);
+  SET_U(stale);
+  SET_U(bad_messages);
+  SET_U(helix_requests);
+  SET_U(helix_retries);
+  SET_U(helix_rate_waits);
+  SET_U(token_fetches);
+  SET_U(ws_connects);
+  SET_U(ratelimit_remaining);
+  return 1;
+}
+
+static int cl_set_dispatcher(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, 1, TWL_UV_DISPATCH);
+  if (cl->fr.L != NULL) { /* keep the running frame's cached slot current */
+    lua_pushvalue(L, 2);
+    lua_xmove(L, cl->fr.L, 1);
+    lua_replace(cl->fr.L, cl->fr.dispatch);
+  }
+  return 0;
+}
+
+/* client:open_conduit{id=, shards=, offset=, total=} -> conduit userdata | nil, err */
+static int cl_open_conduit(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  tw_conduit_opts o;
+  memset(&o, 0, sizeof o);
+  o.id = opt_string(L, 2, "id");
+  o.shards = (int)opt_integer(L, 2, "shards", 0);
+  o.offset = (int)opt_integer(L, 2, "offset", 0);
+  o.total = (int)opt_integer(L, 2, "total", 0);
+  luaL_argcheck(L, o.shards >= 0, 2, "shards must be a non-negative integer");
+  luaL_argcheck(L, o.offset >= 0, 2, "offset must be a non-negative integer");
+  luaL_argcheck(L, o.total >= 0, 2, "total must be a non-negative integer");
+  lua_settop(L, 2);
+  tw_error err;
+  memset(&err, 0, sizeof err);
+  twl_frame saved;
+  twl_frame_begin(cl, L, 1, &saved);
+  tw_conduit *cd = tw_conduit_open(cl->c, &o, &err);
+  twl_frame_end(cl, &saved);
+  if (cd == NULL) return twl_fail(L, &err);
+  cl->nconduits++;
+  lua_getiuservalue(L, 1, TWL_UV_OBJS);
+  int objs = lua_gettop(L);
+  twl_push_conduit_ud(L, cl, objs, 1, cd);
+  size_t n = tw_conduit_nshards(cd);
+  for (size_t i = 0; i < n; i++) {
+    tw_shard *s = tw_conduit_shard(cd, i);
+    if (s != NULL && lua_rawgetp(L, objs, s) == LUA_TNIL) {
+      lua_pop(L, 1);
+      twl_push_shard_ud(L, cl, objs, 1, s);
+    }
+    lua_pop(L, 1);
+  }
+  twl_client_update_anchor(cl, L, 1);
+  return 1;
+}
+
+static int cl_tostring(lua_State *L) {
+  twl_client *cl = luaL_checkudata(L, 1, TWL_CLIENT_MT);
+  lua_pushfstring(L, "twconduit.client{state=\"%s\"}",
+                  cl->c == NULL ? "closed" : cl->running ? "running" : "idle");
+  return 1;
+}
+
+void twl_client_open(lua_State *L, int modidx) {
+  static const luaL_Reg methods[] = {
+      {"set_dispatcher", cl_set_dispatcher},
+      {"step", cl_step},
+      {"run", cl_run},
+      {"stop", cl_stop},
+      {"running", cl_running},
+      {"closed", cl_closed},
+      {"close", cl_close},
+      {"pollfd", cl_pollfd},
+      {"events", cl_events},
+      {"timeout", cl_timeout},
+      {"now", cl_now},
+      {"token", cl_token},
+      {"stats", cl_stats},
+      {"helix", cl_helix},
+      {"timer", cl_timer},
+      {"cancel_timer", cl_cancel_timer},
+      {"open_conduit", cl_open_conduit},
+      {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+      {"__gc", cl_gc}, {"__close", cl_close}, {"__tostring", cl_tostring}, {NULL, NULL}};
+  twl_newclass(L, TWL_CLIENT_MT, methods, meta);
+  lua_pushcfunction(L, cl_new);
+  lua_setfield(L, modidx, "client");
+}

@@ -1,0 +1,99 @@
+/* message.c - twconduit.message: what a handler gets besides the event.
+ *
+ * A small userdata holding a reference on the parsed document; its fields are read on
+ * access: id, type, version, timestamp, message_type (from the metadata), shard,
+ * conduit (the Lua objects, kept in uservalues 1 and 2), transport ("websocket"),
+ * subscription and metadata (read-only views).
+ */
+#include <string.h>
+
+#include "twl.h"
+
+typedef struct {
+  tw_json *doc;
+  tw_jnode meta;
+  tw_jnode sub;
+} twl_msg;
+
+void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int shard_obj,
+                      int conduit_obj) {
+  twl_msg *m = lua_newuserdatauv(L, sizeof *m, 2);
+  m->doc = NULL;
+  m->meta = ev->metadata;
+  m->sub = ev->subscription;
+  lua_pushvalue(L, fr->msg_mt);
+  lua_setmetatable(L, -2);
+  if (ev->doc != NULL) {
+    tw_json_ref(ev->doc);
+    m->doc = ev->doc;
+  }
+  lua_pushvalue(L, shard_obj);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, conduit_obj);
+  lua_setiuservalue(L, -2, 2);
+}
+
+static void push_meta(lua_State *L, twl_msg *m, const char *key) {
+  size_t len;
+  const char *s = tw_json_str(m->doc, tw_json_get(m->doc, m->meta, key, strlen(key)), &len);
+  if (s)
+    lua_pushlstring(L, s, len);
+  else
+    lua_pushnil(L);
+}
+
+static int msg_index(lua_State *L) {
+  twl_msg *m = luaL_checkudata(L, 1, TWL_MESSAGE_MT);
+  size_t kl;
+  const char *k = lua_tolstring(L, 2, &kl);
+  if (k == NULL || m->doc == NULL) return 0;
+  switch (k[0]) {
+  case 'i':
+    if (strcmp(k, "id") == 0) return push_meta(L, m, "message_id"), 1;
+    break;
+  case 't':
+    if (strcmp(k, "type") == 0) return push_meta(L, m, "subscription_type"), 1;
+    if (strcmp(k, "timestamp") == 0) return push_meta(L, m, "message_timestamp"), 1;
+    if (strcmp(k, "transport") == 0) return lua_pushliteral(L, "websocket"), 1;
+    break;
+  case 'v':
+    if (strcmp(k, "version") == 0) return push_meta(L, m, "subscription_version"), 1;
+    break;
+  case 'm':
+    if (strcmp(k, "message_type") == 0) return push_meta(L, m, "message_type"), 1;
+    if (strcmp(k, "metadata") == 0) return twl_view_push(L, m->doc, m->meta), 1;
+    break;
+  case 's':
+    if (strcmp(k, "shard") == 0) return lua_getiuservalue(L, 1, 1), 1;
+    if (strcmp(k, "subscription") == 0) return twl_view_push(L, m->doc, m->sub), 1;
+    break;
+  case 'c':
+    if (strcmp(k, "conduit") == 0) return lua_getiuservalue(L, 1, 2), 1;
+    break;
+  default:
+    break;
+  }
+  return 0;
+}
+
+static int msg_gc(lua_State *L) {
+  twl_msg *m = luaL_checkudata(L, 1, TWL_MESSAGE_MT);
+  tw_json_unref(m->doc);
+  m->doc = NULL;
+  return 0;
+}
+
+static int msg_tostring(lua_State *L) {
+  twl_msg *m = luaL_checkudata(L, 1, TWL_MESSAGE_MT);
+  size_t len = 0;
+  const char *id = m->doc ? tw_json_str(m->doc, tw_json_get(m->doc, m->meta, "message_id", 10), &len)
+                          : NULL;
+  lua_pushfstring(L, "twconduit.message{id=\"%s\"}", id ? id : "?");
+  return 1;
+}
+
+void twl_message_open(lua_State *L) {
+  static const luaL_Reg meta[] = {
+      {"__index", msg_index}, {"__gc", msg_gc}, {"__tostring", msg_tostring}, {NULL, NULL}};
+  twl_newclass(L, TWL_MESSAGE_MT, NULL, meta);
+}

@@ -1,0 +1,155 @@
+/* shard.c - twconduit.shard: a box over a tw_shard owned by its conduit.
+ *
+ * Uservalue 1 holds the bound Lua object, uservalue 2 the client userdata.
+ */
+#include <string.h>
+
+#include "twl.h"
+
+enum { UV_BOUND = 1, UV_CLIENT = 2 };
+
+void twl_push_shard_ud(lua_State *L, twl_client *cl, int objs, int client_ud, tw_shard *s) {
+  objs = lua_absindex(L, objs);
+  client_ud = lua_absindex(L, client_ud);
+  twl_obj *b = lua_newuserdatauv(L, sizeof *b, 2);
+  b->obj = s;
+  b->cl = cl;
+  luaL_setmetatable(L, TWL_SHARD_MT);
+  lua_pushvalue(L, client_ud);
+  lua_setiuservalue(L, -2, UV_CLIENT);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, objs, s);
+  tw_shard_set_user(s, b);
+}
+
+static twl_obj *check_box(lua_State *L, int i) {
+  twl_obj *b = luaL_checkudata(L, i, TWL_SHARD_MT);
+  if (b->obj == NULL || b->cl->c == NULL) luaL_error(L, "shard is closed");
+  return b;
+}
+
+static tw_shard *check_shard(lua_State *L, int i) { return check_box(L, i)->obj; }
+
+static void push_opt_string(lua_State *L, const char *s) {
+  if (s)
+    lua_pushstring(L, s);
+  else
+    lua_pushnil(L);
+}
+
+static int sh_bind(lua_State *L) {
+  luaL_checkudata(L, 1, TWL_SHARD_MT);
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, UV_BOUND);
+  return 0;
+}
+
+static int sh_bound(lua_State *L) {
+  luaL_checkudata(L, 1, TWL_SHARD_MT);
+  lua_getiuservalue(L, 1, UV_BOUND);
+  return 1;
+}
+
+static int sh_closed(lua_State *L) {
+  twl_obj *b = luaL_checkudata(L, 1, TWL_SHARD_MT);
+  lua_pushboolean(L, b->obj == NULL || b->cl->c == NULL);
+  return 1;
+}
+
+static int sh_id(lua_State *L) {
+  push_opt_string(L, tw_shard_id(check_shard(L, 1)));
+  return 1;
+}
+
+static int sh_state(lua_State *L) {
+  twl_obj *b = luaL_checkudata(L, 1, TWL_SHARD_MT);
+  if (b->obj == NULL || b->cl->c == NULL)
+    lua_pushliteral(L, "closed");
+  else
+    push_opt_string(L, tw_shard_state(b->obj));
+  return 1;
+}
+
+static int sh_status(lua_State *L) {
+  push_opt_string(L, tw_shard_status(check_shard(L, 1)));
+  return 1;
+}
+
+static int sh_session_id(lua_State *L) {
+  push_opt_string(L, tw_shard_session_id(check_shard(L, 1)));
+  return 1;
+}
+
+#define SET_U(f) (lua_pushinteger(L, (lua_Integer)st.f), lua_setfield(L, -2, #f))
+static int sh_stats(lua_State *L) {
+  tw_shard *s = check_shard(L, 1);
+  tw_shard_stats st;
+  memset(&st, 0, sizeof st);
+  tw_shard_get_stats(s, &st);
+  lua_createtable(L, 0, 8);
+  SET_U(notifications);
+  SET_U(duplicates);
+  SET_U(keepalives);
+  SET_U(connects);
+  SET_U(reconnects);
+  SET_U(assignments);
+  SET_U(bytes);
+  SET_U(last_close_code);
+  return 1;
+}
+
+static int sh_reconnect(lua_State *L) {
+  twl_obj *b = check_box(L, 1);
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, UV_CLIENT);
+  twl_frame saved;
+  twl_frame_begin(b->cl, L, 2, &saved);
+  int rc = tw_shard_reconnect(b->obj);
+  twl_frame_end(b->cl, &saved);
+  if (rc != TW_OK) {
+    luaL_pushfail(L);
+    twl_push_errorf(L, rc == TW_ECLOSED ? "closed" : "invalid_argument", 0,
+                    "shard reconnect failed (%d)", rc);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ud:conduit() -> the conduit's bound object (or userdata) */
+static int sh_conduit(lua_State *L) {
+  twl_obj *b = check_box(L, 1);
+  tw_conduit *cd = tw_shard_conduit(b->obj);
+  lua_getiuservalue(L, 1, UV_CLIENT);
+  lua_getiuservalue(L, -1, TWL_UV_OBJS);
+  twl_push_bound(L, lua_gettop(L), cd);
+  return 1;
+}
+
+static int sh_tostring(lua_State *L) {
+  twl_obj *b = luaL_checkudata(L, 1, TWL_SHARD_MT);
+  if (b->obj == NULL || b->cl->c == NULL) {
+    lua_pushliteral(L, "twconduit.shard{state=\"closed\"}");
+  } else {
+    const char *id = tw_shard_id(b->obj);
+    lua_pushfstring(L, "twconduit.shard{id=\"%s\",state=\"%s\"}", id ? id : "?",
+                    tw_shard_state(b->obj));
+  }
+  return 1;
+}
+
+void twl_shard_open(lua_State *L) {
+  static const luaL_Reg methods[] = {{"bind", sh_bind},
+                                     {"bound", sh_bound},
+                                     {"closed", sh_closed},
+                                     {"id", sh_id},
+                                     {"state", sh_state},
+                                     {"status", sh_status},
+                                     {"session_id", sh_session_id},
+                                     {"stats", sh_stats},
+                                     {"reconnect", sh_reconnect},
+                                     {"conduit", sh_conduit},
+                                     {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__tostring", sh_tostring}, {NULL, NULL}};
+  twl_newclass(L, TWL_SHARD_MT, methods, meta);
+}
