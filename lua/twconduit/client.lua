@@ -1,0 +1,665 @@
+--- twconduit.client: one connection to Twitch (OAuth, Helix, EventSub websockets),
+-- running every socket and timer on one loop.
+local core = require "twconduit.core"
+local errors = require "twconduit.errors"
+local async = require "twconduit.async"
+local events = require "twconduit.events"
+local Conduit = require "twconduit.conduit"
+local Shard = require "twconduit.shard"
+local Subscription = require "twconduit.subscription"
+
+local traceback = debug.traceback
+local xpcall, type, tostring = xpcall, type, tostring
+
+local Client = {}
+Client.__name = "twconduit.Client"
+
+-- option name -> checker returning an error message or nil
+local function str(v) if type(v) ~= "string" then return "must be a string" end end
+local function int_range(lo, hi)
+  return function(v)
+    if math.type(v) ~= "integer" or v < lo or (hi and v > hi) then
+      return hi and ("must be an integer between %d and %d"):format(lo, hi)
+        or ("must be an integer >= %d"):format(lo)
+    end
+  end
+end
+local function num_min(lo, strict)
+  return function(v)
+    if type(v) ~= "number" or v ~= v or (strict and v <= lo) or v < lo then
+      return ("must be a number %s %s"):format(strict and ">" or ">=", lo)
+    end
+  end
+end
+local function num(v) if type(v) ~= "number" or v ~= v then return "must be a number" end end
+
+local OPTIONS = {
+  client_id = str, client_secret = str, access_token = str,
+  api_base = str, auth_base = str, eventsub_ws = str,
+  keepalive = int_range(10, 600), keepalive_slack = num_min(0),
+  dedupe_window = num_min(0, true), dedupe_max = int_range(1),
+  max_age = num, backoff_min = num_min(0, true), backoff_max = num_min(0, true),
+  http_timeout = num_min(0, true), http_retries = int_range(0),
+  http_max_inflight = int_range(1), patch_batch = int_range(1, 100),
+  validate_interval = num_min(0, true), max_message_bytes = int_range(1024),
+}
+
+local DEFAULTS = { http_timeout = 15, patch_batch = 100 }
+
+local function check_options(opts)
+  if type(opts) ~= "table" then
+    errors.argerror(1, "client", ("table expected, got %s"):format(type(opts)), 3)
+  end
+  for k, v in pairs(opts) do
+    local check = OPTIONS[k]
+    if not check then error(("unknown option '%s'"):format(tostring(k)), 3) end
+    local msg = check(v)
+    if msg then error(("%s %s"):format(k, msg), 3) end
+  end
+  if opts.client_id == nil then error("client_id must be a string", 3) end
+  if opts.client_secret == nil and opts.access_token == nil then
+    error("client_secret or access_token must be a string", 3)
+  end
+  if opts.backoff_min and opts.backoff_max and opts.backoff_min > opts.backoff_max then
+    error("backoff_min must not exceed backoff_max", 3)
+  end
+end
+
+-- ---------------------------------------------------------------------------------
+-- error reporting
+
+local function write_stderr(prefix, err)
+  io.stderr:write("twconduit: ", prefix, tostring(err), "\n")
+  io.stderr:flush()
+end
+
+--- Sends err to the "error" handlers of obj's chain (shard/subscription, conduit,
+-- client); stderr when there is none. Errors inside error handlers go to stderr.
+function Client:_report(err, obj, conduit)
+  local lists = {}
+  if obj and obj ~= conduit and type(obj) == "table" and obj._h then
+    lists[#lists + 1] = obj._h.error
+  end
+  if conduit and conduit._h then lists[#lists + 1] = conduit._h.error end
+  lists[#lists + 1] = self._h.error
+  local any = false
+  for _, list in ipairs(lists) do
+    for i = 1, #list do
+      any = true
+      local ok, e2 = xpcall(list[i], traceback, err, obj or conduit)
+      if not ok then write_stderr("error in an error handler: ", e2) end
+    end
+  end
+  if not any then write_stderr("", err) end
+end
+
+async.report = function(client, err)
+  if client and not client._closed then
+    client:_report(err)
+  else
+    write_stderr("", err)
+  end
+end
+
+-- ---------------------------------------------------------------------------------
+-- dispatch: the one function the C binding calls for every event
+
+local function emit(client, list, obj, conduit, ...)
+  for i = 1, #list do
+    local ok, err = xpcall(list[i], traceback, ...)
+    if not ok then
+      client:_report(errors.new("callback_error", tostring(err)), obj, conduit)
+    end
+    if client._closed then return false end
+  end
+  return true
+end
+
+local function wrap_shard(client, s)
+  if type(s) == "userdata" then
+    local cd = s:conduit()
+    return Shard.wrap(client, type(cd) == "table" and cd or nil, s)
+  end
+  return s
+end
+
+local function make_dispatcher(client)
+  local ch = client._h
+  return function(kind, conduit, a, b, c, d, e)
+    local prev = async.current
+    async.current = client
+    if kind == "notification" then
+      -- a: subscription type, b: event view, c: message, d: shard
+      local h = conduit and conduit._h
+      local l
+      if h then
+        l = h[a]; if l and not emit(client, l, conduit, conduit, b, c) then goto out end
+        l = h.notification; if l and not emit(client, l, conduit, conduit, b, c) then goto out end
+      end
+      if d and type(d) == "table" then
+        local sh = d._h
+        l = sh[a]; if l and not emit(client, l, d, conduit, b, c) then goto out end
+        l = sh.notification; if l and not emit(client, l, d, conduit, b, c) then goto out end
+      end
+      l = ch[a]; if l and not emit(client, l, conduit, conduit, b, c) then goto out end
+      l = ch.notification; if l then emit(client, l, conduit, conduit, b, c) end
+    else
+      client:_event(kind, conduit, a, b, c, d, e)
+    end
+    ::out::
+    async.current = prev
+  end
+end
+
+local function chain(client, obj, conduit, name, ...)
+  if obj and type(obj) == "table" and obj._h and obj ~= conduit then
+    local l = obj._h[name]
+    if l and not emit(client, l, obj, conduit, ...) then return false end
+  end
+  if conduit then
+    local l = conduit._h[name]
+    if l and not emit(client, l, conduit, conduit, ...) then return false end
+  end
+  local l = client._h[name]
+  if l and not emit(client, l, obj or conduit, conduit, ...) then return false end
+  return true
+end
+
+function Client:_event(kind, conduit, a, b, c, d, e)
+  if type(conduit) == "userdata" then conduit = nil end
+  if kind == "revocation" then
+    -- a: type, b: subscription view, c: message, d: shard, e: status
+    local id = b and b.id
+    local sub = id and self._subs[id]
+    if sub then
+      sub.status = e or (b and b.status) or "revoked"
+      local l = sub._h.revocation
+      if l and not emit(self, l, sub, conduit, sub, sub.status) then return end
+    end
+    chain(self, nil, conduit, "revocation", b, c)
+  elseif kind == "ready" then
+    chain(self, nil, conduit, "ready", conduit)
+  elseif kind == "shard_enabled" or kind == "reconnect" then
+    local s = wrap_shard(self, a)
+    chain(self, s, conduit, kind, s)
+  elseif kind == "shard_disabled" then
+    local s = wrap_shard(self, a)
+    chain(self, s, conduit, kind, s, b, c)
+  elseif kind == "error" then
+    local s = wrap_shard(self, b)
+    if conduit then conduit._last_error = a end
+    local obj = s or conduit
+    local lists = 0
+    if s and s._h.error then lists = lists + 1 end
+    if conduit and conduit._h.error then lists = lists + 1 end
+    if self._h.error then lists = lists + 1 end
+    if lists == 0 then
+      if not self._quiet_errors then write_stderr("", a) end
+    else
+      chain(self, s, conduit, "error", a, obj)
+    end
+  elseif kind == "token" then
+    chain(self, nil, nil, "token")
+  end
+  if conduit and not self._closed then conduit:_wake(kind) end
+end
+
+-- ---------------------------------------------------------------------------------
+-- construction and the loop
+
+function Client.new(opts)
+  check_options(opts)
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  for k, v in pairs(DEFAULTS) do if o[k] == nil then o[k] = v end end
+  local ud, err = core.client(o)
+  if not ud then return nil, err end
+  local self = setmetatable({
+    _core = ud, _h = {}, _opts = o, _conduits = {}, _subs = {}, _closed = false,
+  }, Client)
+  ud:set_dispatcher(make_dispatcher(self))
+  return self
+end
+
+function Client:on(name, fn)
+  events.check(name, fn, "on", nil, true)
+  events.on(self._h, name, fn)
+  return self
+end
+
+function Client:off(name, fn)
+  events.check(name, fn, "off")
+  return events.off(self._h, name, fn)
+end
+
+local function check_open(self)
+  if self._closed then error("client is closed", 3) end
+end
+
+--- Runs the loop until client:stop(). Returns true | nil, err.
+function Client:run()
+  check_open(self)
+  return self._core:run()
+end
+
+--- Runs one loop iteration, waiting at most `timeout` seconds (nil: until
+-- something happens). Returns true | nil, err.
+function Client:step(timeout)
+  check_open(self)
+  if timeout ~= nil and type(timeout) ~= "number" then
+    errors.argerror(1, "step", ("number expected, got %s"):format(type(timeout)))
+  end
+  return self._core:step(timeout)
+end
+
+function Client:stop()
+  if not self._closed then self._core:stop() end
+end
+
+function Client:pollfd() check_open(self); return self._core:pollfd() end
+function Client:events() return "r" end
+function Client:timeout() check_open(self); return self._core:timeout() end
+function Client:stats() check_open(self); return self._core:stats() end
+function Client:now() check_open(self); return self._core:now() end
+function Client:is_running() return not self._closed and self._core:running() end
+function Client:closed() return self._closed end
+
+--- Closes every connection; idempotent. Inside a callback it takes effect when the
+-- current step returns.
+function Client:close()
+  if self._closed then return end
+  self._closed = true
+  self._core:close()
+end
+Client.__close = Client.close
+
+function Client:__tostring()
+  return ("twconduit.client{state=%q,conduits=%d}"):format(
+    self._closed and "closed" or (self._core:running() and "running" or "idle"), #self._conduits)
+end
+
+Client.__index = Client
+
+-- ---------------------------------------------------------------------------------
+-- conduits
+
+local CONDUIT_OPTS = { id = true, shards = true, offset = true, total = true }
+
+--- Opens a conduit (creating it when id is nil) and connects `shards` websocket
+-- shards. Returns the conduit object, or nil, err.
+function Client:conduit(opts)
+  check_open(self)
+  if type(opts) ~= "table" then
+    errors.argerror(1, "conduit", ("table expected, got %s"):format(type(opts)))
+  end
+  for k in pairs(opts) do
+    if not CONDUIT_OPTS[k] then error(("unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  if opts.id ~= nil and (type(opts.id) ~= "string" or opts.id == "") then
+    error("id must be a non-empty string", 2)
+  end
+  local shards = opts.shards == nil and 1 or opts.shards
+  if math.type(shards) ~= "integer" or shards < 0 then
+    error("shards must be a non-negative integer", 2)
+  end
+  local offset = opts.offset or 0
+  if math.type(offset) ~= "integer" or offset < 0 then
+    error("offset must be a non-negative integer", 2)
+  end
+  if opts.total ~= nil and (math.type(opts.total) ~= "integer" or opts.total < 1) then
+    error("total must be a positive integer", 2)
+  end
+  if opts.total ~= nil and opts.total < offset + shards then
+    error("total must be at least offset + shards", 2)
+  end
+  local ud, err = self._core:open_conduit { id = opts.id, shards = shards, offset = offset,
+    total = opts.total }
+  if not ud then return nil, err end
+  local c = Conduit.wrap(self, ud)
+  self._conduits[#self._conduits + 1] = c
+  return c
+end
+
+--- The conduit objects opened by this client.
+function Client:open_conduits()
+  local out = {}
+  for i, c in ipairs(self._conduits) do out[i] = c end
+  return out
+end
+
+function Client:_forget_conduit(c)
+  for i, x in ipairs(self._conduits) do
+    if x == c then table.remove(self._conduits, i); return end
+  end
+end
+
+-- ---------------------------------------------------------------------------------
+-- Helix
+
+local function urlencode(s)
+  return (tostring(s):gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
+end
+
+local function encode_query(q)
+  local keys = {}
+  for k in pairs(q) do
+    if type(k) ~= "string" then error("query keys must be strings", 4) end
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  local parts = {}
+  for _, k in ipairs(keys) do
+    local v = q[k]
+    if type(v) == "table" then
+      for _, x in ipairs(v) do parts[#parts + 1] = urlencode(k) .. "=" .. urlencode(x) end
+    elseif v ~= nil and v ~= false then
+      parts[#parts + 1] = urlencode(k) .. "=" .. urlencode(v)
+    end
+  end
+  return table.concat(parts, "&")
+end
+Client._encode_query = encode_query
+
+local METHODS = { GET = true, POST = true, PATCH = true, PUT = true, DELETE = true }
+
+--- One Helix call with the app token, rate limiting, retries and 401 refresh.
+-- Returns the decoded body (a plain table), true for an empty 2xx body, or nil, err.
+function Client:helix(method, path, opts)
+  check_open(self)
+  if type(method) ~= "string" then
+    errors.argerror(1, "helix", ("string expected, got %s"):format(type(method)))
+  end
+  method = method:upper()
+  if not METHODS[method] then errors.argerror(1, "helix", "unknown HTTP method " .. method) end
+  if type(path) ~= "string" then
+    errors.argerror(2, "helix", ("string expected, got %s"):format(type(path)))
+  end
+  if path:sub(1, 1) ~= "/" then errors.argerror(2, "helix", "path must start with '/'") end
+  if opts ~= nil and type(opts) ~= "table" then
+    errors.argerror(3, "helix", ("table expected, got %s"):format(type(opts)))
+  end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if k ~= "query" and k ~= "body" then error(("unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  local full = path
+  if opts.query ~= nil then
+    if type(opts.query) ~= "table" then error("query must be a table", 2) end
+    local q = encode_query(opts.query)
+    if q ~= "" then full = full .. (full:find("?", 1, true) and "&" or "?") .. q end
+  end
+  local body = opts.body
+  if type(body) == "table" then
+    body = core.json_encode(body)
+  elseif body ~= nil and type(body) ~= "string" then
+    error("body must be a table or a string", 2)
+  end
+  local cd = self._core
+  return async.await(self, function(done)
+    local id, err = cd:helix(method, full, body, function(status, resp, e)
+      if e then
+        if type(resp) == "table" then e.body = resp end
+        done(nil, e)
+      elseif resp == nil then
+        done(true, status)
+      else
+        done(resp, status)
+      end
+    end)
+    if not id then done(nil, err) end
+  end, 2)
+end
+
+-- pages through a list endpoint; returns all data, and the last page's body
+local function all_pages(self, path, query)
+  local out = {}
+  local q = {}
+  for k, v in pairs(query or {}) do q[k] = v end
+  local last
+  for _ = 1, 10000 do
+    local body, err = self:helix("GET", path, { query = q })
+    if not body then return nil, err end
+    if type(body) ~= "table" then
+      return nil, errors.new("bad_response", "expected a JSON body from " .. path)
+    end
+    last = body
+    local data = body.data
+    if type(data) == "table" then
+      for _, x in ipairs(data) do out[#out + 1] = x end
+    end
+    local cursor = type(body.pagination) == "table" and body.pagination.cursor
+    if type(cursor) ~= "string" or cursor == "" or cursor == q.after then break end
+    q.after = cursor
+  end
+  return out, last
+end
+
+local function first_data(body)
+  if type(body) == "table" and type(body.data) == "table" then return body.data[1] end
+  return nil
+end
+
+local function check_id(v, n, fname)
+  if type(v) ~= "string" or v == "" then
+    errors.argerror(n, fname, ("string expected, got %s"):format(type(v)), 3)
+  end
+end
+
+local function check_count(v, n, fname)
+  if math.type(v) ~= "integer" or v < 1 then
+    errors.argerror(n, fname, "shard count must be a positive integer", 3)
+  end
+end
+
+--- The app's conduits: list of { id = , shard_count = }.
+function Client:conduits()
+  local body, err = self:helix("GET", "/eventsub/conduits")
+  if not body then return nil, err end
+  return type(body) == "table" and body.data or {}
+end
+
+function Client:create_conduit(n)
+  check_count(n, 1, "create_conduit")
+  local body, err = self:helix("POST", "/eventsub/conduits", { body = { shard_count = n } })
+  if not body then return nil, err end
+  return first_data(body) or errors.new("bad_response", "no conduit in the response")
+end
+
+function Client:update_conduit(id, n)
+  check_id(id, 1, "update_conduit")
+  check_count(n, 2, "update_conduit")
+  local body, err = self:helix("PATCH", "/eventsub/conduits", { body = { id = id, shard_count = n } })
+  if not body then return nil, err end
+  return first_data(body) or errors.new("bad_response", "no conduit in the response")
+end
+
+function Client:delete_conduit(id)
+  check_id(id, 1, "delete_conduit")
+  local ok, err = self:helix("DELETE", "/eventsub/conduits", { query = { id = id } })
+  if not ok then return nil, err end
+  return true
+end
+
+--- Every shard of a conduit (all pages). opts: { status = }.
+function Client:conduit_shards(conduit_id, opts)
+  check_id(conduit_id, 1, "conduit_shards")
+  if opts ~= nil and type(opts) ~= "table" then
+    errors.argerror(2, "conduit_shards", ("table expected, got %s"):format(type(opts)))
+  end
+  local q = { conduit_id = conduit_id }
+  for k, v in pairs(opts or {}) do
+    if k ~= "status" then error(("unknown option '%s'"):format(tostring(k)), 2) end
+    q[k] = v
+  end
+  local list, err = all_pages(self, "/eventsub/conduits/shards", q)
+  if not list then return nil, err end
+  return list
+end
+
+--- Updates shards ({ {id=, transport={...}}, ... }) in batches of patch_batch.
+-- Returns { data = {...}, errors = {...} } or nil, err.
+function Client:update_shards(conduit_id, shards)
+  check_id(conduit_id, 1, "update_shards")
+  if type(shards) ~= "table" then
+    errors.argerror(2, "update_shards", ("table expected, got %s"):format(type(shards)))
+  end
+  local batch = self._opts.patch_batch or 100
+  local result = { data = {}, errors = {} }
+  for i = 1, #shards, batch do
+    local slice = {}
+    for j = i, math.min(#shards, i + batch - 1) do slice[#slice + 1] = shards[j] end
+    local body, err = self:helix("PATCH", "/eventsub/conduits/shards",
+      { body = { conduit_id = conduit_id, shards = slice } })
+    if not body then return nil, err end
+    if type(body) == "table" then
+      for _, x in ipairs(type(body.data) == "table" and body.data or {}) do
+        result.data[#result.data + 1] = x
+      end
+      for _, x in ipairs(type(body.errors) == "table" and body.errors or {}) do
+        result.errors[#result.errors + 1] = x
+      end
+    end
+  end
+  return result
+end
+
+local SUB_FILTERS = { status = true, type = true, user_id = true, subscription_id = true,
+  conduit_id = true }
+
+--- EventSub subscriptions (all pages). Filters: status, type, user_id,
+-- subscription_id, conduit_id (applied here). The list carries total, total_cost and
+-- max_total_cost.
+function Client:subscriptions(filter)
+  if filter ~= nil and type(filter) ~= "table" then
+    errors.argerror(1, "subscriptions", ("table expected, got %s"):format(type(filter)))
+  end
+  local q, conduit_id = {}, nil
+  for k, v in pairs(filter or {}) do
+    if not SUB_FILTERS[k] then error(("unknown option '%s'"):format(tostring(k)), 2) end
+    if type(v) ~= "string" then error(("%s must be a string"):format(k), 2) end
+    if k == "conduit_id" then conduit_id = v else q[k] = v end
+  end
+  local list, last = all_pages(self, "/eventsub/subscriptions", q)
+  if not list then return nil, last end
+  if conduit_id then
+    local kept = {}
+    for _, s in ipairs(list) do
+      local t = type(s.transport) == "table" and s.transport or {}
+      if t.conduit_id == conduit_id then kept[#kept + 1] = s end
+    end
+    list = kept
+  end
+  list.total = last and last.total
+  list.total_cost = last and last.total_cost
+  list.max_total_cost = last and last.max_total_cost
+  return list
+end
+
+local SUB_SPEC = { type = true, version = true, condition = true, transport = true }
+
+function Client:_check_sub_spec(spec, fname, need_transport)
+  if type(spec) ~= "table" then
+    errors.argerror(1, fname, ("table expected, got %s"):format(type(spec)), 3)
+  end
+  for k in pairs(spec) do
+    if not SUB_SPEC[k] or (k == "transport" and not need_transport) then
+      error(("unknown option '%s'"):format(tostring(k)), 3)
+    end
+  end
+  if type(spec.type) ~= "string" or spec.type == "" then error("type must be a string", 3) end
+  if spec.version ~= nil and type(spec.version) ~= "string" then
+    error("version must be a string", 3)
+  end
+  if type(spec.condition) ~= "table" then error("condition must be a table", 3) end
+  if need_transport and type(spec.transport) ~= "table" then
+    error("transport must be a table", 3)
+  end
+end
+
+--- Creates a subscription; returns its data (a plain table) or nil, err.
+function Client:create_subscription(spec)
+  self:_check_sub_spec(spec, "create_subscription", true)
+  local body, err = self:helix("POST", "/eventsub/subscriptions", { body = {
+    type = spec.type, version = spec.version or "1", condition = spec.condition,
+    transport = spec.transport } })
+  if not body then return nil, err end
+  return first_data(body) or errors.new("bad_response", "no subscription in the response")
+end
+
+function Client:delete_subscription(id)
+  check_id(id, 1, "delete_subscription")
+  local ok, err = self:helix("DELETE", "/eventsub/subscriptions", { query = { id = id } })
+  if not ok then return nil, err end
+  local sub = self._subs[id]
+  if sub then
+    sub.status = "deleted"
+    self._subs[id] = nil
+  end
+  return true
+end
+
+--- The subscription object for a Helix subscription table (one per id).
+function Client:_subscription(data, conduit)
+  local sub = self._subs[data.id]
+  if sub then
+    sub:_update(data)
+  else
+    sub = Subscription.new(self, data, conduit)
+    self._subs[data.id] = sub
+  end
+  return sub
+end
+
+--- Waits `s` seconds on the client's loop (async).
+function Client:sleep(s)
+  if type(s) ~= "number" or s < 0 then
+    errors.argerror(1, "sleep", "non-negative number expected")
+  end
+  local cd = self._core
+  return async.await(self, function(done)
+    cd:timer(s, function() done(true) end)
+  end, 2)
+end
+
+--- Waits until pred() is true (checked after every event of `conduit`, and every
+-- 50 ms), or timeout seconds (nil: none). Returns true | nil, err.
+function Client:_wait(pred, timeout, conduit, what)
+  local v, e = pred()
+  if v then return v end
+  if e then return nil, e end
+  local cd = self._core
+  return async.await(self, function(done)
+    local finished, poll_id, deadline_id = false, nil, nil
+    local watcher
+    local function finish(...)
+      if finished then return end
+      finished = true
+      if poll_id then cd:cancel_timer(poll_id) end
+      if deadline_id then cd:cancel_timer(deadline_id) end
+      if conduit then conduit:_unwatch(watcher) end
+      done(...)
+    end
+    local function check()
+      local ok, err = pred()
+      if ok then finish(ok) elseif err then finish(nil, err) end
+    end
+    watcher = check
+    if conduit then conduit:_watch(watcher) end
+    local function poll()
+      poll_id = nil
+      if finished then return end
+      check()
+      if not finished and not cd:closed() then poll_id = cd:timer(0.05, poll) end
+    end
+    poll_id = cd:timer(0.05, poll)
+    if timeout then
+      deadline_id = cd:timer(timeout, function()
+        deadline_id = nil
+        finish(nil, errors.new("timeout", ("timed out after %gs waiting for %s"):format(
+          timeout, what or "a condition")))
+      end)
+    end
+  end, 3)
+end
+
+return Client

@@ -1,0 +1,69 @@
+--- Handler lists shared by client, conduit, shard and subscription objects.
+-- Lists are copy-on-write: on/off build a new array, and an emit in progress keeps
+-- iterating the one it started with, so handlers may add or remove handlers.
+local errors = require "twconduit.errors"
+
+local M = {}
+
+M.library = {
+  notification = true, ready = true, shard_enabled = true, shard_disabled = true,
+  reconnect = true, revocation = true, error = true, token = true,
+}
+
+local function callable(fn)
+  if type(fn) == "function" then return true end
+  local mt = getmetatable(fn)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
+--- Checks an event name; `allowed` (optional) limits the library names.
+function M.check(name, fn, fname, allowed, need_fn)
+  if type(name) ~= "string" then
+    errors.argerror(1, fname, ("string expected, got %s"):format(type(name)), 3)
+  end
+  local ok
+  if allowed then
+    ok = allowed[name]
+  else
+    ok = M.library[name] or name:find(".", 1, true) ~= nil
+  end
+  if not ok then
+    errors.argerror(1, fname, ("unknown event '%s'"):format(name), 3)
+  end
+  if (need_fn or fn ~= nil) and not callable(fn) then
+    errors.argerror(2, fname, ("function expected, got %s"):format(type(fn)), 3)
+  end
+end
+
+function M.on(h, name, fn)
+  local old = h[name]
+  local new = {}
+  if old then
+    for i = 1, #old do new[i] = old[i] end
+  end
+  new[#new + 1] = fn
+  h[name] = new
+end
+
+--- Removes fn (one registration), or every handler of name when fn is nil.
+-- Returns true when something was removed.
+function M.off(h, name, fn)
+  local old = h[name]
+  if not old then return false end
+  if fn == nil then
+    h[name] = nil
+    return true
+  end
+  local new, removed = {}, false
+  for i = 1, #old do
+    if not removed and old[i] == fn then
+      removed = true
+    else
+      new[#new + 1] = old[i]
+    end
+  end
+  h[name] = #new > 0 and new or nil
+  return removed
+end
+
+return M

@@ -1,0 +1,48 @@
+--- twconduit.subscription: an EventSub subscription known to this client.
+-- Fields: id, type, version, condition, status, cost, created_at, transport.
+local events = require "twconduit.events"
+
+local Subscription = { __name = "twconduit.Subscription" }
+Subscription.__index = Subscription
+
+local FIELDS = { "id", "type", "version", "condition", "status", "cost", "created_at", "transport" }
+
+function Subscription.new(client, data, conduit)
+  local self = setmetatable({ _client = client, _conduit = conduit, _h = {} }, Subscription)
+  self:_update(data)
+  return self
+end
+
+function Subscription:_update(data)
+  for _, k in ipairs(FIELDS) do
+    if data[k] ~= nil then self[k] = data[k] end
+  end
+end
+
+function Subscription:__tostring()
+  return ("twconduit.subscription{id=%q,type=%q,status=%q}"):format(
+    tostring(self.id), tostring(self.type), tostring(self.status))
+end
+
+local ALLOWED = { revocation = true, error = true }
+
+--- Handlers: "revocation" fn(sub, status).
+function Subscription:on(name, fn)
+  events.check(name, fn, "on", ALLOWED, true)
+  events.on(self._h, name, fn)
+  return self
+end
+
+function Subscription:off(name, fn)
+  events.check(name, fn, "off", ALLOWED)
+  return events.off(self._h, name, fn)
+end
+
+--- Deletes the subscription on Twitch (async). Returns true | nil, err.
+function Subscription:delete()
+  local ok, err = self._client:delete_subscription(self.id)
+  if ok then self.status = "deleted" end
+  return ok, err
+end
+
+return Subscription
