@@ -72,8 +72,8 @@ static void set_ptrs(struct tw_json *d) {
 
 typedef struct {
   uint32_t node;  /* container node */
-  uint32_t last;  /* last child linked, TW_JNONE if none */
   uint32_t count; /* members (objects) or elements (arrays) */
+  int isobj;
 } frame;
 
 typedef struct {
@@ -258,7 +258,7 @@ static const char *string_escaped(parser *P, const char *q0, const char *p, uint
 
 /* p points after the opening quote. Returns the position after the closing
  * quote, the unescaped length in *ulen, or NULL on error. */
-static inline const char *scan_string(parser *P, const char *p, uint32_t *ulen) {
+static inline __attribute__((always_inline)) const char *scan_string(parser *P, const char *p, uint32_t *ulen) {
   const char *q0 = p;
   for (;;) {
 #if defined(__SSE2__)
@@ -313,7 +313,7 @@ static inline const char *scan_string(parser *P, const char *p, uint32_t *ulen) 
 }
 
 /* Validates a number at p; sets *type to INT or NUM. Returns the end or NULL. */
-static inline const char *scan_number(parser *P, const char *p, int *type) {
+static inline __attribute__((always_inline)) const char *scan_number(parser *P, const char *p, int *type) {
   const char *s = p;
   int neg = 0, isint = 1;
   uint64_t m = 0;
@@ -398,7 +398,8 @@ TW_API tw_json *tw_json_parse(const char *text, size_t len, char *err, size_t er
   P.cap = cap;
 
   frame stack[TW_JSON_MAX_DEPTH];
-  int depth = 0; /* frames in use */
+  int depth = 0;      /* frames in use */
+  uint32_t done = 0;  /* the value that ended last */
   const char *p = skip_ws(P.t);
   const char *end = P.t + len;
 
@@ -409,12 +410,8 @@ TW_API tw_json *tw_json_parse(const char *text, size_t len, char *err, size_t er
     uint32_t idx = P.n++;
     tw_node *nd = &P.nodes[idx];
     nd->start = (uint32_t)(p - P.t);
-    nd->next = TW_JNONE;
-    if (depth) {
-      frame *f = &stack[depth - 1];
-      if (f->last != TW_JNONE) P.nodes[f->last].next = idx;
-      f->last = idx;
-    }
+    nd->next = TW_JNONE; /* set to the following node when a ',' follows */
+    done = idx;
     switch (*p) {
     case '{':
     case '[': {
@@ -425,8 +422,8 @@ TW_API tw_json *tw_json_parse(const char *text, size_t len, char *err, size_t er
       }
       nd->tag = isobj ? TW_JSON_OBJ : TW_JSON_ARR;
       stack[depth].node = idx;
-      stack[depth].last = TW_JNONE;
       stack[depth].count = 0;
+      stack[depth].isobj = isobj;
       depth++;
       p = skip_ws(p + 1);
       if (*p == (isobj ? '}' : ']')) goto close;
@@ -492,8 +489,9 @@ TW_API tw_json *tw_json_parse(const char *text, size_t len, char *err, size_t er
     p = skip_ws(p);
     {
       frame *f = &stack[depth - 1];
-      int isobj = TAG_TYPE(P.nodes[f->node].tag) == TW_JSON_OBJ;
+      int isobj = f->isobj;
       if (*p == ',') {
+        P.nodes[done].next = P.n;
         p = skip_ws(p + 1);
         if (isobj) goto key;
         f->count++;
@@ -512,6 +510,7 @@ TW_API tw_json *tw_json_parse(const char *text, size_t len, char *err, size_t er
       c->len = (uint32_t)(p + 1 - P.t) - c->start;
       c->tag |= f->count << 4;
       if (TAG_TYPE(c->tag) == TW_JSON_ARR && P.n - f->node - 1 == f->count) c->tag |= TAG_FLAT;
+      done = f->node;
       p++;
       goto after;
     }
@@ -530,8 +529,6 @@ TW_API tw_json *tw_json_parse(const char *text, size_t len, char *err, size_t er
       tw_node *kn = &P.nodes[k];
       kn->start = (uint32_t)(p - P.t);
       kn->next = k + 1; /* the value follows */
-      if (f->last != TW_JNONE) P.nodes[f->last].next = k;
-      f->last = TW_JNONE; /* the value's link is already set */
       f->count++;
       uint32_t ulen;
       const char *q = scan_string(&P, p + 1, &ulen);
