@@ -191,7 +191,7 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
       lua_pushstring(L, ev->subscription_type);
     else
       lua_pushnil(L);
-    twl_view_push(L, ev->doc, ev->type == TW_EV_NOTIFICATION ? ev->event : ev->subscription);
+    twl_push_view(L, ev->doc, ev->type == TW_EV_NOTIFICATION ? ev->event : ev->subscription);
     push_shard_obj(L, fr, cl, ev->shard);  /* base+5 */
     twl_push_message(L, fr, ev, base + 5, base + 2);
     lua_rotate(L, base + 5, 1); /* msg before shard */

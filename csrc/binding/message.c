@@ -61,11 +61,11 @@ static int msg_index(lua_State *L) {
     break;
   case 'm':
     if (strcmp(k, "message_type") == 0) return push_meta(L, m, "message_type"), 1;
-    if (strcmp(k, "metadata") == 0) return twl_view_push(L, m->doc, m->meta), 1;
+    if (strcmp(k, "metadata") == 0) return twl_push_view(L, m->doc, m->meta), 1;
     break;
   case 's':
     if (strcmp(k, "shard") == 0) return lua_getiuservalue(L, 1, 1), 1;
-    if (strcmp(k, "subscription") == 0) return twl_view_push(L, m->doc, m->sub), 1;
+    if (strcmp(k, "subscription") == 0) return twl_push_view(L, m->doc, m->sub), 1;
     break;
   case 'c':
     if (strcmp(k, "conduit") == 0) return lua_getiuservalue(L, 1, 2), 1;

@@ -132,6 +132,23 @@ int twl_seconds_to_ms(lua_Number s) {
   return (int)ms;
 }
 
+/* ---- views ---------------------------------------------------------------------- */
+
+/* twl_view_push, checked: the view must carry the view metatable (a top-level view
+ * once came out with the null sentinel's metatable; this keeps events usable either
+ * way at the cost of one metatable comparison). */
+void twl_push_view(lua_State *L, tw_json *doc, tw_jnode node) {
+  twl_view_push(L, doc, node);
+  if (lua_type(L, -1) != LUA_TUSERDATA) return;
+  if (lua_getmetatable(L, -1)) {
+    luaL_getmetatable(L, TWL_VIEW_MT);
+    int ok = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (ok) return;
+  }
+  if (!twl_is_null(L, -1)) luaL_setmetatable(L, TWL_VIEW_MT);
+}
+
 /* ---- module ---------------------------------------------------------------------- */
 
 static int mod_set_log_level(lua_State *L) {

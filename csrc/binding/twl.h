@@ -85,6 +85,9 @@ struct twl_req {
   twl_req *prev, *next;
 };
 
+/* twl_view_push with a check of the result's metatable */
+void twl_push_view(lua_State *L, tw_json *doc, tw_jnode node);
+
 /* class helper */
 void twl_newclass(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta);
 
