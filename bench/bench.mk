@@ -1,0 +1,15 @@
+# Benchmarks: C clients in $(BUILD)/bench/, the runner bench/run.lua.
+# `make bench` runs everything (~15 min); `make bench BENCH_QUICK=1` is a short smoke run.
+BENCH_BIN := $(BUILD)/bench/twbench
+
+$(BUILD)/bench/%: bench/%.c bench/bench_util.h $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Icsrc/core -Ibench $< -o $@ $(LDFLAGS_ALL) $(CORE_LIB) $(PKG_LIBS) -lm
+
+.PHONY: bench-bin
+bench-bin: $(BENCH_BIN)
+
+bench: module mock $(BENCH_BIN)
+	BUILD=$(BUILD) BENCH_QUICK=$(BENCH_QUICK) TWCONDUIT_MOCK=$(CURDIR)/$(MOCK_BIN) \
+	  LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/$(BUILD)/lib/?.so;;" \
+	  $(LUA) bench/run.lua $(BENCH_ARGS)
