@@ -1,0 +1,103 @@
+-- An example bot.
+--
+-- With TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET set it runs against Twitch (optional:
+-- TWITCH_CONDUIT_ID to reuse a conduit, TWITCH_BROADCASTER_ID to pick the channel) and
+-- prints events until interrupted. Otherwise it starts the bundled emulator, opens a
+-- conduit of 4 shards, subscribes to channel.chat.message and stream.online for a few
+-- channels, triggers events, prints each one, and exits 0 once all arrived (1 on timeout).
+--
+--   LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/lib/?.so;;" lua5.4 examples/bot.lua
+local twconduit = require "twconduit"
+
+local client_id = os.getenv "TWITCH_CLIENT_ID"
+local client_secret = os.getenv "TWITCH_CLIENT_SECRET"
+local live = client_id and client_secret and client_id ~= "" and client_secret ~= ""
+
+local emulator
+local opts
+if live then
+  opts = { client_id = client_id, client_secret = client_secret }
+else
+  local mock = require "twconduit.mock"
+  local err
+  -- the emulator binary: $TWCONDUIT_MOCK, $PATH, or the build tree
+  local binary
+  if not os.getenv "TWCONDUIT_MOCK" then
+    local f = io.open("build/bin/twconduit-mock", "r")
+    if f then f:close(); binary = "build/bin/twconduit-mock" end
+  end
+  emulator, err = mock.start { binary = binary }
+  if not emulator then
+    io.stderr:write("cannot start the emulator: ", tostring(err), "\n")
+    os.exit(1)
+  end
+  opts = { client_id = emulator.client_id, client_secret = emulator.client_secret,
+    api_base = emulator.api_base, auth_base = emulator.auth_base,
+    eventsub_ws = emulator.eventsub_ws }
+end
+
+local function finish(code)
+  if emulator then emulator:stop() end
+  os.exit(code)
+end
+
+local client = assert(twconduit.client(opts))
+client:on("error", function(err) io.stderr:write("error: ", tostring(err), "\n") end)
+
+local conduit = assert(client:conduit { id = os.getenv "TWITCH_CONDUIT_ID", shards = 4 })
+conduit:on("shard_disabled", function(shard, status)
+  print(("shard %s disabled (%s)"):format(shard.id, tostring(status)))
+end)
+
+local handled = 0
+conduit:on("channel.chat.message", function(event, msg)
+  handled = handled + 1
+  print(("[shard %s] #%s <%s> %s"):format(msg.shard.id, event.broadcaster_user_login,
+    event.chatter_user_login, event.message.text))
+end)
+conduit:on("stream.online", function(event, msg)
+  handled = handled + 1
+  print(("[shard %s] %s went live (%s)"):format(msg.shard.id, event.broadcaster_user_login,
+    event.type))
+end)
+
+local channels = live and { os.getenv "TWITCH_BROADCASTER_ID" } or { "1001", "1002", "1003" }
+local expected, timed_out = nil, false
+
+twconduit.spawn(function()
+  local ok, err = conduit:wait_ready(30)
+  if not ok then
+    io.stderr:write("conduit not ready: ", tostring(err), "\n")
+    timed_out = true
+    return client:stop()
+  end
+  print(("conduit %s ready with %d shards"):format(conduit.id, #conduit:shards()))
+  for _, ch in ipairs(channels) do
+    assert(conduit:subscribe { type = "channel.chat.message", version = "1",
+      condition = { broadcaster_user_id = ch, user_id = live and ch or "1" } })
+    assert(conduit:subscribe { type = "stream.online", version = "1",
+      condition = { broadcaster_user_id = ch } })
+  end
+  if live then return end
+  local a = assert(emulator:trigger { type = "channel.chat.message", channels = channels, count = 5 })
+  local b = assert(emulator:trigger { type = "stream.online", channels = channels, count = 1 })
+  expected = a.produced + b.produced
+  -- stop when everything arrived, or after 20 s
+  local waited = 0
+  while handled < expected and waited < 20 do
+    twconduit.sleep(client, 0.1)
+    waited = waited + 0.1
+  end
+  timed_out = handled < expected
+  client:stop()
+end)
+
+client:run()
+if live then
+  client:close()
+  finish(0)
+end
+print(("summary: %d of %d events handled; %d notifications, %d duplicates dropped"):format(
+  handled, expected or 0, client:stats().notifications, client:stats().duplicates))
+client:close()
+finish(timed_out and 1 or 0)
