@@ -16,7 +16,9 @@ describe("twconduit.client", function()
         "client_id must be a string")
       assert.has_error(function() twconduit.client { client_id = "x", client_secret = "y", bogus = 1 } end,
         "unknown option 'bogus'")
-      assert.has_error(function() twconduit.client { client_id = "x", client_secret = "y", keepalive = 5 } end,
+      assert.has_error(function()
+        twconduit.client { client_id = "x", client_secret = "y", keepalive = 5 }
+      end,
         "keepalive must be an integer between 10 and 600")
     end)
     it("checks conduit options", function()

@@ -165,7 +165,7 @@ local function chain(client, obj, conduit, name, ...)
   return true
 end
 
-function Client:_event(kind, conduit, a, b, c, d, e)
+function Client:_event(kind, conduit, a, b, c, _, e)
   if type(conduit) == "userdata" then conduit = nil end
   if kind == "revocation" then
     -- a: type, b: subscription view, c: message, d: shard, e: status
@@ -257,7 +257,7 @@ function Client:stop()
 end
 
 function Client:pollfd() check_open(self); return self._core:pollfd() end
-function Client:events() return "r" end
+function Client.events() return "r" end
 function Client:timeout() check_open(self); return self._core:timeout() end
 function Client:stats() check_open(self); return self._core:stats() end
 function Client:now() check_open(self); return self._core:now() end
@@ -557,7 +557,7 @@ end
 
 local SUB_SPEC = { type = true, version = true, condition = true, transport = true }
 
-function Client:_check_sub_spec(spec, fname, need_transport)
+function Client._check_sub_spec(_, spec, fname, need_transport)
   if type(spec) ~= "table" then
     errors.argerror(1, fname, ("table expected, got %s"):format(type(spec)), 3)
   end
