@@ -40,7 +40,7 @@ ctests: $(CTESTS)
 
 $(BUILD)/obj/csrc/core/%.o: csrc/core/%.c $(wildcard csrc/core/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -fvisibility=hidden -Icsrc/core -c $< -o $@
+	$(CC) $(CFLAGS_ALL) -fvisibility=hidden -DTW_API= -Icsrc/core -c $< -o $@
 
 $(BUILD)/obj/csrc/binding/%.o: csrc/binding/%.c $(wildcard csrc/binding/*.h csrc/core/*.h)
 	@mkdir -p $(dir $@)

@@ -134,30 +134,8 @@ int twl_seconds_to_ms(lua_Number s) {
 
 /* ---- views ---------------------------------------------------------------------- */
 
-/* Top-level views for handlers. twl_view_push (view.c) currently gives a container
- * view a wrong metatable (it passes stack-relative indices to push_node, which then
- * point one slot off once the userdata is pushed), which corrupts the heap. Until that
- * is fixed, containers are built here with the layout view.c documents (a 16-byte
- * userdata {document, node} holding one reference, no uservalues); scalars still come
- * from twl_view_push. */
-typedef struct {
-  tw_json *d;
-  tw_jnode n;
-} twl_view_layout;
-
-void twl_push_view(lua_State *L, tw_json *doc, tw_jnode node) {
-  int t = tw_json_type(doc, node);
-  if (t != TW_JSON_OBJ && t != TW_JSON_ARR) {
-    twl_view_push(L, doc, node);
-    return;
-  }
-  twl_view_layout *v = lua_newuserdatauv(L, sizeof *v, 0);
-  v->d = NULL;
-  v->n = node;
-  luaL_setmetatable(L, TWL_VIEW_MT);
-  tw_json_ref(doc);
-  v->d = doc;
-}
+/* Top-level views for handlers (scalars come back as plain values). */
+void twl_push_view(lua_State *L, tw_json *doc, tw_jnode node) { twl_view_push(L, doc, node); }
 
 /* ---- module ---------------------------------------------------------------------- */
 

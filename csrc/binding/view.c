@@ -80,7 +80,8 @@ void twl_view_push(lua_State *L, tw_json *d, tw_jnode n) {
   luaL_checkstack(L, 3, "twl_view_push");
   lua_rawgetp(L, LUA_REGISTRYINDEX, &view_mt_key);
   twl_push_null(L);
-  push_node(L, d, n, -2, -1);
+  int top = lua_gettop(L); /* absolute indices: push_node pushes before it reads them */
+  push_node(L, d, n, top - 1, top);
   lua_replace(L, -3);
   lua_pop(L, 1);
 }
