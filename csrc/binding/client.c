@@ -208,6 +208,10 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
     lua_pushliteral(L, "ready");
     twl_push_bound(L, fr->objs, ev->conduit);
     return 2;
+  case TW_EV_CONDUIT_STARTED:
+    lua_pushliteral(L, "started");
+    twl_push_bound(L, fr->objs, ev->conduit);
+    return 2;
   case TW_EV_SHARD_ENABLED:
   case TW_EV_RECONNECT:
     if (ev->type == TW_EV_SHARD_ENABLED)

@@ -389,6 +389,10 @@ static void schedule_batch(tw_conduit *cd) {
 
 /* ---- opening: find/create/resize, then connect ---- */
 static void start_shards(tw_conduit *cd) {
+  tw_event ev = {.type = TW_EV_CONDUIT_STARTED, .conduit = cd, .metadata = TW_JNONE, .subscription = TW_JNONE,
+                 .event = TW_JNONE};
+  tw_emit(cd->c, &ev);
+  if (cd->closing) return; /* a handler closed it */
   for (int i = 0; i < cd->nshards; i++) shard_connect(cd->shards[i]);
   if (cd->nshards == 0) check_ready(cd);
 }

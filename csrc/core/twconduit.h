@@ -127,7 +127,8 @@ typedef enum tw_event_type {
   TW_EV_RECONNECT,        /* session_reconnect completed on a new socket; shard set */
   TW_EV_ERROR,            /* error set; conduit/shard set when it concerns them */
   TW_EV_TOKEN,            /* a new app token is in use */
-  TW_EV_FREED             /* conduit or shard is being freed: drop every pointer to it */
+  TW_EV_FREED,            /* conduit or shard is being freed: drop every pointer to it */
+  TW_EV_CONDUIT_STARTED   /* conduit: its id and shard count are known; shards connecting */
 } tw_event_type;
 
 typedef struct tw_event {

@@ -177,8 +177,8 @@ function Client:_event(kind, conduit, a, b, c, _, e)
       if l and not emit(self, l, sub, conduit, sub, sub.status) then return end
     end
     chain(self, nil, conduit, "revocation", b, c)
-  elseif kind == "ready" then
-    chain(self, nil, conduit, "ready", conduit)
+  elseif kind == "ready" or kind == "started" then
+    chain(self, nil, conduit, kind, conduit)
   elseif kind == "shard_enabled" or kind == "reconnect" then
     local s = wrap_shard(self, a)
     chain(self, s, conduit, kind, s)
@@ -651,7 +651,8 @@ function Client:_wait(pred, timeout, conduit, what)
       check()
       if not finished and not cd:closed() then poll_id = cd:timer(0.05, poll) end
     end
-    poll_id = cd:timer(0.05, poll)
+    -- a conduit wakes its waiters on each of its events; anything else is polled
+    if not conduit then poll_id = cd:timer(0.05, poll) end
     if timeout then
       deadline_id = cd:timer(timeout, function()
         deadline_id = nil
