@@ -145,7 +145,10 @@ void tw_shard_on_welcome(tw_shard *s, tw_session *ss, const char *session_id) {
     s->cur = ss;
     s->next = NULL;
     s->stats.reconnects++;
-    if (s->assigned && strcmp(s->assigned, session_id) == 0) {
+    const char *prev = s->old ? tw_ws_session_id(s->old) : NULL;
+    bool same = (s->assigned && strcmp(s->assigned, session_id) == 0) || (prev && strcmp(prev, session_id) == 0);
+    if (same) {
+      /* the same session on a new socket: its assignment (done or in flight) carries over */
       if (s->old) tw_ws_close(s->old, 1000);
       emit_shard(s, TW_EV_RECONNECT, NULL, NULL);
     } else {
@@ -180,7 +183,10 @@ void tw_shard_on_closed(tw_shard *s, tw_session *ss, int code, const char *why) 
     s->old = NULL;
     return;
   }
-  if (ss == s->next) { /* the reconnect target failed: the current socket goes on */
+  if (ss == s->next && !s->cur) { /* old socket gone and its replacement failed too */
+    s->next = NULL;
+    ss = NULL;
+  } else if (ss == s->next) { /* the reconnect target failed: the current socket goes on */
     s->next = NULL;
     tw_error e;
     tw_err_set(&e, "reconnect_failed", code, "session_reconnect target closed (%d%s%s); keeping the current socket",
@@ -188,7 +194,7 @@ void tw_shard_on_closed(tw_shard *s, tw_session *ss, int code, const char *why) 
     conduit_error(cd, s, &e);
     return;
   }
-  if (ss != s->cur) return;
+  if (ss != NULL && ss != s->cur) return;
   if (s->next) { /* the old socket ended before the new welcome: the new one takes over */
     s->cur = NULL;
     s->state = "connecting";
@@ -235,7 +241,7 @@ static void patch_ctx_free(patch_ctx *p) {
 }
 
 static void check_ready(tw_conduit *cd) {
-  if (cd->ready_emitted) return;
+  if (cd->ready_emitted || cd->closing) return;
   for (int i = 0; i < cd->nshards; i++)
     if (!cd->shards[i]->ever_enabled) return;
   cd->ready_emitted = true;
@@ -256,6 +262,7 @@ static void shard_enabled(tw_shard *s, const char *session) {
     s->reassign_after_reconnect = false;
     if (s->old) tw_ws_close(s->old, 1000);
     emit_shard(s, TW_EV_RECONNECT, NULL, NULL);
+    if (s->cd->closing) return;
   }
   emit_shard(s, TW_EV_SHARD_ENABLED, NULL, NULL);
 }
@@ -285,6 +292,7 @@ static void on_patch(void *user, const tw_response *r) {
   /* per-shard errors first */
   tw_jnode errs = d ? tw_json_get(d, 0, "errors", 6) : TW_JNONE;
   for (tw_jnode e = tw_json_first(d, errs); d && errs != TW_JNONE && e != TW_JNONE; e = tw_json_next(d, e)) {
+    if (cd->closing) break; /* a handler closed it */
     const char *id = tw_json_str(d, tw_json_get(d, e, "id", 2), NULL);
     const char *msg = tw_json_str(d, tw_json_get(d, e, "message", 7), NULL);
     const char *code = tw_json_str(d, tw_json_get(d, e, "code", 4), NULL);
@@ -297,11 +305,12 @@ static void on_patch(void *user, const tw_response *r) {
   }
   tw_jnode data = d ? tw_json_get(d, 0, "data", 4) : TW_JNONE;
   for (tw_jnode e = tw_json_first(d, data); d && data != TW_JNONE && e != TW_JNONE; e = tw_json_next(d, e)) {
+    if (cd->closing) break;
     const char *id = tw_json_str(d, tw_json_get(d, e, "id", 2), NULL);
     tw_shard *s = id ? tw_conduit_find_shard(cd, id) : NULL;
     if (!s) continue;
     const char *sess = tw_json_str(d, tw_json_getp(d, e, "transport.session_id"), NULL);
-    for (int i = 0; i < p->n; i++) {
+    for (int i = 0; i < p->n && !cd->closing; i++) {
       if (p->shards[i] != s) continue;
       const char *sid = tw_shard_session_id(s);
       if (!sess) sess = p->sessions[i];
@@ -580,8 +589,15 @@ static void do_free(tw_conduit *cd) {
   uv_close((uv_handle_t *)&cd->batch_timer, conduit_free_cb);
 }
 
+static void on_free_timer(uv_timer_t *t) { maybe_free(t->data); }
+
 static void maybe_free(tw_conduit *cd) {
   if (!cd->closing || cd->free_scheduled || cd->pending > 0) return;
+  if (cd->c->depth > 0 && !cd->c->freeing) {
+    /* closed from inside a handler: freed once the handler has returned */
+    uv_timer_start(&cd->batch_timer, on_free_timer, 0, 0);
+    return;
+  }
   cd->free_scheduled = true;
   do_free(cd);
 }

@@ -31,6 +31,7 @@ struct tw_helix_state {
   char *token;
   uint64_t token_gen;
   double token_expires; /* wall seconds, 0 unknown */
+  double token_margin;  /* renew this long before expiry: a tenth of the lifetime, at most 60 s */
   int tstate;
   unsigned token_fails;
   tw_error token_err;
@@ -119,6 +120,7 @@ static void set_token(tw_helix_state *hx, const char *tok, size_t len, double ex
   hx->token = tw_strndup(tok, len);
   hx->token_gen++;
   hx->token_expires = expires_in > 0 ? tw_wall_now() + expires_in : 0;
+  hx->token_margin = expires_in > 0 ? (expires_in / 10 < 60 ? expires_in / 10 : 60) : 0;
   hx->tstate = TOK_OK;
   hx->token_fails = 0;
   hx->token_failed = false;
@@ -287,7 +289,7 @@ static void pump(tw_helix_state *hx) {
   if (!hx->head) return;
   if (hx->tstate == TOK_NONE && !hx->token_failed) fetch_token(hx);
   if (hx->tstate != TOK_OK) return; /* on_token / on_validate pump again */
-  if (hx->token_expires > 0 && tw_wall_now() >= hx->token_expires - 60 && c->client_secret) {
+  if (hx->token_expires > 0 && tw_wall_now() >= hx->token_expires - hx->token_margin && c->client_secret) {
     fetch_token(hx); /* expired by its own clock: get a fresh one before sending */
     return;
   }

@@ -89,10 +89,25 @@ static void session_gone(tw_session *ss) {
   uv_timer_start(&ss->timer, on_report, 0, 0);
 }
 
+/* Ends the connection from a timer callback, never from inside libwebsockets: a kill
+ * requested from outside lws's own callbacks is not serviced until lws's next timer,
+ * so it is done synchronously here, where that is safe. */
+static void on_kill(uv_timer_t *t) {
+  tw_session *ss = t->data;
+  if (ss->gone || !ss->wsi) return;
+  lws_set_timeout(ss->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_SYNC);
+}
+
+static void kill_after(tw_session *ss, uint64_t ms) {
+  if (ss->gone || !ss->wsi) return;
+  uv_timer_start(&ss->timer, on_kill, ms, 0);
+}
+
 static void kill_wsi(tw_session *ss, const char *why) {
-  if (!ss->wsi) return;
+  if (!ss->wsi || ss->gone) return;
   if (why && !ss->why[0]) snprintf(ss->why, sizeof ss->why, "%s", why);
-  lws_set_timeout(ss->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+  ss->st = ST_CLOSING; /* read nothing more */
+  kill_after(ss, 0);
 }
 
 static void on_watchdog(uv_timer_t *t) {
@@ -125,6 +140,7 @@ static void bad_message(tw_session *ss, const char *code, const char *fmt, const
 
 static void handle_message(tw_session *ss, const char *p, size_t n) {
   tw_client *c = ss->c;
+  ss->last_rx = uv_now(c->loop); /* any message feeds the watchdog; pings do not */
   char perr[128];
   tw_json *d = tw_json_parse(p, n, perr, sizeof perr);
   if (!d) {
@@ -212,8 +228,7 @@ static void send_close(tw_session *ss, int code) {
   unsigned char b[2] = {(unsigned char)(code >> 8), (unsigned char)code};
   queue_frame(ss, 8, b, 2);
   ss->st = ST_CLOSING;
-  /* if the server does not end the connection soon, end it */
-  if (ss->wsi) lws_set_timeout(ss->wsi, PENDING_TIMEOUT_CLOSE_ACK, 5);
+  kill_after(ss, 5000); /* if the server does not end the connection soon, end it */
 }
 
 static void protocol_error(tw_session *ss, const char *why) {
@@ -285,7 +300,7 @@ static bool on_frame(tw_session *ss, int fin, int op, const unsigned char *p, si
       else queue_frame(ss, 8, b, 2);
       ss->st = ST_CLOSING;
     }
-    if (ss->wsi) lws_set_timeout(ss->wsi, PENDING_TIMEOUT_CLOSE_ACK, 2);
+    kill_after(ss, 2000);
     return false;
   }
   case 9: /* ping: the pong echoes its payload */
@@ -450,7 +465,6 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     break;
   case LWS_CALLBACK_RAW_RX:
     if (!ss || ss->gone || !in) break;
-    ss->last_rx = uv_now(ss->c->loop);
     if (ss->st == ST_HANDSHAKE) on_handshake_rx(ss, in, len);
     else if (ss->st == ST_OPEN) on_rx(ss, in, len);
     break;
