@@ -22,7 +22,7 @@ struct tw_shard {
   tw_session *next; /* session_reconnect target, until welcomed */
   tw_session *old;  /* the previous session, draining until it closes */
   char *assigned;   /* the session id the last successful PATCH set */
-  bool in_batch, reassign_after_reconnect;
+  bool in_batch, reassign_after_reconnect, reconnect_now;
   bool ever_enabled;
   unsigned attempt;
   uv_timer_t timer;
@@ -40,6 +40,8 @@ struct tw_conduit {
   int pending; /* Helix calls in flight that point at this conduit */
   uv_timer_t batch_timer;
   uint64_t batch_since;
+  struct patch_ctx *patches;
+  bool silent; /* never handed to the caller: freed without events */
   void *user;
   struct tw_conduit *next;
 };
@@ -123,13 +125,17 @@ static void shard_connect(tw_shard *s) {
 static void schedule_reconnect(tw_shard *s) {
   tw_client *c = s->cd->c;
   s->state = "idle";
-  uint64_t d = tw_backoff_ms(&c->rng, c->backoff_min_s, c->backoff_max_s, s->attempt++);
+  uint64_t d = s->reconnect_now ? 0 : tw_backoff_ms(&c->rng, c->backoff_min_s, c->backoff_max_s, s->attempt++);
+  s->reconnect_now = false;
   uv_timer_start(&s->timer, on_shard_timer, d, 0);
 }
 
 int tw_shard_reconnect(tw_shard *s) {
   if (!s || s->cd->closing) return TW_ECLOSED;
-  if (s->cur) tw_ws_close(s->cur, 1000); /* its end reconnects the shard */
+  if (s->cur) {
+    s->reconnect_now = true;
+    tw_ws_close(s->cur, 1000); /* its end reconnects the shard */
+  }
   else {
     uv_timer_stop(&s->timer);
     shard_connect(s);
@@ -171,7 +177,8 @@ void tw_shard_on_reconnect_request(tw_shard *s, tw_session *ss, const char *url)
   s->next = tw_ws_open(s, url, true);
   if (!s->next) {
     tw_error e;
-    tw_err_set(&e, "websocket_url", 0, "session_reconnect gave a URL that cannot be used; reconnecting afresh");
+    tw_err_set(&e, "websocket_url", 0,
+               "session_reconnect gave a URL that cannot be used; the current socket goes on until the server closes it");
     conduit_error(s->cd, s, &e);
   }
 }
@@ -231,9 +238,13 @@ typedef struct patch_ctx {
   int n;
   tw_shard **shards;
   char **sessions;
+  struct patch_ctx *next, *prev; /* the conduit's open PATCHes (freed with it on teardown) */
 } patch_ctx;
 
 static void patch_ctx_free(patch_ctx *p) {
+  if (p->prev) p->prev->next = p->next;
+  else if (p->cd->patches == p) p->cd->patches = p->next;
+  if (p->next) p->next->prev = p->prev;
   for (int i = 0; i < p->n; i++) free(p->sessions[i]);
   free(p->sessions);
   free(p->shards);
@@ -354,6 +365,9 @@ static void flush_batch(tw_conduit *cd) {
   }
   char *body = cJSON_PrintUnformatted(root);
   cJSON_Delete(root);
+  p->next = cd->patches;
+  if (cd->patches) cd->patches->prev = p;
+  cd->patches = p;
   tw_error err;
   if (tw_helix_urgent(c, "PATCH", "/eventsub/conduits/shards", body, strlen(body), on_patch, p, &err) != 0) {
     conduit_error(cd, NULL, &err);
@@ -538,6 +552,7 @@ tw_conduit *tw_conduit_open(tw_client *c, const tw_conduit_opts *o, tw_error *er
     rc = tw_helix(c, "POST", "/eventsub/conduits", body, strlen(body), on_created, cd, err);
   }
   if (rc != 0) {
+    cd->silent = true;
     tw_conduit_close(cd);
     return NULL;
   }
@@ -569,6 +584,7 @@ static void conduit_free_cb(uv_handle_t *h) {
 
 static void do_free(tw_conduit *cd) {
   tw_client *c = cd->c;
+  while (cd->patches) patch_ctx_free(cd->patches);
   for (tw_conduit **pp = &c->conduits; *pp; pp = &(*pp)->next)
     if (*pp == cd) {
       *pp = cd->next;
@@ -578,13 +594,13 @@ static void do_free(tw_conduit *cd) {
     tw_shard *s = cd->shards[i];
     tw_event ev = {.type = TW_EV_FREED, .conduit = cd, .shard = s, .metadata = TW_JNONE, .subscription = TW_JNONE,
                    .event = TW_JNONE};
-    tw_emit(c, &ev);
+    if (!cd->silent) tw_emit(c, &ev);
     uv_timer_stop(&s->timer);
     uv_close((uv_handle_t *)&s->timer, shard_free_cb);
   }
   tw_event ev = {.type = TW_EV_FREED, .conduit = cd, .metadata = TW_JNONE, .subscription = TW_JNONE,
                  .event = TW_JNONE};
-  tw_emit(c, &ev);
+  if (!cd->silent) tw_emit(c, &ev);
   uv_timer_stop(&cd->batch_timer);
   uv_close((uv_handle_t *)&cd->batch_timer, conduit_free_cb);
 }

@@ -21,6 +21,7 @@ typedef struct hreq {
   bool retried_401;
   uint64_t token_gen;   /* token generation the last attempt used */
   uint64_t not_before;  /* loop ms */
+  uint64_t sent_seq;    /* order of the last attempt */
   struct hreq *next;
 } hreq;
 
@@ -38,6 +39,7 @@ struct tw_helix_state {
   bool token_failed;    /* last fetch failed for good: requests fail at once until retried */
   hreq *head, *tail;    /* queued */
   int inflight;
+  uint64_t send_seq, seq_at_429; /* replies to requests sent before the last 429 carry stale headers */
   int rl_remaining;     /* -1 unknown */
   double rl_reset;      /* wall seconds */
   uv_timer_t pump_timer;
@@ -270,6 +272,7 @@ static void send_req(tw_helix_state *hx, hreq *r) {
   snprintf(cid, sizeof cid, "Client-Id: %s", c->client_id);
   const char *hdrs[] = {auth, cid, r->body ? "Content-Type: application/json" : "Accept: application/json", NULL};
   r->token_gen = hx->token_gen;
+  r->sent_seq = ++hx->send_seq;
   hx->inflight++;
   c->stats.helix_requests++;
   if (hx->rl_remaining > 0) hx->rl_remaining--; /* optimistic until the answer says */
@@ -330,8 +333,9 @@ static void on_response(void *user, const tw_http_result *res) {
   tw_client *c = r->c;
   tw_helix_state *hx = c->hx;
   hx->inflight--;
-  if (res->rl_remaining >= 0) hx->rl_remaining = res->rl_remaining;
-  if (res->rl_reset >= 0) hx->rl_reset = (double)res->rl_reset;
+  bool fresh = r->sent_seq > hx->seq_at_429; /* sent after the last 429 was seen */
+  if (fresh && res->rl_remaining >= 0) hx->rl_remaining = res->rl_remaining;
+  if (fresh && res->rl_reset >= 0 && (double)res->rl_reset > hx->rl_reset) hx->rl_reset = (double)res->rl_reset;
   c->stats.ratelimit_remaining = hx->rl_remaining;
   int st = res->status;
   tw_error err;
@@ -355,6 +359,8 @@ static void on_response(void *user, const tw_http_result *res) {
       r->waits_429++;
       c->stats.helix_retries++;
       hx->rl_remaining = 0;
+      hx->seq_at_429 = hx->send_seq;
+      if (res->rl_reset >= 0) hx->rl_reset = (double)res->rl_reset;
       double wall = tw_wall_now();
       if (hx->rl_reset <= wall) hx->rl_reset = wall + 1;
       r->not_before = 0;
