@@ -7,6 +7,7 @@
 -- Environment: BUILD (default build), BENCH_QUICK=1 (same as --quick), LUA (lua5.4),
 -- TWCONDUIT_MOCK (the emulator binary), LUA_PATH/LUA_CPATH for the Lua clients.
 -- Only plain Lua here: the runner works even when the Lua module does not load.
+-- luacheck: no max line length
 
 local BUILD = os.getenv("BUILD") or "build"
 local LUA = os.getenv("LUA") or "lua5.4"
@@ -40,14 +41,6 @@ local LOG = WORK .. "/stderr.log"
 
 local function sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
-local function read_file(p)
-  local f = io.open(p, "r")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 local function write_file(p, s)
   local f = assert(io.open(p, "w"))
   f:write(s)
@@ -60,8 +53,6 @@ local function capture(cmd)
   f:close()
   return (s:gsub("%s+$", ""))
 end
-
-local function sleep(s) os.execute("sleep " .. s) end
 
 -- the fd limit: as high as the hard limit allows (10,000 shards need > 10,000 fds on
 -- each side); the emulator and the clients raise their soft limit to it
