@@ -30,12 +30,15 @@ typedef struct bstate {
   int watch_disabled;    /* it was disabled since the kill */
   double watch_enabled_at;
   double deadline;
+  char (*ids)[48]; /* recovery: message ids handled */
+  size_t nids, capids;
 } bstate;
 
 static void on_event(void *user, const tw_event *ev) {
   bstate *st = user;
   switch (ev->type) {
   case TW_EV_NOTIFICATION:
+    if (st->ids && st->nids < st->capids) snprintf(st->ids[st->nids++], 48, "%s", ev->message_id);
     if (++st->notifications == st->target) tw_client_stop(st->c);
     break;
   case TW_EV_READY: st->ready++; break;
@@ -414,8 +417,35 @@ static int watch_back(bstate *st) { return st->watch_enabled_at > 0; }
 static uint64_t rec_target;
 static int all_in(bstate *st) { return st->notifications >= rec_target; }
 
+static int cmp_id(const void *a, const void *b) { return strcmp(a, b); }
+
+/* ledger entries marked delivered that the client never handled, to stderr */
+static int report_missing(bstate *st) {
+  qsort(st->ids, st->nids, sizeof st->ids[0], cmp_id);
+  cJSON *led = control(&E, "GET", "/ledger", NULL);
+  cJSON *e;
+  int missing = 0;
+  cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(led, "entries")) {
+    const char *id = jstr(e, "message_id");
+    const char *status = jstr(e, "status");
+    if (!id || !status || strcmp(status, "delivered") != 0) continue;
+    char key[48];
+    snprintf(key, sizeof key, "%s", id);
+    if (bsearch(key, st->ids, st->nids, sizeof st->ids[0], cmp_id)) continue;
+    if (missing++ < 5) {
+      char *txt = cJSON_PrintUnformatted(e);
+      fprintf(stderr, "twbench: delivered but not handled: %s\n", txt);
+      free(txt);
+    }
+  }
+  cJSON_Delete(led);
+  return missing;
+}
+
 static int run_recovery(int shards, int rate, double seconds) {
   bstate st = {0};
+  st.capids = (size_t)(rate * seconds) + 1024;
+  st.ids = calloc(st.capids, sizeof st.ids[0]);
   tw_client *c = new_client(&st);
   open_conduit(&st, shards, 60);
   if (subscribe_chat(tw_client_token(c), tw_conduit_id(st.cd), BENCH_NCHAN) != BENCH_NCHAN) return 1;
@@ -469,6 +499,7 @@ static int run_recovery(int shards, int rate, double seconds) {
   put("ledger_dropped", "%.0f", dropped);
   put("ledger_pending", "%.0f", pending);
   put("duplicates_dropped", "%llu", (unsigned long long)cs.duplicates);
+  put("delivered_not_handled", "%d", report_missing(&st));
   fflush(stdout);
   _exit(0);
 }
