@@ -156,6 +156,21 @@ static void run_until_quiet(tw_client *c, int max_iter) {
   for (int i = 0; i < max_iter && uv_loop_alive(c->loop); i++) uv_run(c->loop, UV_RUN_NOWAIT);
 }
 
+static void on_guard(uv_timer_t *t) { (void)t; }
+
+/* Runs the owned loop until nothing is left on it, blocking in between (lws may close
+ * TLS connections over a few iterations), for at most max_ms. */
+static void drain_loop(tw_client *c, uint64_t max_ms) {
+  uv_timer_t guard;
+  uv_timer_init(c->loop, &guard);
+  uv_timer_start(&guard, on_guard, max_ms, 0);
+  uv_unref((uv_handle_t *)&guard); /* the guard alone does not keep the loop alive */
+  uint64_t end = uv_now(c->loop) + max_ms;
+  while (uv_loop_alive(c->loop) && uv_now(c->loop) < end) uv_run(c->loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&guard, NULL);
+  uv_run(c->loop, UV_RUN_NOWAIT);
+}
+
 void tw_client_free(tw_client *c) {
   if (!c) return;
   c->freeing = true;
@@ -167,7 +182,7 @@ void tw_client_free(tw_client *c) {
   if (c->hx) tw_helix_free(c->hx);
   if (c->lws) {
     tw_ws_destroy_begin(c);
-    if (c->owns_loop) run_until_quiet(c, 1000);
+    if (c->owns_loop) drain_loop(c, 2000);
     else
       for (int i = 0; i < 8; i++) uv_run(c->loop, UV_RUN_NOWAIT);
     tw_ws_destroy_end(c);

@@ -118,6 +118,7 @@ struct tw_client {
   tw_dedupe *dedupe;
   struct lws_context *lws;
   bool lws_ok;
+  void *ssl_ctx; /* SSL_CTX for wss, made on first use */
 
   struct tw_conduit *conduits; /* list */
   struct tw_timer *timers;     /* list of live timers */

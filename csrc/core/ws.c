@@ -7,6 +7,10 @@
  * cost ~10 us per 1.7 KB notification; here a frame that sits whole in the read
  * buffer is handed to the JSON parser in place, with no copy.
  *
+ * TLS (wss) is OpenSSL over memory BIOs on the same raw connection: lws 4.1's own TLS
+ * for raw client sockets fails to start ("tls start fail"), and this way every byte
+ * still goes through one path.
+ *
  * A session is one socket. It parses every message once (tw_json), sends nothing but
  * pongs and a close frame, watches the keepalive, and reports to its shard: welcome,
  * session_reconnect, notifications/revocations (through tw_shard_deliver), and its end
@@ -15,8 +19,11 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "internal.h"
 
@@ -40,6 +47,9 @@ struct tw_session {
   unsigned char out[OUT_MAX]; /* control frames waiting for WRITEABLE */
   size_t out_len;
   char *host, *path;   /* for the upgrade request */
+  char *sni;           /* TLS: the host name (or IP address) to verify */
+  SSL *ssl;            /* TLS: NULL for ws:// */
+  bool tls, tls_up;
   char *session_id;
   uint64_t last_rx;
   uint64_t limit_ms; /* silence tolerated */
@@ -59,6 +69,8 @@ static void session_free_cb(uv_handle_t *h) {
   free(ss->req);
   free(ss->host);
   free(ss->path);
+  free(ss->sni);
+  if (ss->ssl) SSL_free(ss->ssl);
   free(ss->session_id);
   free(ss);
 }
@@ -430,6 +442,11 @@ static void on_handshake_rx(tw_session *ss, const unsigned char *in, size_t len)
   tw_buf_free(&hs);
 }
 
+static void on_plain(tw_session *ss, const unsigned char *in, size_t len) {
+  if (ss->st == ST_HANDSHAKE) on_handshake_rx(ss, in, len);
+  else if (ss->st == ST_OPEN) on_rx(ss, in, len);
+}
+
 static void build_request(tw_session *ss) {
   unsigned char raw[16];
   RAND_bytes(raw, sizeof raw);
@@ -442,6 +459,96 @@ static void build_request(tw_session *ss) {
                    ss->path, ss->host, ss->key);
   free(ss->req);
   ss->req = n > 0 && (size_t)n < sizeof req ? tw_strndup(req, (size_t)n) : NULL;
+}
+
+/* ---- TLS over memory BIOs ---- */
+
+static SSL_CTX *client_ssl_ctx(tw_client *c) {
+  if (c->ssl_ctx) return c->ssl_ctx;
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  if (!ctx) return NULL;
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_default_verify_paths(ctx); /* the system's CAs (SSL_CERT_FILE / SSL_CERT_DIR apply) */
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* idle sessions hold no TLS buffers */
+  c->ssl_ctx = ctx;
+  return ctx;
+}
+
+static void tls_error(tw_session *ss, const char *what) {
+  char e[160];
+  unsigned long code = ERR_get_error();
+  long vr = ss->ssl ? SSL_get_verify_result(ss->ssl) : X509_V_OK;
+  if (vr != X509_V_OK) snprintf(e, sizeof e, "%s: certificate: %s", what, X509_verify_cert_error_string(vr));
+  else if (code) snprintf(e, sizeof e, "%s: %s", what, ERR_reason_error_string(code) ? ERR_reason_error_string(code) : "error");
+  else snprintf(e, sizeof e, "%s", what);
+  ERR_clear_error();
+  kill_wsi(ss, e);
+}
+
+static bool tls_start(tw_session *ss) {
+  SSL_CTX *ctx = client_ssl_ctx(ss->c);
+  BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+  ss->ssl = ctx ? SSL_new(ctx) : NULL;
+  if (!ss->ssl || !rb || !wb) {
+    BIO_free(rb);
+    BIO_free(wb);
+    return false;
+  }
+  SSL_set_bio(ss->ssl, rb, wb);
+  SSL_set_connect_state(ss->ssl);
+  X509_VERIFY_PARAM *vp = SSL_get0_param(ss->ssl);
+  if (X509_VERIFY_PARAM_set1_ip_asc(vp, ss->sni) != 1) { /* a name, not an address */
+    SSL_set_tlsext_host_name(ss->ssl, ss->sni);
+    SSL_set1_host(ss->ssl, ss->sni);
+  }
+  return true;
+}
+
+/* Runs the handshake on; true once it is done. */
+static bool tls_handshake(tw_session *ss) {
+  if (ss->tls_up) return true;
+  int r = SSL_do_handshake(ss->ssl);
+  if (r == 1) {
+    ss->tls_up = true;
+    return true;
+  }
+  int e = SSL_get_error(ss->ssl, r);
+  if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) tls_error(ss, "TLS handshake failed");
+  return false;
+}
+
+static bool tls_pending_out(const tw_session *ss) { return ss->ssl && BIO_ctrl_pending(SSL_get_wbio(ss->ssl)) > 0; }
+
+static void on_plain(tw_session *ss, const unsigned char *in, size_t len);
+
+/* ciphertext in: decrypt everything available and hand it on in large pieces */
+static void tls_rx(tw_session *ss, const unsigned char *in, size_t len) {
+  BIO_write(SSL_get_rbio(ss->ssl), in, (int)len);
+  if (!tls_handshake(ss)) {
+    if (tls_pending_out(ss) && ss->wsi) lws_callback_on_writable(ss->wsi);
+    return;
+  }
+  static const size_t cap = 65536;
+  unsigned char *buf = malloc(cap);
+  if (!buf) {
+    kill_wsi(ss, "out of memory");
+    return;
+  }
+  for (;;) {
+    size_t n = 0;
+    int r = 0;
+    while (n < cap && (r = SSL_read(ss->ssl, buf + n, (int)(cap - n))) > 0) n += (size_t)r;
+    if (n) on_plain(ss, buf, n);
+    if (ss->gone || ss->st == ST_CLOSING) break;
+    if (r > 0) continue; /* buffer full: more to read */
+    int e = SSL_get_error(ss->ssl, r);
+    if (e == SSL_ERROR_ZERO_RETURN) kill_wsi(ss, "TLS connection closed by the server");
+    else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) tls_error(ss, "TLS read failed");
+    break;
+  }
+  free(buf);
+  if (ss->wsi && (tls_pending_out(ss) || ss->req || ss->out_len)) lws_callback_on_writable(ss->wsi);
 }
 
 static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len) {
@@ -460,32 +567,48 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     if (ss) {
       ss->st = ST_HANDSHAKE;
       build_request(ss);
+      if (ss->tls && (!tls_start(ss) || (tls_handshake(ss), ss->gone))) {
+        if (!ss->gone) kill_wsi(ss, "TLS could not start");
+        break;
+      }
       lws_callback_on_writable(wsi);
     }
     break;
   case LWS_CALLBACK_RAW_RX:
     if (!ss || ss->gone || !in) break;
-    if (ss->st == ST_HANDSHAKE) on_handshake_rx(ss, in, len);
-    else if (ss->st == ST_OPEN) on_rx(ss, in, len);
+    if (ss->tls) tls_rx(ss, in, len);
+    else on_plain(ss, in, len);
     break;
   case LWS_CALLBACK_RAW_WRITEABLE: {
     if (!ss) break;
-    unsigned char buf[LWS_PRE + 3072];
-    if (ss->req) {
-      size_t n = strlen(ss->req);
-      memcpy(buf + LWS_PRE, ss->req, n);
+    unsigned char buf[LWS_PRE + 4096];
+    unsigned char *p = buf + LWS_PRE;
+    size_t n = 0, cap = sizeof buf - LWS_PRE;
+    bool can_send = !ss->tls || ss->tls_up;
+    if (ss->req && can_send) { /* the upgrade request, once (after the TLS handshake) */
+      size_t rn = strlen(ss->req);
+      if (rn <= cap) {
+        memcpy(p, ss->req, rn);
+        n = rn;
+      }
       free(ss->req);
       ss->req = NULL;
-      if (lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_RAW) < (int)n) return -1;
     }
-    if (ss->out_len) {
-      size_t n = ss->out_len < sizeof buf - LWS_PRE ? ss->out_len : sizeof buf - LWS_PRE;
-      memcpy(buf + LWS_PRE, ss->out, n);
-      memmove(ss->out, ss->out + n, ss->out_len - n);
-      ss->out_len -= n;
-      if (lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_RAW) < (int)n) return -1;
-      if (ss->out_len) lws_callback_on_writable(wsi);
+    if (ss->out_len && can_send && n + ss->out_len <= cap) { /* control frames */
+      memcpy(p + n, ss->out, ss->out_len);
+      n += ss->out_len;
+      ss->out_len = 0;
     }
+    if (ss->tls) {
+      if (n && SSL_write(ss->ssl, p, (int)n) <= 0) {
+        tls_error(ss, "TLS write failed");
+        break;
+      }
+      int r = BIO_read(SSL_get_wbio(ss->ssl), p, (int)cap);
+      n = r > 0 ? (size_t)r : 0;
+    }
+    if (n && lws_write(wsi, p, n, LWS_WRITE_RAW) < (int)n) return -1;
+    if (tls_pending_out(ss) || (ss->out_len && can_send)) lws_callback_on_writable(wsi);
     break;
   }
   case LWS_CALLBACK_RAW_CLOSE:
@@ -525,7 +648,6 @@ int tw_ws_init(tw_client *c, tw_error *err) {
   info.port = CONTEXT_PORT_NO_LISTEN;
   info.protocols = protocols;
   info.options = LWS_SERVER_OPTION_LIBUV;
-  if (strncmp(c->eventsub_ws, "wss://", 6) == 0) info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
   info.foreign_loops = loops;
   info.pcontext = &c->lws;
   info.user = c;
@@ -554,6 +676,8 @@ void tw_ws_destroy_begin(tw_client *c) {
 void tw_ws_destroy_end(tw_client *c) {
   if (c->lws) lws_context_destroy(c->lws); /* the second call completes it (and NULLs c->lws) */
   c->lws = NULL;
+  if (c->ssl_ctx) SSL_CTX_free(c->ssl_ctx);
+  c->ssl_ctx = NULL;
 }
 
 tw_session *tw_ws_open(tw_shard *s, const char *url, bool is_reconnect) {
@@ -583,7 +707,10 @@ tw_session *tw_ws_open(tw_shard *s, const char *url, bool is_reconnect) {
   if ((tls && port == 443) || (!tls && port == 80)) snprintf(tmp, sizeof tmp, "%s", addr);
   else snprintf(tmp, sizeof tmp, "%s:%d", addr, port);
   ss->host = tw_strdup(tmp);
-  if (!ss->path || !ss->host) {
+  ss->tls = tls;
+  ss->sni = tw_strdup(addr);
+  if (!ss->path || !ss->host || !ss->sni) {
+    free(ss->sni);
     free(ss->path);
     free(ss->host);
     free(ss);
@@ -605,8 +732,8 @@ tw_session *tw_ws_open(tw_shard *s, const char *url, bool is_reconnect) {
   i.path = ss->path;
   i.host = addr;
   i.origin = addr;
-  i.method = "RAW"; /* lws carries bytes (and TLS); the websocket protocol is ours */
-  i.ssl_connection = tls ? LCCSCF_USE_SSL : 0;
+  i.method = "RAW"; /* lws carries bytes; TLS and the websocket protocol are ours */
+  i.ssl_connection = 0;
   i.local_protocol_name = protocols[0].name;
   i.pwsi = &ss->wsi;
   i.opaque_user_data = ss;
