@@ -1,0 +1,113 @@
+/* wss: the emulator behind a TLS terminator (socat), a certificate the client trusts
+ * (SSL_CERT_FILE) and one it does not. Skipped, with a passing note, when socat or
+ * openssl is missing. */
+#include "support.h"
+
+static int ready, notes, errors;
+static char last_error[300];
+static void on_event(void *u, const tw_event *ev) {
+  (void)u;
+  if (ev->type == TW_EV_READY) ready++;
+  if (ev->type == TW_EV_NOTIFICATION) notes++;
+  if (ev->type == TW_EV_ERROR) {
+    errors++;
+    snprintf(last_error, sizeof last_error, "%s: %s", ev->error->code, ev->error->message);
+  }
+}
+static int is_ready(void *a) { (void)a; return ready > 0; }
+static int want;
+static int got(void *a) { (void)a; return notes >= want; }
+static int some_errors(void *a) { (void)a; return errors >= 2; }
+static void on_resp(void *u, const tw_response *r) { *(int *)u = r->status; }
+static int resp_in(void *a) { return *(int *)a != 0; }
+
+static pid_t start_socat(const char *dir, int port, int target) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    char listen[256], to[64];
+    snprintf(listen, sizeof listen, "OPENSSL-LISTEN:%d,bind=127.0.0.1,cert=%s/tls.pem,verify=0,fork,reuseaddr", port,
+             dir);
+    snprintf(to, sizeof to, "TCP:127.0.0.1:%d", target);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    freopen("/dev/null", "w", stderr);
+    execlp("socat", "socat", listen, to, (char *)NULL);
+    _exit(127);
+  }
+  return pid;
+}
+
+static tw_client *client_for(mock *m, int port) {
+  static char wss[128];
+  snprintf(wss, sizeof wss, "wss://127.0.0.1:%d/ws", port);
+  tw_error err;
+  tw_client_opts o = {.client_id = m->client_id, .client_secret = m->client_secret, .api_base = m->api_base,
+                      .auth_base = m->auth_base, .eventsub_ws = wss, .backoff_min_s = 0.1};
+  tw_client *c = tw_client_new(&o, &err);
+  tw_client_on_event(c, on_event, NULL);
+  return c;
+}
+
+int main(void) {
+  tw_set_lws_log_level(0);
+  if (system("command -v socat >/dev/null && command -v openssl >/dev/null") != 0) {
+    ok(1, "# SKIP socat or openssl missing: wss not tested here");
+    return done_testing();
+  }
+  char dir[] = "/tmp/twconduit-tls-XXXXXX";
+  if (!mkdtemp(dir)) return 1;
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "cd %s && openssl req -x509 -newkey rsa:2048 -keyout k.pem -out tls.crt -days 1 -nodes -subj /CN=127.0.0.1 "
+           "-addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1 && cat k.pem tls.crt > tls.pem",
+           dir);
+  ok(system(cmd) == 0, "a self-signed certificate for 127.0.0.1");
+  mock m = {0};
+  if (mock_start(&m) != 0) {
+    ok(0, "the emulator starts");
+    return done_testing();
+  }
+  int target = atoi(strrchr(m.api_base, ':') + 1);
+  int port = 20000 + (getpid() % 20000);
+  pid_t sp = start_socat(dir, port, target);
+  usleep(300000); /* socat has no readiness signal; the client also retries with backoff */
+
+  /* trusted: SSL_CERT_FILE points OpenSSL's default verify paths at our certificate */
+  char crt[300];
+  snprintf(crt, sizeof crt, "%s/tls.crt", dir);
+  setenv("SSL_CERT_FILE", crt, 1);
+  tw_client *c = client_for(&m, port);
+  tw_error err;
+  tw_conduit_opts co = {.shards = 2};
+  tw_conduit *cd = tw_conduit_open(c, &co, &err);
+  ok(wait_until(c, is_ready, NULL, 15), "2 shards connect over wss and are assigned");
+  char body[512];
+  snprintf(body, sizeof body,
+           "{\"type\":\"stream.online\",\"version\":\"1\",\"condition\":{\"broadcaster_user_id\":\"31\"},"
+           "\"transport\":{\"method\":\"conduit\",\"conduit_id\":\"%s\"}}",
+           tw_conduit_id(cd) ? tw_conduit_id(cd) : "");
+  int st = 0;
+  tw_helix(c, "POST", "/eventsub/subscriptions", body, strlen(body), on_resp, &st, &err);
+  wait_until(c, resp_in, &st, 5);
+  cJSON_Delete(mock_call(&m, "POST", "/trigger", "{\"type\":\"stream.online\",\"channels\":[\"31\"],\"count\":50}"));
+  want = 50;
+  ok(wait_until(c, got, NULL, 10), "50 notifications arrive through TLS (%d)", notes);
+  tw_client_free(c);
+
+  /* untrusted: the handshake is refused with a clear error */
+  unsetenv("SSL_CERT_FILE");
+  setenv("SSL_CERT_FILE", "/nonexistent", 1);
+  errors = 0;
+  ready = 0;
+  c = client_for(&m, port);
+  tw_conduit_open(c, &co, &err);
+  int failed = wait_until(c, some_errors, NULL, 10);
+  ok(failed && ready == 0 && strstr(last_error, "certificate"), "an untrusted certificate is refused (%s)", last_error);
+  tw_client_free(c);
+
+  kill(sp, SIGTERM);
+  waitpid(sp, NULL, 0);
+  mock_stop(&m);
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd) != 0) ok(0, "cleanup");
+  return done_testing();
+}
