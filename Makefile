@@ -32,7 +32,7 @@ CTESTS   := $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
 CORE_LIB := $(BUILD)/libtwconduit.a
 
 .PHONY: all module mock ctests test asan test-asan bench clean install lint rock valgrind example host-example
-all: module mock ctests
+all: module mock ctests $(BUILD)/bin/twconduit-host-example
 
 module: $(MODULE)
 mock: $(MOCK_BIN)

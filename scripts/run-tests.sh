@@ -48,6 +48,28 @@ for t in "$BUILD"/tests/test_* "$BUILD"/tests/mock_*; do
   run "$t" timeout 300 "$t"
 done
 
+# the examples are part of the promise: the bot against the emulator, and the C host
+examples() {
+  n=0
+  n=$((n + 1))
+  if timeout 120 "$LUA" examples/bot.lua >/tmp/twconduit-example-bot.log 2>&1; then
+    echo "ok $n - examples/bot.lua runs against the emulator"
+  else
+    echo "not ok $n - examples/bot.lua runs against the emulator"; tail -5 /tmp/twconduit-example-bot.log
+  fi
+  n=$((n + 1))
+  if [ -x "$BUILD/bin/twconduit-host-example" ] &&
+     timeout 120 "$BUILD/bin/twconduit-host-example" examples/host_script.lua >/tmp/twconduit-example-host.log 2>&1; then
+    echo "ok $n - examples/host.c drives twconduit from its own poll loop"
+  else
+    echo "not ok $n - examples/host.c drives twconduit from its own poll loop"; tail -5 /tmp/twconduit-example-host.log
+  fi
+}
+if [ -z "$SANITIZED" ]; then # the sanitized pass runs the same code through the specs
+  echo "# examples"
+  run examples examples
+fi
+
 if ls spec/*_spec.lua >/dev/null 2>&1; then
   echo "# busted specs"
   if [ -n "$SANITIZED" ]; then
