@@ -436,16 +436,24 @@ static bool take_conduit(tw_conduit *cd, const tw_response *r, tw_jnode obj) {
   return true;
 }
 
-static void on_resized(void *user, const tw_response *r) {
+/* the answer of Create Conduits or Update Conduits: the conduit, then its shards */
+static void on_conduit(void *user, const tw_response *r) {
   tw_conduit *cd = user;
   cd->pending--;
-  if (cd->closing) { maybe_free(cd); return; }
-  if (r->error) { fail_open(cd, r->error); return; }
+  if (cd->closing) {
+    maybe_free(cd);
+    return;
+  }
+  if (r->error) {
+    fail_open(cd, r->error);
+    return;
+  }
   tw_jnode first = r->body ? tw_json_at(r->body, tw_json_get(r->body, 0, "data", 4), 0) : TW_JNONE;
   if (first == TW_JNONE || !take_conduit(cd, r, first)) {
     tw_error e;
-    tw_err_set(&e, "bad_response", r->status, "Update Conduits answered without the conduit");
-    { fail_open(cd, &e); return; }
+    tw_err_set(&e, "bad_response", r->status, "Helix answered without the conduit (no data[0].id / shard_count)");
+    fail_open(cd, &e);
+    return;
   }
   start_shards(cd);
 }
@@ -457,23 +465,9 @@ static void resize_or_start(tw_conduit *cd) {
   char body[160];
   snprintf(body, sizeof body, "{\"id\":\"%s\",\"shard_count\":%d}", cd->id, need);
   tw_error err;
-  if (tw_helix(cd->c, "PATCH", "/eventsub/conduits", body, strlen(body), on_resized, cd, &err) != 0)
+  if (tw_helix(cd->c, "PATCH", "/eventsub/conduits", body, strlen(body), on_conduit, cd, &err) != 0)
     { fail_open(cd, &err); return; }
   cd->pending++;
-}
-
-static void on_created(void *user, const tw_response *r) {
-  tw_conduit *cd = user;
-  cd->pending--;
-  if (cd->closing) { maybe_free(cd); return; }
-  if (r->error) { fail_open(cd, r->error); return; }
-  tw_jnode first = r->body ? tw_json_at(r->body, tw_json_get(r->body, 0, "data", 4), 0) : TW_JNONE;
-  if (first == TW_JNONE || !take_conduit(cd, r, first)) {
-    tw_error e;
-    tw_err_set(&e, "bad_response", r->status, "Create Conduits answered without a conduit");
-    { fail_open(cd, &e); return; }
-  }
-  start_shards(cd);
 }
 
 static void on_listed(void *user, const tw_response *r) {
@@ -549,7 +543,7 @@ tw_conduit *tw_conduit_open(tw_client *c, const tw_conduit_opts *o, tw_error *er
   } else {
     char body[64];
     snprintf(body, sizeof body, "{\"shard_count\":%d}", o->total ? o->total : o->offset + o->shards);
-    rc = tw_helix(c, "POST", "/eventsub/conduits", body, strlen(body), on_created, cd, err);
+    rc = tw_helix(c, "POST", "/eventsub/conduits", body, strlen(body), on_conduit, cd, err);
   }
   if (rc != 0) {
     cd->silent = true;
