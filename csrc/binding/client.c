@@ -191,10 +191,15 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
       lua_pushstring(L, ev->subscription_type);
     else
       lua_pushnil(L);
-    twl_push_view(L, ev->doc, ev->type == TW_EV_NOTIFICATION ? ev->event : ev->subscription);
-    push_shard_obj(L, fr, cl, ev->shard);  /* base+5 */
-    twl_push_message(L, fr, ev, base + 5, base + 2);
-    lua_rotate(L, base + 5, 1); /* msg before shard */
+    push_shard_obj(L, fr, cl, ev->shard); /* base+4 */
+    twl_push_message(L, fr, ev, base + 4, base + 2); /* base+5: owns the copy the views read */
+    tw_json *doc = twl_message_doc(L, base + 5);
+    if (doc)
+      twl_view_push(L, doc, ev->type == TW_EV_NOTIFICATION ? ev->event : ev->subscription, base + 5);
+    else
+      lua_pushnil(L);
+    lua_rotate(L, base + 4, 1); /* view, shard, msg */
+    lua_rotate(L, base + 5, 1); /* view, msg, shard */
     if (ev->type == TW_EV_REVOCATION) {
       if (ev->status)
         lua_pushstring(L, ev->status);

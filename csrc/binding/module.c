@@ -132,11 +132,6 @@ int twl_seconds_to_ms(lua_Number s) {
   return (int)ms;
 }
 
-/* ---- views ---------------------------------------------------------------------- */
-
-/* Top-level views for handlers (scalars come back as plain values). */
-void twl_push_view(lua_State *L, tw_json *doc, tw_jnode node) { twl_view_push(L, doc, node); }
-
 /* ---- module ---------------------------------------------------------------------- */
 
 static int mod_set_log_level(lua_State *L) {

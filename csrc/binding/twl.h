@@ -19,19 +19,7 @@
 
 #include "twconduit.h"
 
-#if defined(__has_include)
-#if __has_include("twl_json.h")
 #include "twl_json.h"
-#define TWL_HAVE_JSON_H 1
-#endif
-#endif
-#ifndef TWL_HAVE_JSON_H
-/* Provided by luajson.c / view.c. */
-void twl_json_open(lua_State *L, int modidx);
-void twl_view_push(lua_State *L, tw_json *doc, tw_jnode node);
-void twl_json_push_table(lua_State *L, tw_json *doc, tw_jnode node);
-void twl_json_encode(lua_State *L, int idx);
-#endif
 
 #define TWL_CLIENT_MT "twconduit.client"
 #define TWL_CONDUIT_MT "twconduit.conduit"
@@ -85,9 +73,6 @@ struct twl_req {
   twl_req *prev, *next;
 };
 
-/* twl_view_push with a check of the result's metatable */
-void twl_push_view(lua_State *L, tw_json *doc, tw_jnode node);
-
 /* class helper */
 void twl_newclass(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta);
 
@@ -124,6 +109,7 @@ void twl_conduit_open(lua_State *L);
 void twl_shard_open(lua_State *L);
 void twl_message_open(lua_State *L);
 void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int shard_obj, int conduit_obj);
+tw_json *twl_message_doc(lua_State *L, int idx); /* the message's copy at idx (a message) */
 
 /* conduit userdata creation (client.c calls it after tw_conduit_open) */
 void twl_push_conduit_ud(lua_State *L, twl_client *cl, int objs, int client_ud, tw_conduit *cd);

@@ -1,9 +1,9 @@
 /* JSON for Lua: read-only views over tw_json documents, plain-table decoding,
  * encoding, and the null sentinel. Implemented in view.c and luajson.c.
  *
- * Views: a full userdata (metatable "twconduit.view") holding one reference on
- * its document and a node index; only objects and arrays become views, scalars
- * are pushed as Lua values. null: one full userdata per Lua state, metatable
+ * Views: a full userdata (metatable "twconduit.view") holding a document pointer and
+ * a node index, with the document's anchor (the Lua value owning its memory) as user
+ * value; only objects and arrays become views, scalars are pushed as Lua values. null: one full userdata per Lua state, metatable
  * "twconduit.null" (__tostring "twconduit.null"), published as core.null. */
 #ifndef TWL_JSON_H
 #define TWL_JSON_H
@@ -23,9 +23,10 @@ extern const char *const twl_null_name; /* "twconduit.null" */
 void twl_json_open(lua_State *L, int modidx);
 
 /* Pushes node n of d: a string, integer, float, boolean, the null sentinel or,
- * for objects and arrays, a view that takes its own reference on d (the caller
- * keeps its reference). Pushes nil for TW_JNONE. May raise on out of memory. */
-void twl_view_push(lua_State *L, tw_json *d, tw_jnode n);
+ * for objects and arrays, a view anchored to the value at stack index `anchor`,
+ * which must keep d alive for as long as it lives itself (a userdata holding d's
+ * memory or a reference on it). Pushes nil for TW_JNONE. May raise on out of memory. */
+void twl_view_push(lua_State *L, tw_json *d, tw_jnode n, int anchor);
 
 /* Pushes node n of d as plain Lua values: deep tables (arrays 1-based), integers
  * as integers, null as the sentinel; duplicate keys: the last one wins. The

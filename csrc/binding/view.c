@@ -1,10 +1,14 @@
 /* view.c - read-only Lua views over tw_json documents, the null sentinel,
  * totable / json_decode / json_view / isview.
  *
- * A view is a 16-byte userdata {document, node} holding one reference on the
- * document; __index, __len and __pairs decode only what is touched. The
- * metamethods that push values carry the view metatable and the null sentinel
- * as upvalues, so a nested view costs one lua_newuserdatauv and no lookup. */
+ * A view is a 16-byte userdata {document, node} whose one user value is the
+ * document's anchor: the Lua object that owns the document's memory (for a
+ * notification, the message, which carries a copy of the document; for json_view,
+ * a holder with a finalizer). Views have no finalizer of their own, so a handler that
+ * touches a few nested objects creates a few small userdata and nothing more for the
+ * collector to call. __index, __len and __pairs decode only what is touched. The
+ * metamethods that push values carry the view metatable and the null sentinel as
+ * upvalues, so a nested view costs one lua_newuserdatauv and no lookup. */
 #include "twl_json.h"
 
 #include <string.h>
@@ -14,11 +18,17 @@ const char *const twl_null_name = TWL_NULL_MT;
 /* Registry keys: the addresses of these constants. */
 static const char view_mt_key = 'v';
 static const char null_key = 'n';
+static const char holder_mt_key = 'h';
 
 typedef struct {
-  tw_json *d; /* one reference, dropped by __gc; NULL once collected */
+  tw_json *d; /* alive as long as the anchor in user value 1 */
   tw_jnode n;
 } view_box;
+
+/* The anchor of json_view documents: owns one reference, dropped by __gc. */
+typedef struct {
+  tw_json *d;
+} doc_holder;
 
 enum { UV_MT = 1, UV_NULL = 2 }; /* upvalues of __index / __pairs */
 
@@ -33,10 +43,7 @@ int twl_is_null(lua_State *L, int idx) {
   return r;
 }
 
-static view_box *toview(lua_State *L, int idx) {
-  view_box *b = luaL_testudata(L, idx, TWL_VIEW_MT);
-  return b && b->d ? b : NULL;
-}
+static view_box *toview(lua_State *L, int idx) { return luaL_testudata(L, idx, TWL_VIEW_MT); }
 
 int twl_isview(lua_State *L, int idx) { return toview(L, idx) != NULL; }
 
@@ -47,9 +54,9 @@ tw_json *twl_view_get(lua_State *L, int idx, tw_jnode *n) {
   return b->d;
 }
 
-/* Pushes node n; mtidx / nullidx: stack (or upvalue) indices of the view
- * metatable and the null sentinel. */
-static void push_node(lua_State *L, tw_json *d, tw_jnode n, int mtidx, int nullidx) {
+/* Pushes node n; mtidx / nullidx / anchoridx: stack (or upvalue) indices of the view
+ * metatable, the null sentinel and the document's anchor. */
+static void push_node(lua_State *L, tw_json *d, tw_jnode n, int mtidx, int nullidx, int anchoridx) {
   switch (tw_json_type(d, n)) {
   case TW_JSON_STR: {
     size_t l;
@@ -64,24 +71,26 @@ static void push_node(lua_State *L, tw_json *d, tw_jnode n, int mtidx, int nulli
   case TW_JSON_NULL: lua_pushvalue(L, nullidx); return;
   case TW_JSON_ARR:
   case TW_JSON_OBJ: {
-    view_box *b = lua_newuserdatauv(L, sizeof *b, 0);
+    view_box *b = lua_newuserdatauv(L, sizeof *b, 1);
     b->d = d;
     b->n = n;
-    tw_json_ref(d);
     lua_pushvalue(L, mtidx);
     lua_setmetatable(L, -2);
+    lua_pushvalue(L, anchoridx);
+    lua_setiuservalue(L, -2, 1);
     return;
   }
   default: lua_pushnil(L); return;
   }
 }
 
-void twl_view_push(lua_State *L, tw_json *d, tw_jnode n) {
+void twl_view_push(lua_State *L, tw_json *d, tw_jnode n, int anchor) {
+  anchor = lua_absindex(L, anchor);
   luaL_checkstack(L, 3, "twl_view_push");
   lua_rawgetp(L, LUA_REGISTRYINDEX, &view_mt_key);
   twl_push_null(L);
   int top = lua_gettop(L); /* absolute indices: push_node pushes before it reads them */
-  push_node(L, d, n, top - 1, top);
+  push_node(L, d, n, top - 1, top, anchor);
   lua_replace(L, -3);
   lua_pop(L, 1);
 }
@@ -94,7 +103,6 @@ static view_box *selfview(lua_State *L) {
   if (!b || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(UV_MT)))
     luaL_typeerror(L, 1, TWL_VIEW_MT);
   lua_pop(L, 1);
-  if (!b->d) luaL_error(L, "twconduit.view used after collection");
   return b;
 }
 
@@ -114,13 +122,14 @@ static int view_index(lua_State *L) {
     c = tw_json_at(b->d, b->n, (size_t)(i - 1));
   }
   if (c == TW_JNONE) return 0;
-  push_node(L, b->d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL));
+  lua_getiuservalue(L, 1, 1);
+  push_node(L, b->d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL), lua_gettop(L));
   return 1;
 }
 
 static int view_len(lua_State *L) {
   view_box *b = luaL_checkudata(L, 1, TWL_VIEW_MT);
-  lua_pushinteger(L, b->d ? (lua_Integer)tw_json_len(b->d, b->n) : 0);
+  lua_pushinteger(L, (lua_Integer)tw_json_len(b->d, b->n));
   return 1;
 }
 
@@ -128,7 +137,9 @@ static int view_len(lua_State *L) {
 static int view_iter(lua_State *L) {
   view_box *b = lua_touserdata(L, lua_upvalueindex(3));
   lua_Integer cur = lua_tointeger(L, lua_upvalueindex(4));
-  if (cur < 0 || !b->d) return 0;
+  if (cur < 0) return 0;
+  lua_getiuservalue(L, lua_upvalueindex(3), 1);
+  int anchor = lua_gettop(L);
   tw_jnode c = (tw_jnode)cur, nx;
   if (tw_json_type(b->d, b->n) == TW_JSON_OBJ) {
     size_t kl;
@@ -140,7 +151,7 @@ static int view_iter(lua_State *L) {
     lua_pushinteger(L, lua_tointeger(L, 2) + 1);
     nx = tw_json_next(b->d, c);
   }
-  push_node(L, b->d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL));
+  push_node(L, b->d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL), anchor);
   lua_pushinteger(L, nx == TW_JNONE ? -1 : (lua_Integer)nx);
   lua_replace(L, lua_upvalueindex(4));
   return 2;
@@ -164,11 +175,8 @@ static int view_newindex(lua_State *L) { return luaL_error(L, "twconduit.view is
 static int view_tostring(lua_State *L) {
   view_box *b = luaL_checkudata(L, 1, TWL_VIEW_MT);
   size_t l = 0;
-  const char *s = b->d ? tw_json_raw(b->d, b->n, &l) : NULL;
-  if (s)
-    lua_pushlstring(L, s, l);
-  else
-    lua_pushliteral(L, "twconduit.view (collected)");
+  const char *s = tw_json_raw(b->d, b->n, &l);
+  lua_pushlstring(L, s ? s : "", l);
   return 1;
 }
 
@@ -178,11 +186,11 @@ static int view_eq(lua_State *L) {
   return 1;
 }
 
-static int view_gc(lua_State *L) {
-  view_box *b = luaL_checkudata(L, 1, TWL_VIEW_MT);
-  if (b->d) {
-    tw_json_unref(b->d);
-    b->d = NULL;
+static int holder_gc(lua_State *L) {
+  doc_holder *h = lua_touserdata(L, 1);
+  if (h && h->d) {
+    tw_json_unref(h->d);
+    h->d = NULL;
   }
   return 0;
 }
@@ -261,34 +269,31 @@ static int l_isview(lua_State *L) {
   return 1;
 }
 
-/* Parses argument 1 and leaves a view box of the root on the stack (it owns
- * the document, so a raised error while building cannot leak it). */
-static view_box *parse_arg(lua_State *L, const char *fname) {
+/* Parses argument 1 and leaves the holder of the document on the stack (it owns the
+ * document, so a raised error while building cannot leak it). */
+static doc_holder *parse_arg(lua_State *L, const char *fname) {
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
-  view_box *b = lua_newuserdatauv(L, sizeof *b, 0);
-  b->d = NULL;
-  b->n = 0;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &view_mt_key);
+  doc_holder *h = lua_newuserdatauv(L, sizeof *h, 0);
+  h->d = NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &holder_mt_key);
   lua_setmetatable(L, -2);
   char err[160];
-  b->d = tw_json_parse(s, len, err, sizeof err);
-  if (!b->d) luaL_error(L, "%s: %s", fname, err);
-  return b;
+  h->d = tw_json_parse(s, len, err, sizeof err);
+  if (!h->d) luaL_error(L, "%s: %s", fname, err);
+  return h;
 }
 
 static int l_json_decode(lua_State *L) {
-  view_box *b = parse_arg(L, "json_decode");
-  twl_json_push_table(L, b->d, 0);
+  doc_holder *h = parse_arg(L, "json_decode");
+  twl_json_push_table(L, h->d, 0);
   return 1;
 }
 
 /* json_view(s): the document's root as a view (scalars as values). */
 static int l_json_view(lua_State *L) {
-  view_box *b = parse_arg(L, "json_view");
-  int t = tw_json_type(b->d, 0);
-  if (t == TW_JSON_OBJ || t == TW_JSON_ARR) return 1; /* the box is the root view */
-  twl_view_push(L, b->d, 0);
+  doc_holder *h = parse_arg(L, "json_view");
+  twl_view_push(L, h->d, 0, -1);
   return 1;
 }
 
@@ -325,8 +330,7 @@ void twl_json_open(lua_State *L, int modidx) {
       lua_CFunction f;
     } withuv[] = {{"__index", view_index}, {"__pairs", view_pairs}},
       plain[] = {{"__len", view_len},           {"__newindex", view_newindex},
-                 {"__tostring", view_tostring}, {"__eq", view_eq},
-                 {"__gc", view_gc}};
+                 {"__tostring", view_tostring}, {"__eq", view_eq}};
     for (size_t i = 0; i < sizeof withuv / sizeof withuv[0]; i++) {
       lua_pushvalue(L, mt);
       lua_pushvalue(L, nullidx);
@@ -341,6 +345,18 @@ void twl_json_open(lua_State *L, int modidx) {
     lua_setfield(L, mt, "__metatable");
     lua_pushvalue(L, mt);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &view_mt_key);
+  }
+  lua_pop(L, 1);
+
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &holder_mt_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, holder_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushliteral(L, "twconduit.document");
+    lua_setfield(L, -2, "__metatable");
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &holder_mt_key);
   }
   lua_pop(L, 1);
 

@@ -85,7 +85,8 @@ tw_client *tw_client_new(const tw_client_opts *o, tw_error *err) {
   c->dedupe = tw_dedupe_new(o->dedupe_max ? o->dedupe_max : 1000000,
                             (uint64_t)((o->dedupe_window_s > 0 ? o->dedupe_window_s : 600) * 1000));
   c->http = tw_http_new(c->loop);
-  if (!c->dedupe || !c->http) goto nomem;
+  c->doc_pool = tw_json_pool_new(1024, 64 * 1024);
+  if (!c->dedupe || !c->http || !c->doc_pool) goto nomem;
   c->hx = tw_helix_new(c);
   if (!c->hx) goto nomem;
   if (tw_ws_init(c, err) != 0) {
@@ -194,6 +195,7 @@ void tw_client_free(tw_client *c) {
     uv_run(c->loop, UV_RUN_NOWAIT); /* let our close callbacks run on the host's loop */
   }
   tw_dedupe_free(c->dedupe);
+  tw_json_pool_free(c->doc_pool);
   if (c->client_secret) memset(c->client_secret, 0, strlen(c->client_secret));
   if (c->given_token) memset(c->given_token, 0, strlen(c->given_token));
   free(c->client_id);

@@ -4,7 +4,7 @@
  * ring. Expired or evicted entries leave the table by backward-shift deletion, so a
  * lookup never walks tombstones. Cost per notification: one hash, one probe sequence,
  * no allocation once warm. An id is remembered by a 64-bit hash of it and its length
- * (16 bytes a slot, so a million ids fit in 16 MB of ring plus an 8 MB index): two
+ * (16 bytes a ring entry and 8 an index slot: a million ids take 16 MB of ring plus a 16 MB index): two
  * different ids are taken for one another with a chance of about n / 2^64 per message,
  * below 1e-13 with a million ids remembered. */
 #include <stdlib.h>
@@ -18,24 +18,48 @@ typedef struct entry {
   uint64_t len : 16;
 } entry;
 
+/* A table slot: the ring index + 1 (0 = empty) in the low half, the low 32 bits of
+ * the id's hash in the high half, so probing and backward-shift deletion find home
+ * slots and reject mismatches without touching the ring (one cache miss a lookup). */
+typedef uint64_t slot;
+#define SLOT(ri1, h) ((uint64_t)(uint32_t)(h) << 32 | (uint32_t)(ri1))
+#define SLOT_RI1(s) ((uint32_t)(s))
+#define SLOT_H32(s) ((uint32_t)((s) >> 32))
+
 struct tw_dedupe {
   entry *ring;    /* capacity `max` */
   size_t max, head, count;
-  uint32_t *table; /* ring index + 1, 0 = empty; size `tsize` (power of two) */
+  slot *table; /* size `tsize` (power of two, at most 2^32) */
   size_t tsize;
   uint64_t window_ms;
 };
 
-static uint64_t hash_id(const char *p, size_t n) { /* FNV-1a 64 + final mix */
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; i++) {
-    h ^= (unsigned char)p[i];
-    h *= 0x100000001b3ull;
-  }
+static uint64_t mix64(uint64_t h) {
   h ^= h >> 33;
   h *= 0xff51afd7ed558ccdull;
   h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 33;
   return h;
+}
+
+/* 8 bytes at a time (ids are UUIDs: 36 bytes, five steps), then a final mix. */
+static uint64_t hash_id(const char *p, size_t n) {
+  uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)n;
+  while (n >= 8) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+    h = (h ^ w) * 0x100000001b3ull;
+    h ^= h >> 29;
+    p += 8;
+    n -= 8;
+  }
+  if (n) {
+    uint64_t w = 0;
+    memcpy(&w, p, n);
+    h = (h ^ w) * 0x100000001b3ull;
+  }
+  return mix64(h);
 }
 
 tw_dedupe *tw_dedupe_new(size_t max, uint64_t window_ms) {
@@ -65,10 +89,12 @@ void tw_dedupe_free(tw_dedupe *d) {
 
 static size_t ring_cap(const tw_dedupe *d) { return d->tsize / 2 < d->max ? d->tsize / 2 : d->max; }
 
+static size_t home(const tw_dedupe *d, uint64_t h32) { return (size_t)h32 & (d->tsize - 1); }
+
 static void table_remove(tw_dedupe *d, size_t ring_index) {
   size_t mask = d->tsize - 1;
-  size_t i = d->ring[ring_index].hash & mask;
-  while (d->table[i] != ring_index + 1) {
+  size_t i = home(d, (uint32_t)d->ring[ring_index].hash);
+  while (SLOT_RI1(d->table[i]) != ring_index + 1) {
     if (d->table[i] == 0) return; /* not present */
     i = (i + 1) & mask;
   }
@@ -77,7 +103,7 @@ static void table_remove(tw_dedupe *d, size_t ring_index) {
   for (;;) {
     j = (j + 1) & mask;
     if (d->table[j] == 0) break;
-    size_t k = d->ring[d->table[j] - 1].hash & mask;
+    size_t k = home(d, SLOT_H32(d->table[j]));
     /* can the entry at j move to i? (k cyclically outside (i, j]) */
     if ((j > i && (k <= i || k > j)) || (j < i && (k <= i && k > j))) {
       d->table[i] = d->table[j];
@@ -101,7 +127,7 @@ static int grow(tw_dedupe *d) {
   size_t ncap = ntsize / 2 < d->max ? ntsize / 2 : d->max;
   if (ncap <= oldcap && d->ring) return 0;
   entry *nring = malloc(ncap * sizeof *nring);
-  uint32_t *ntable = calloc(ntsize, sizeof *ntable);
+  slot *ntable = calloc(ntsize, sizeof *ntable);
   if (!nring || !ntable) {
     free(nring);
     free(ntable);
@@ -117,9 +143,9 @@ static int grow(tw_dedupe *d) {
   d->head = d->count % ncap;
   size_t mask = ntsize - 1;
   for (size_t n = 0; n < d->count; n++) {
-    size_t i = nring[n].hash & mask;
+    size_t i = (size_t)(uint32_t)nring[n].hash & mask;
     while (ntable[i]) i = (i + 1) & mask;
-    ntable[i] = (uint32_t)(n + 1);
+    ntable[i] = SLOT(n + 1, nring[n].hash);
   }
   return 0;
 }
@@ -135,9 +161,11 @@ bool tw_dedupe_seen(tw_dedupe *d, const char *id, size_t len, uint64_t now_ms) {
     pop_oldest(d);
   }
   size_t mask = d->tsize - 1;
+  uint32_t h32 = (uint32_t)h;
   if (d->ring) {
-    for (size_t i = h & mask; d->table[i]; i = (i + 1) & mask) {
-      const entry *e = &d->ring[d->table[i] - 1];
+    for (size_t i = home(d, h32); d->table[i]; i = (i + 1) & mask) {
+      if (SLOT_H32(d->table[i]) != h32) continue;
+      const entry *e = &d->ring[SLOT_RI1(d->table[i]) - 1];
       if (e->hash == h && e->len == (len & 0xffff)) return true;
     }
   }
@@ -152,9 +180,9 @@ bool tw_dedupe_seen(tw_dedupe *d, const char *id, size_t len, uint64_t now_ms) {
   e->hash = h;
   e->t_ms = now_ms;
   e->len = len & 0xffff;
-  size_t i = h & mask;
+  size_t i = home(d, h32);
   while (d->table[i]) i = (i + 1) & mask;
-  d->table[i] = (uint32_t)(d->head + 1);
+  d->table[i] = SLOT(d->head + 1, h);
   d->head = (d->head + 1) % cap;
   d->count++;
   return false;

@@ -116,6 +116,7 @@ struct tw_client {
   tw_http *http;
   tw_helix_state *hx;
   tw_dedupe *dedupe;
+  tw_json_pool *doc_pool; /* EventSub messages' memory, recycled (ws.c) */
   struct lws_context *lws;
   bool lws_ok;
   void *ssl_ctx; /* SSL_CTX for wss, made on first use */

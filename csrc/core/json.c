@@ -50,9 +50,19 @@ struct tw_json {
   uint32_t nnodes;
   uint32_t cap;
   uint32_t len;
+  size_t alloc;          /* bytes allocated */
+  tw_json_pool *pool;    /* where the memory goes back to, or NULL */
+  struct tw_json *next;  /* in the pool's free list */
   char *text;
   char *sbuf;
   tw_node *nodes;
+};
+
+struct tw_json_pool {
+  struct tw_json *free; /* documents whose memory waits for reuse */
+  size_t nfree, keep, max_bytes;
+  size_t out;   /* documents from this pool still referenced */
+  int gone;     /* the owner has let go: free on the last return */
 };
 
 static size_t round16(size_t n) { return (n + 15u) & ~(size_t)15u; }
@@ -111,8 +121,10 @@ static int grow(parser *P, const char **pp) {
   size_t off = (size_t)(*pp - P->t);
   size_t ncap = (size_t)P->cap * 2;
   if (ncap > UINT32_MAX - 1) return -1;
-  struct tw_json *nd = realloc(P->d, head_size(P->d->len) + ncap * sizeof(tw_node));
+  size_t bytes = head_size(P->d->len) + ncap * sizeof(tw_node);
+  struct tw_json *nd = realloc(P->d, bytes);
   if (!nd) return -1;
+  nd->alloc = bytes;
   set_ptrs(nd);
   P->d = nd;
   P->t = nd->text;
@@ -368,7 +380,36 @@ static inline __attribute__((always_inline)) const char *scan_number(parser *P, 
   return p;
 }
 
+static tw_json *parse_into(tw_json_pool *pool, const char *text, size_t len, char *err, size_t errlen);
+
 TW_API tw_json *tw_json_parse(const char *text, size_t len, char *err, size_t errlen) {
+  return parse_into(NULL, text, len, err, errlen);
+}
+
+TW_API tw_json *tw_json_parse_pooled(tw_json_pool *pool, const char *text, size_t len, char *err,
+                                     size_t errlen) {
+  return parse_into(pool, text, len, err, errlen);
+}
+
+/* Gives d's memory back to its pool (or frees it) once nothing references it. */
+static void release(struct tw_json *d) {
+  tw_json_pool *p = d->pool;
+  if (p == NULL) {
+    free(d);
+    return;
+  }
+  p->out--;
+  if (!p->gone && p->nfree < p->keep && d->alloc <= p->max_bytes) {
+    d->next = p->free;
+    p->free = d;
+    p->nfree++;
+    return;
+  }
+  free(d);
+  if (p->gone && p->out == 0) free(p);
+}
+
+static tw_json *parse_into(tw_json_pool *pool, const char *text, size_t len, char *err, size_t errlen) {
   parser P;
   P.err = err;
   P.errlen = errlen;
@@ -379,11 +420,29 @@ TW_API tw_json *tw_json_parse(const char *text, size_t len, char *err, size_t er
     return NULL;
   }
   uint32_t cap = (uint32_t)(len / 8 + 16);
-  struct tw_json *d = malloc(head_size(len) + (size_t)cap * sizeof(tw_node));
+  size_t need = head_size(len) + (size_t)cap * sizeof(tw_node);
+  struct tw_json *d = NULL;
+  if (pool && pool->free) {
+    d = pool->free;
+    pool->free = d->next;
+    pool->nfree--;
+    if (d->alloc >= need) {
+      cap = (uint32_t)((d->alloc - head_size(len)) / sizeof(tw_node)); /* use all of it */
+    } else {
+      free(d);
+      d = NULL;
+    }
+  }
+  if (d == NULL) {
+    d = malloc(need);
+    if (d) d->alloc = need;
+  }
   if (!d) {
     if (err && errlen) snprintf(err, errlen, "out of memory at byte 0");
     return NULL;
   }
+  d->pool = pool;
+  if (pool) pool->out++;
   d->refs = 1;
   d->len = (uint32_t)len;
   set_ptrs(d);
@@ -555,7 +614,7 @@ badlit:
 oom:
   fail(&P, (size_t)(p - P.t), "out of memory");
 bad:
-  free(P.d);
+  release(P.d);
   return NULL;
 }
 
@@ -564,8 +623,31 @@ bad:
 TW_API void tw_json_ref(tw_json *d) { d->refs++; }
 
 TW_API void tw_json_unref(tw_json *d) {
-  if (d && --d->refs == 0) free(d);
+  if (d && --d->refs == 0) release(d);
 }
+
+TW_API tw_json_pool *tw_json_pool_new(size_t keep, size_t max_bytes) {
+  tw_json_pool *p = calloc(1, sizeof *p);
+  if (p) {
+    p->keep = keep;
+    p->max_bytes = max_bytes;
+  }
+  return p;
+}
+
+TW_API void tw_json_pool_free(tw_json_pool *p) {
+  if (!p) return;
+  while (p->free) {
+    struct tw_json *d = p->free;
+    p->free = d->next;
+    free(d);
+  }
+  p->nfree = 0;
+  p->gone = 1;
+  if (p->out == 0) free(p);
+}
+
+TW_API size_t tw_json_pool_idle(const tw_json_pool *p) { return p ? p->nfree : 0; }
 
 /* ---- navigation ---------------------------------------------------------- */
 

@@ -154,7 +154,7 @@ static void handle_message(tw_session *ss, const char *p, size_t n) {
   tw_client *c = ss->c;
   ss->last_rx = uv_now(c->loop); /* any message feeds the watchdog; pings do not */
   char perr[128];
-  tw_json *d = tw_json_parse(p, n, perr, sizeof perr);
+  tw_json *d = tw_json_parse_pooled(c->doc_pool, p, n, perr, sizeof perr);
   if (!d) {
     bad_message(ss, "bad_message", "malformed message from EventSub: %s", perr);
     return;
@@ -369,22 +369,53 @@ static size_t parse_frames(tw_session *ss, const unsigned char *d, size_t n) {
   return pos;
 }
 
+/* Bytes of the frame starting at h (header + payload), or 0 while its header is
+ * incomplete. A server frame's header is at most 10 bytes (it is never masked). */
+static size_t frame_size(const unsigned char *h, size_t n) {
+  if (n < 2) return 0;
+  uint64_t len = h[1] & 127;
+  size_t hl = 2;
+  if (len == 126) {
+    if (n < 4) return 0;
+    len = ((uint64_t)h[2] << 8) | h[3];
+    hl = 4;
+  } else if (len == 127) {
+    if (n < 10) return 0;
+    len = 0;
+    for (int i = 0; i < 8; i++) len = (len << 8) | h[2 + i];
+    hl = 10;
+  }
+  return len > SIZE_MAX - hl ? SIZE_MAX : hl + (size_t)len;
+}
+
+/* Frames are parsed in place from lws's read buffer. A frame cut by the end of a
+ * read is kept in ss->pend, and the next read only tops it up to that one frame
+ * (its header first, then its payload) before parsing resumes in place: a stream
+ * of frames that straddle reads is copied once, not read-buffer by read-buffer. */
 static void on_rx(tw_session *ss, const unsigned char *in, size_t len) {
-  if (ss->pend.len == 0) { /* the common case: frames parsed straight from lws's buffer */
-    size_t used = parse_frames(ss, in, len);
-    if (used < len && !ss->gone && ss->st == ST_OPEN) tw_buf_append(&ss->pend, in + used, len - used);
-    return;
+  while (ss->pend.len > 0 && len > 0 && !ss->gone && ss->st == ST_OPEN) {
+    size_t want = frame_size((const unsigned char *)ss->pend.p, ss->pend.len);
+    size_t take = want ? want - ss->pend.len : 10 - ss->pend.len;
+    if (take > len) take = len;
+    if (tw_buf_append(&ss->pend, in, take) != 0) {
+      kill_wsi(ss, "out of memory");
+      return;
+    }
+    in += take;
+    len -= take;
+    /* also refuses an oversized frame as soon as its header is complete */
+    size_t used = parse_frames(ss, (const unsigned char *)ss->pend.p, ss->pend.len);
+    if (used >= ss->pend.len) {
+      tw_buf_free(&ss->pend);
+    } else if (used) {
+      memmove(ss->pend.p, ss->pend.p + used, ss->pend.len - used);
+      ss->pend.len -= used;
+    }
   }
-  if (tw_buf_append(&ss->pend, in, len) != 0) {
+  if (len == 0 || ss->gone || ss->st != ST_OPEN) return;
+  size_t used = parse_frames(ss, in, len);
+  if (used < len && !ss->gone && ss->st == ST_OPEN && tw_buf_append(&ss->pend, in + used, len - used) != 0)
     kill_wsi(ss, "out of memory");
-    return;
-  }
-  size_t used = parse_frames(ss, (const unsigned char *)ss->pend.p, ss->pend.len);
-  if (used >= ss->pend.len) tw_buf_free(&ss->pend);
-  else if (used) {
-    memmove(ss->pend.p, ss->pend.p + used, ss->pend.len - used);
-    ss->pend.len -= used;
-  }
 }
 
 static void b64(const unsigned char *in, int n, char *out) { EVP_EncodeBlock((unsigned char *)out, in, n); }

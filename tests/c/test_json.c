@@ -458,6 +458,50 @@ static void test_refcount(void) {
   tw_json_unref(d);
 }
 
+/* A pool recycles memory of released documents; documents may outlive the pool's owner. */
+static void test_pool(void) {
+  const char *a = "{\"id\":\"one\",\"list\":[1,2,3],\"s\":\"x\\u00e9y\"}";
+  const char *b = "{\"id\":\"two\",\"n\":{\"k\":true}}";
+  tw_json_pool *p = tw_json_pool_new(2, 4096);
+  tw_json *d1 = tw_json_parse_pooled(p, a, strlen(a), NULL, 0);
+  void *mem1 = d1;
+  tw_json_unref(d1);
+  ok(tw_json_pool_idle(p) == 1, "a released document waits in the pool");
+  tw_json *d2 = tw_json_parse_pooled(p, b, strlen(b), NULL, 0);
+  ok((void *)d2 == mem1 && tw_json_pool_idle(p) == 0 && tw_json_streq(d2, tw_json_get(d2, 0, "id", 2), "two") &&
+         tw_json_type(d2, tw_json_getp(d2, 0, "n.k")) == TW_JSON_TRUE,
+     "the next parse reuses its memory");
+  tw_json_ref(d2); /* a second holder */
+  tw_json_unref(d2);
+  ok(tw_json_pool_idle(p) == 0 && tw_json_streq(d2, tw_json_get(d2, 0, "id", 2), "two"),
+     "a document still referenced is not recycled");
+  char big[8192];
+  int n = snprintf(big, sizeof big, "[");
+  for (int i = 0; i < 1000; i++) n += snprintf(big + n, sizeof big - (size_t)n, "%s%d", i ? "," : "", i % 10);
+  snprintf(big + n, sizeof big - (size_t)n, "]");
+  tw_json *d3 = tw_json_parse_pooled(p, big, strlen(big), NULL, 0);
+  ok(d3 && tw_json_len(d3, 0) == 1000 && tw_json_int(d3, tw_json_at(d3, 0, 999)) == 9,
+     "a document larger than the pooled size parses (1000 elements)");
+  tw_json_unref(d3);
+  ok(tw_json_pool_idle(p) == 0, "and is freed, not kept (over max_bytes)");
+  char err[128];
+  tw_json *bad = tw_json_parse_pooled(p, "{bad", 4, err, sizeof err);
+  ok(bad == NULL && strstr(err, "at byte") != NULL && tw_json_pool_idle(p) == 1,
+     "a failed parse reports and gives its memory back (%s)", err);
+  tw_json *e1 = tw_json_parse_pooled(p, a, strlen(a), NULL, 0);
+  tw_json *e2 = tw_json_parse_pooled(p, a, strlen(a), NULL, 0);
+  tw_json *e3 = tw_json_parse_pooled(p, a, strlen(a), NULL, 0);
+  tw_json_unref(e1);
+  tw_json_unref(e2);
+  tw_json_unref(e3);
+  ok(tw_json_pool_idle(p) == 2, "at most `keep` documents wait (%zu)", tw_json_pool_idle(p));
+  tw_json_pool_free(p); /* d2 is still out: the pool lives until it comes back */
+  size_t l = 0;
+  const char *sv = tw_json_str(d2, tw_json_get(d2, 0, "id", 2), &l);
+  ok(sv && l == 3 && memcmp(sv, "two", 3) == 0, "a document outlives its pool's owner");
+  tw_json_unref(d2); /* frees it and the pool: leak checkers verify */
+}
+
 static void test_large(void) {
   /* forces the node array to grow several times */
   size_t n = 20000, cap = n * 12 + 16, o = 0;
@@ -562,6 +606,7 @@ int main(void) {
   test_numbers();
   test_navigation();
   test_refcount();
+  test_pool();
   test_large();
   test_fuzz();
   printf("1..%d\n", ntest);

@@ -42,6 +42,38 @@ int main(void) {
   ok(bad == 0, "200k inserts with eviction keep exact answers (%d wrong)", bad);
   tw_dedupe_free(d);
 
+  /* against a model: random ids, time passing, the window and the bound both evicting */
+  {
+    enum { MAXN = 300, OPS = 60000 };
+    int q_id[MAXN];
+    uint64_t q_t[MAXN];
+    int qh = 0, qn = 0, wrong = 0, dups = 0;
+    uint64_t now = 0, r = 7;
+    d = tw_dedupe_new(MAXN, 50);
+    for (int op = 0; op < OPS; op++) {
+      r = r * 6364136223846793005ull + 1442695040888963407ull;
+      int k = (int)((r >> 33) % 700);
+      now += (r >> 20) % 3;
+      while (qn && now - q_t[qh] > 50) { qh = (qh + 1) % MAXN; qn--; }
+      int want = 0;
+      for (int i = 0; i < qn; i++)
+        if (q_id[(qh + i) % MAXN] == k) { want = 1; break; }
+      if (!want) {
+        if (qn == MAXN) { qh = (qh + 1) % MAXN; qn--; }
+        q_id[(qh + qn) % MAXN] = k;
+        q_t[(qh + qn) % MAXN] = now;
+        qn++;
+      }
+      snprintf(id, sizeof id, "1b7a3c2e-0000-4000-8000-%012d", k);
+      int got = tw_dedupe_seen(d, id, strlen(id), now);
+      dups += got;
+      if (got != want) wrong++;
+    }
+    ok(wrong == 0 && dups > 1000, "60k random ids agree with a model of window + bound (%d wrong, %d duplicates)",
+       wrong, dups);
+    tw_dedupe_free(d);
+  }
+
   /* backoff */
   uint64_t rng = 42;
   int in_range = 1;
