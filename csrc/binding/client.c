@@ -191,15 +191,16 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
       lua_pushstring(L, ev->subscription_type);
     else
       lua_pushnil(L);
-    push_shard_obj(L, fr, cl, ev->shard); /* base+4 */
-    twl_push_message(L, fr, ev, base + 4, base + 2); /* base+5: owns the copy the views read */
-    tw_json *doc = twl_message_doc(L, base + 5);
+    /* base+4: the message, which owns the document the views read */
+    twl_push_message(L, fr, ev, base + 2);
+    tw_json *doc = twl_message_doc(L, base + 4);
     if (doc)
-      twl_view_push(L, doc, ev->type == TW_EV_NOTIFICATION ? ev->event : ev->subscription, base + 5);
+      twl_view_push(L, doc, ev->type == TW_EV_NOTIFICATION ? ev->event : ev->subscription, base + 4);
     else
       lua_pushnil(L);
-    lua_rotate(L, base + 4, 1); /* view, shard, msg */
-    lua_rotate(L, base + 5, 1); /* view, msg, shard */
+    push_shard_obj(L, fr, cl, ev->shard); /* base+6 */
+    lua_pushvalue(L, base + 6);
+    lua_setiuservalue(L, base + 4, 1);
     if (ev->type == TW_EV_REVOCATION) {
       if (ev->status)
         lua_pushstring(L, ev->status);
@@ -278,6 +279,9 @@ static twl_client *protected_frame(lua_State *L) {
 static void call_protected(twl_client *cl, lua_CFunction f, void *arg) {
   twl_frame saved = cl->fr;
   lua_State *L = saved.L;
+  int depth = cl->depth;
+  int base = lua_gettop(L);
+  lua_pushcfunction(L, twl_msgh);
   lua_pushcfunction(L, f);
   lua_pushlightuserdata(L, cl);
   lua_pushlightuserdata(L, arg);
@@ -287,10 +291,12 @@ static void call_protected(twl_client *cl, lua_CFunction f, void *arg) {
   lua_pushvalue(L, saved.pending);
   lua_pushvalue(L, saved.msg_mt);
   lua_pushvalue(L, saved.s_notification);
-  if (lua_pcall(L, PA_N, 0, 0) != LUA_OK) {
-    fprintf(stderr, "twconduit: callback dropped: %s\n", lua_tostring(L, -1));
-    lua_pop(L, 1);
+  if (lua_pcall(L, PA_N, 0, base + 1) != LUA_OK) {
+    fprintf(stderr, "twconduit: error in event dispatch: %s\n", lua_tostring(L, -1));
+    fflush(stderr);
   }
+  lua_settop(L, base);
+  cl->depth = depth; /* an error unwound past the decrement */
   cl->fr = saved;
 }
 
@@ -302,7 +308,11 @@ static int dispatch_protected(lua_State *L) {
   lua_pushvalue(L, fr->dispatch);
   int n = push_event(L, fr, cl, ev);
   if (n < 0) return 0;
-  twl_pcall(cl, L, n);
+  /* already protected (call_protected, with a traceback): the dispatcher protects
+   * each handler itself, so an error here is the dispatcher's own or out of memory */
+  cl->depth++;
+  lua_call(L, n, 0);
+  cl->depth--;
   return 0;
 }
 

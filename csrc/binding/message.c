@@ -19,22 +19,26 @@ typedef struct {
   tw_json *doc; /* one reference; NULL when the event had no document */
   tw_jnode meta;
   tw_jnode sub;
+  const char *id; /* the message id inside doc (the core found it already) */
+  size_t idlen;
 } twl_msg;
 
-void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int shard_obj,
-                      int conduit_obj) {
+void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int conduit_obj) {
+  conduit_obj = lua_absindex(L, conduit_obj);
   twl_msg *m = lua_newuserdatauv(L, sizeof *m, 2);
   m->doc = NULL;
   m->meta = ev->metadata;
   m->sub = ev->subscription;
+  m->id = ev->message_id;
+  m->idlen = ev->message_id ? strlen(ev->message_id) : 0;
   lua_pushvalue(L, fr->msg_mt);
   lua_setmetatable(L, -2);
   if (ev->doc != NULL) {
     tw_json_ref(ev->doc);
     m->doc = ev->doc;
+  } else {
+    m->id = NULL;
   }
-  lua_pushvalue(L, shard_obj);
-  lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, conduit_obj);
   lua_setiuservalue(L, -2, 2);
 }
@@ -44,6 +48,7 @@ static int msg_gc(lua_State *L) {
   if (m && m->doc) {
     tw_json_unref(m->doc);
     m->doc = NULL;
+    m->id = NULL;
   }
   return 0;
 }
@@ -62,14 +67,24 @@ static void push_meta(lua_State *L, twl_msg *m, const char *key) {
     lua_pushnil(L);
 }
 
+/* __index, a closure whose upvalue is the message metatable (a check without a lookup). */
 static int msg_index(lua_State *L) {
-  twl_msg *m = luaL_checkudata(L, 1, TWL_MESSAGE_MT);
+  twl_msg *m = lua_touserdata(L, 1);
+  if (!m || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+    luaL_typeerror(L, 1, TWL_MESSAGE_MT);
+  lua_pop(L, 1);
   size_t kl;
   const char *k = lua_tolstring(L, 2, &kl);
   if (k == NULL || m->doc == NULL) return 0;
   switch (k[0]) {
   case 'i':
-    if (strcmp(k, "id") == 0) return push_meta(L, m, "message_id"), 1;
+    if (kl == 2 && k[1] == 'd') {
+      if (m->id)
+        lua_pushlstring(L, m->id, m->idlen);
+      else
+        push_meta(L, m, "message_id");
+      return 1;
+    }
     break;
   case 't':
     if (strcmp(k, "type") == 0) return push_meta(L, m, "subscription_type"), 1;
@@ -106,7 +121,11 @@ static int msg_tostring(lua_State *L) {
 }
 
 void twl_message_open(lua_State *L) {
-  static const luaL_Reg meta[] = {
-      {"__index", msg_index}, {"__gc", msg_gc}, {"__tostring", msg_tostring}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__gc", msg_gc}, {"__tostring", msg_tostring}, {NULL, NULL}};
   twl_newclass(L, TWL_MESSAGE_MT, NULL, meta);
+  luaL_getmetatable(L, TWL_MESSAGE_MT);
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, msg_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
 }

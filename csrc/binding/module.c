@@ -95,7 +95,7 @@ static void open_error(lua_State *L, int modidx) {
 
 /* ---- calling Lua ---------------------------------------------------------------------- */
 
-static int twl_msgh(lua_State *L) {
+int twl_msgh(lua_State *L) {
   if (lua_type(L, 1) == LUA_TSTRING) {
     luaL_traceback(L, L, lua_tostring(L, 1), 1);
     return 1;

@@ -84,6 +84,7 @@ int twl_fail(lua_State *L, const tw_error *e); /* pushes nil, err; returns 2 */
 /* calls the function at top-nargs with nargs args through lua_pcall + traceback;
  * failures are reported on stderr (the Lua dispatcher routes handler errors itself).
  * Returns 1 when the call succeeded. Leaves the stack as it was below the function. */
+int twl_msgh(lua_State *L); /* message handler: adds a traceback */
 int twl_pcall(twl_client *cl, lua_State *L, int nargs);
 
 /* Entering Lua from a core callback. Returns the frame to use, or NULL when Lua cannot be
@@ -108,7 +109,8 @@ void twl_client_open(lua_State *L, int modidx);
 void twl_conduit_open(lua_State *L);
 void twl_shard_open(lua_State *L);
 void twl_message_open(lua_State *L);
-void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int shard_obj, int conduit_obj);
+/* Pushes the message of ev; the caller sets user value 1 (the shard object). */
+void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int conduit_obj);
 tw_json *twl_message_doc(lua_State *L, int idx); /* the message's copy at idx (a message) */
 
 /* conduit userdata creation (client.c calls it after tw_conduit_open) */

@@ -115,6 +115,18 @@ local function emit(client, list, obj, conduit, ...)
   return true
 end
 
+-- emit for notifications: two fixed arguments, no varargs on the hot path
+local function emit2(client, list, obj, conduit, event, msg)
+  for i = 1, #list do
+    local ok, err = xpcall(list[i], traceback, event, msg)
+    if not ok then
+      client:_report(errors.new("callback_error", tostring(err)), obj, conduit)
+    end
+    if client._closed then return false end
+  end
+  return true
+end
+
 local function wrap_shard(client, s)
   if type(s) == "userdata" then
     local cd = s:conduit()
@@ -125,24 +137,25 @@ end
 
 local function make_dispatcher(client)
   local ch = client._h
+  -- kind, conduit; for notifications a: subscription type, b: message, c: event view,
+  -- d: shard. Handlers run conduit's, shard's, then client's, type before "notification".
   return function(kind, conduit, a, b, c, d, e)
     local prev = async.current
     async.current = client
     if kind == "notification" then
-      -- a: subscription type, b: event view, c: message, d: shard
       local h = conduit and conduit._h
       local l
       if h then
-        l = h[a]; if l and not emit(client, l, conduit, conduit, b, c) then goto out end
-        l = h.notification; if l and not emit(client, l, conduit, conduit, b, c) then goto out end
+        l = h[a]; if l and not emit2(client, l, conduit, conduit, c, b) then goto out end
+        l = h.notification; if l and not emit2(client, l, conduit, conduit, c, b) then goto out end
       end
       if d and type(d) == "table" then
         local sh = d._h
-        l = sh[a]; if l and not emit(client, l, d, conduit, b, c) then goto out end
-        l = sh.notification; if l and not emit(client, l, d, conduit, b, c) then goto out end
+        l = sh[a]; if l and not emit2(client, l, d, conduit, c, b) then goto out end
+        l = sh.notification; if l and not emit2(client, l, d, conduit, c, b) then goto out end
       end
-      l = ch[a]; if l and not emit(client, l, conduit, conduit, b, c) then goto out end
-      l = ch.notification; if l then emit(client, l, conduit, conduit, b, c) end
+      l = ch[a]; if l and not emit2(client, l, conduit, conduit, c, b) then goto out end
+      l = ch.notification; if l then emit2(client, l, conduit, conduit, c, b) end
     else
       client:_event(kind, conduit, a, b, c, d, e)
     end
@@ -168,15 +181,15 @@ end
 function Client:_event(kind, conduit, a, b, c, _, e)
   if type(conduit) == "userdata" then conduit = nil end
   if kind == "revocation" then
-    -- a: type, b: subscription view, c: message, d: shard, e: status
-    local id = b and b.id
+    -- a: type, b: message, c: subscription view, d: shard, e: status
+    local id = c and c.id
     local sub = id and self._subs[id]
     if sub then
-      sub.status = e or (b and b.status) or "revoked"
+      sub.status = e or (c and c.status) or "revoked"
       local l = sub._h.revocation
       if l and not emit(self, l, sub, conduit, sub, sub.status) then return end
     end
-    chain(self, nil, conduit, "revocation", b, c)
+    chain(self, nil, conduit, "revocation", c, b)
   elseif kind == "ready" or kind == "started" then
     chain(self, nil, conduit, kind, conduit)
   elseif kind == "shard_enabled" or kind == "reconnect" then
