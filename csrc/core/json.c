@@ -270,11 +270,7 @@ static const char *string_escaped(parser *P, const char *q0, const char *p, uint
 
 /* p points after the opening quote. Returns the position after the closing
  * quote, the unescaped length in *ulen, or NULL on error. */
-/* t / s: the parser's text and string buffer, passed in registers (the hot loop keeps
- * its state in locals: a store through s, a char pointer, would otherwise force every
- * field of the parser to be reloaded from memory). */
-static inline __attribute__((always_inline)) const char *scan_string(parser *P, const char *t, char *s,
-                                                                     const char *p, uint32_t *ulen) {
+static inline __attribute__((always_inline)) const char *scan_string(parser *P, const char *p, uint32_t *ulen) {
   const char *q0 = p;
   for (;;) {
 #if defined(__SSE2__)
@@ -303,7 +299,7 @@ static inline __attribute__((always_inline)) const char *scan_string(parser *P, 
 #endif
     unsigned char c = (unsigned char)*p;
     if (c == '"') {
-      s[p - t] = '\0';
+      P->s[p - P->t] = '\0';
       *ulen = (uint32_t)(p - q0);
       return p + 1;
     }
@@ -461,36 +457,18 @@ static tw_json *parse_into(tw_json_pool *pool, const char *text, size_t len, cha
   P.cap = cap;
 
   frame stack[TW_JSON_MAX_DEPTH];
-  int depth = 0;     /* frames in use */
-  uint32_t done = 0; /* the value that ended last */
-  /* hot state in locals; P is synchronised around grow() (the only thing that moves
-   * the buffers) and read by the error paths */
-  const char *t = P.t;
-  char *s = P.s;
-  tw_node *nodes = P.nodes;
-  uint32_t n = 0, ncap = P.cap;
-  const char *end = t + len;
-  const char *p = skip_ws(t);
-#define SKIP_WS(x) ((unsigned char)*(x) <= ' ' ? skip_ws(x) : (x))
-#define ENSURE_NODE()                                   \
-  do {                                                  \
-    if (n == ncap) {                                    \
-      P.n = n;                                          \
-      if (grow(&P, &p)) goto oom;                       \
-      t = P.t;                                          \
-      s = P.s;                                          \
-      nodes = P.nodes;                                  \
-      ncap = P.cap;                                     \
-      end = t + len;                                    \
-    }                                                   \
-  } while (0)
+  int depth = 0;      /* frames in use */
+  uint32_t done = 0;  /* the value that ended last */
+  const char *p = skip_ws(P.t);
+  const char *end = P.t + len;
 
   for (;;) {
     /* ---- a value starts at p (already past whitespace) ---- */
-    ENSURE_NODE();
-    uint32_t idx = n++;
-    tw_node *nd = &nodes[idx];
-    nd->start = (uint32_t)(p - t);
+    if (P.n == P.cap && grow(&P, &p)) goto oom;
+    end = P.t + len;
+    uint32_t idx = P.n++;
+    tw_node *nd = &P.nodes[idx];
+    nd->start = (uint32_t)(p - P.t);
     nd->next = TW_JNONE; /* set to the following node when a ',' follows */
     done = idx;
     switch (*p) {
@@ -498,7 +476,7 @@ static tw_json *parse_into(tw_json_pool *pool, const char *text, size_t len, cha
     case '[': {
       int isobj = *p == '{';
       if (depth == TW_JSON_MAX_DEPTH) {
-        fail(&P, (size_t)(p - t), "nesting deeper than %d", TW_JSON_MAX_DEPTH);
+        fail(&P, (size_t)(p - P.t), "nesting deeper than %d", TW_JSON_MAX_DEPTH);
         goto bad;
       }
       nd->tag = isobj ? TW_JSON_OBJ : TW_JSON_ARR;
@@ -506,7 +484,7 @@ static tw_json *parse_into(tw_json_pool *pool, const char *text, size_t len, cha
       stack[depth].count = 0;
       stack[depth].isobj = isobj;
       depth++;
-      p = SKIP_WS(p + 1);
+      p = skip_ws(p + 1);
       if (*p == (isobj ? '}' : ']')) goto close;
       if (!isobj) {
         stack[depth - 1].count = 1;
@@ -516,7 +494,7 @@ static tw_json *parse_into(tw_json_pool *pool, const char *text, size_t len, cha
     }
     case '"': {
       uint32_t ulen;
-      const char *q = scan_string(&P, t, s, p + 1, &ulen);
+      const char *q = scan_string(&P, p + 1, &ulen);
       if (!q) goto bad;
       nd->tag = MKTAG(TW_JSON_STR, ulen);
       nd->len = (uint32_t)(q - p);
@@ -559,20 +537,21 @@ static tw_json *parse_into(tw_json_pool *pool, const char *text, size_t len, cha
 
   after:
     /* ---- a value ended at p ---- */
-    p = SKIP_WS(p);
     if (!depth) {
+      p = skip_ws(p);
       if (p != end) {
         fail_char(&P, p, "trailing characters after the document");
         goto bad;
       }
       break;
     }
+    p = skip_ws(p);
     {
       frame *f = &stack[depth - 1];
       int isobj = f->isobj;
       if (*p == ',') {
-        nodes[done].next = n;
-        p = SKIP_WS(p + 1);
+        P.nodes[done].next = P.n;
+        p = skip_ws(p + 1);
         if (isobj) goto key;
         f->count++;
         continue;
@@ -586,10 +565,10 @@ static tw_json *parse_into(tw_json_pool *pool, const char *text, size_t len, cha
     /* ---- p is at the closing bracket of stack[depth-1] ---- */
     {
       frame *f = &stack[--depth];
-      tw_node *c = &nodes[f->node];
-      c->len = (uint32_t)(p + 1 - t) - c->start;
+      tw_node *c = &P.nodes[f->node];
+      c->len = (uint32_t)(p + 1 - P.t) - c->start;
       c->tag |= f->count << 4;
-      if (TAG_TYPE(c->tag) == TW_JSON_ARR && n - f->node - 1 == f->count) c->tag |= TAG_FLAT;
+      if (TAG_TYPE(c->tag) == TW_JSON_ARR && P.n - f->node - 1 == f->count) c->tag |= TAG_FLAT;
       done = f->node;
       p++;
       goto after;
@@ -602,31 +581,31 @@ static tw_json *parse_into(tw_json_pool *pool, const char *text, size_t len, cha
         fail_char(&P, p, "string key expected");
         goto bad;
       }
-      ENSURE_NODE();
-      uint32_t k = n++;
-      stack[depth - 1].count++;
-      uint32_t ulen;
-      const char *q = scan_string(&P, t, s, p + 1, &ulen);
-      if (!q) goto bad;
-      tw_node *kn = &nodes[k];
-      kn->start = (uint32_t)(p - t);
+      if (P.n == P.cap && grow(&P, &p)) goto oom;
+      end = P.t + len;
+      frame *f = &stack[depth - 1];
+      uint32_t k = P.n++;
+      tw_node *kn = &P.nodes[k];
+      kn->start = (uint32_t)(p - P.t);
       kn->next = k + 1; /* the value follows */
+      f->count++;
+      uint32_t ulen;
+      const char *q = scan_string(&P, p + 1, &ulen);
+      if (!q) goto bad;
+      kn = &P.nodes[k];
       kn->tag = MKTAG(TW_JSON_STR, ulen);
       kn->len = (uint32_t)(q - p);
-      p = SKIP_WS(q);
+      p = skip_ws(q);
       if (*p != ':') {
         fail_char(&P, p, "':' expected");
         goto bad;
       }
-      p = SKIP_WS(p + 1);
+      p = skip_ws(p + 1);
       continue;
     }
   }
-#undef ENSURE_NODE
-#undef SKIP_WS
-  P.n = n;
   P.d->nnodes = P.n;
-  P.d->cap = ncap;
+  P.d->cap = P.cap;
   return P.d;
 
 badlit:
