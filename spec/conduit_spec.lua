@@ -109,6 +109,40 @@ describe("twconduit.conduit", function()
     end
   end)
 
+  it("keeps a document alive through a nested view alone", function()
+    local c = H.client(m)
+    finally(function() c:close() end)
+    local cd = H.ready_conduit(c, { shards = 1 })
+    H.subscribe_all(cd, "channel.chat.message", { "778" })
+    local parts, metas, texts = {}, {}, {}
+    cd:on("channel.chat.message", function(event, msg)
+      -- keep only views nested two levels down; the event and the message go
+      parts[#parts + 1] = event.message.fragments
+      metas[#metas + 1] = msg.metadata
+      texts[#texts + 1] = event.message.text
+    end)
+    assert(m:trigger { type = "channel.chat.message", channels = { "778" }, count = 20 })
+    H.wait_until(c, function() return #parts == 20 end, 10, "20 chat messages")
+    for _ = 1, 3 do collectgarbage() end
+    -- more traffic reuses the client's recycled document memory meanwhile
+    assert(m:trigger { type = "channel.chat.message", channels = { "778" }, count = 20 })
+    H.wait_until(c, function() return #parts == 40 end, 10, "20 more")
+    for _ = 1, 3 do collectgarbage() end
+    local ids = {}
+    for i = 1, 40 do
+      assert.is_true(twconduit.isview(parts[i]))
+      assert.is_true(#parts[i] >= 1)
+      local joined = {}
+      for _, f in ipairs(parts[i]) do joined[#joined + 1] = f.text end
+      assert.equal(texts[i], table.concat(joined))
+      assert.equal("notification", metas[i].message_type)
+      ids[metas[i].message_id] = true
+    end
+    local n = 0
+    for _ in pairs(ids) do n = n + 1 end
+    assert.equal(40, n)
+  end)
+
   it("reports handler errors and keeps going", function()
     local c = H.client(m)
     finally(function() c:close() end)
