@@ -116,6 +116,26 @@ describe("twconduit.view", function()
     assert.are.equal(3, #list)
   end)
 
+  it("refuses to read once its document was finalized (a finalizer running later)", function()
+    local got
+    do
+      -- the keeper's finalizer runs after the document holder's in the same cycle
+      local keeper = setmetatable({}, { __gc = function(t)
+        got = { pcall(function() return t.v.a.b end) }
+        got.len = { pcall(function() return #t.v end) }
+        got.str = tostring(t.v)
+      end })
+      keeper.v = core.json_view('{"a":{"b":"hello"},"arr":[1,2,3]}')
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_table(got)
+    assert.is_false(got[1])
+    assert.matches("collected", tostring(got[2]))
+    assert.is_false(got.len[1])
+    assert.matches("collected", got.str)
+  end)
+
   it("survives many views created and dropped", function()
     for _ = 1, 2000 do
       local x = core.json_view(DOC)

@@ -11,17 +11,21 @@
  * objects, kept in user values 1 and 2), transport ("websocket"), subscription and
  * metadata (read-only views).
  */
+#include <stddef.h>
 #include <string.h>
 
 #include "twl.h"
 
 typedef struct {
-  tw_json *doc; /* one reference; NULL when the event had no document */
+  tw_json *doc; /* one reference; NULL when the event had no document or once collected.
+                 * First field: views read it through their anchor (view.c anchor_alive). */
   tw_jnode meta;
   tw_jnode sub;
   const char *id; /* the message id inside doc (the core found it already) */
   size_t idlen;
 } twl_msg;
+
+_Static_assert(offsetof(twl_msg, doc) == 0, "a view anchor starts with its document");
 
 void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int conduit_obj) {
   conduit_obj = lua_absindex(L, conduit_obj);

@@ -43,9 +43,31 @@ int twl_is_null(lua_State *L, int idx) {
   return r;
 }
 
-static view_box *toview(lua_State *L, int idx) { return luaL_testudata(L, idx, TWL_VIEW_MT); }
+/* An anchor is a userdata whose first field is its document pointer, set to NULL by its
+ * finalizer (doc_holder here, the message in message.c). A finalizer of the user's can
+ * run after the anchor's in the same collection and still reach a view: the view must
+ * then refuse to read, as the memory went back to the pool or the allocator. */
+static int anchor_alive(lua_State *L, int view_idx) {
+  lua_getiuservalue(L, view_idx, 1);
+  void *a = lua_touserdata(L, -1);
+  int alive = a != NULL && *(tw_json **)a != NULL;
+  lua_pop(L, 1);
+  return alive;
+}
 
-int twl_isview(lua_State *L, int idx) { return toview(L, idx) != NULL; }
+static void check_alive(lua_State *L, int view_idx) {
+  if (!anchor_alive(L, view_idx))
+    luaL_error(L, "twconduit.view used after its document was collected (from a finalizer?)");
+}
+
+/* The view at idx, or NULL; raises if it is a view whose document is gone. */
+static view_box *toview(lua_State *L, int idx) {
+  view_box *b = luaL_testudata(L, idx, TWL_VIEW_MT);
+  if (b) check_alive(L, idx);
+  return b;
+}
+
+int twl_isview(lua_State *L, int idx) { return luaL_testudata(L, idx, TWL_VIEW_MT) != NULL; }
 
 tw_json *twl_view_get(lua_State *L, int idx, tw_jnode *n) {
   view_box *b = toview(L, idx);
@@ -86,7 +108,7 @@ static void push_node(lua_State *L, tw_json *d, tw_jnode n, int mtidx, int nulli
 
 void twl_view_push(lua_State *L, tw_json *d, tw_jnode n, int anchor) {
   anchor = lua_absindex(L, anchor);
-  luaL_checkstack(L, 3, "twl_view_push");
+  luaL_checkstack(L, 5, "twl_view_push");
   lua_rawgetp(L, LUA_REGISTRYINDEX, &view_mt_key);
   twl_push_null(L);
   int top = lua_gettop(L); /* absolute indices: push_node pushes before it reads them */
@@ -103,6 +125,7 @@ static view_box *selfview(lua_State *L) {
   if (!b || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(UV_MT)))
     luaL_typeerror(L, 1, TWL_VIEW_MT);
   lua_pop(L, 1);
+  check_alive(L, 1);
   return b;
 }
 
@@ -129,6 +152,7 @@ static int view_index(lua_State *L) {
 
 static int view_len(lua_State *L) {
   view_box *b = luaL_checkudata(L, 1, TWL_VIEW_MT);
+  check_alive(L, 1);
   lua_pushinteger(L, (lua_Integer)tw_json_len(b->d, b->n));
   return 1;
 }
@@ -138,6 +162,7 @@ static int view_iter(lua_State *L) {
   view_box *b = lua_touserdata(L, lua_upvalueindex(3));
   lua_Integer cur = lua_tointeger(L, lua_upvalueindex(4));
   if (cur < 0) return 0;
+  check_alive(L, lua_upvalueindex(3));
   lua_getiuservalue(L, lua_upvalueindex(3), 1);
   int anchor = lua_gettop(L);
   tw_jnode c = (tw_jnode)cur, nx;
@@ -174,14 +199,18 @@ static int view_newindex(lua_State *L) { return luaL_error(L, "twconduit.view is
 
 static int view_tostring(lua_State *L) {
   view_box *b = luaL_checkudata(L, 1, TWL_VIEW_MT);
+  if (!anchor_alive(L, 1)) {
+    lua_pushliteral(L, "twconduit.view (collected)");
+    return 1;
+  }
   size_t l = 0;
   const char *s = tw_json_raw(b->d, b->n, &l);
   lua_pushlstring(L, s ? s : "", l);
   return 1;
 }
 
-static int view_eq(lua_State *L) {
-  view_box *a = toview(L, 1), *b = toview(L, 2);
+static int view_eq(lua_State *L) { /* compares identities only: reads no document */
+  view_box *a = luaL_testudata(L, 1, TWL_VIEW_MT), *b = luaL_testudata(L, 2, TWL_VIEW_MT);
   lua_pushboolean(L, a && b && a->d == b->d && a->n == b->n);
   return 1;
 }
