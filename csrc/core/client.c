@@ -85,7 +85,7 @@ tw_client *tw_client_new(const tw_client_opts *o, tw_error *err) {
   c->dedupe = tw_dedupe_new(o->dedupe_max ? o->dedupe_max : 1000000,
                             (uint64_t)((o->dedupe_window_s > 0 ? o->dedupe_window_s : 600) * 1000));
   c->http = tw_http_new(c->loop);
-  c->doc_pool = tw_json_pool_new(1024, 64 * 1024);
+  c->doc_pool = tw_json_pool_new(4u << 20, 64u << 10); /* at most 4 MB waiting */
   if (!c->dedupe || !c->http || !c->doc_pool) goto nomem;
   c->hx = tw_helix_new(c);
   if (!c->hx) goto nomem;

@@ -60,7 +60,8 @@ struct tw_json {
 
 struct tw_json_pool {
   struct tw_json *free; /* documents whose memory waits for reuse */
-  size_t nfree, keep, max_bytes;
+  size_t nfree, idle_bytes; /* documents waiting, and their bytes */
+  size_t max_idle, max_doc; /* limits: bytes waiting in all, bytes of one document */
   size_t out;   /* documents from this pool still referenced */
   int gone;     /* the owner has let go: free on the last return */
 };
@@ -399,10 +400,11 @@ static void release(struct tw_json *d) {
     return;
   }
   p->out--;
-  if (!p->gone && p->nfree < p->keep && d->alloc <= p->max_bytes) {
+  if (!p->gone && d->alloc <= p->max_doc && p->idle_bytes + d->alloc <= p->max_idle) {
     d->next = p->free;
     p->free = d;
     p->nfree++;
+    p->idle_bytes += d->alloc;
     return;
   }
   free(d);
@@ -426,6 +428,7 @@ static tw_json *parse_into(tw_json_pool *pool, const char *text, size_t len, cha
     d = pool->free;
     pool->free = d->next;
     pool->nfree--;
+    pool->idle_bytes -= d->alloc;
     if (d->alloc >= need) {
       cap = (uint32_t)((d->alloc - head_size(len)) / sizeof(tw_node)); /* use all of it */
     } else {
@@ -626,11 +629,11 @@ TW_API void tw_json_unref(tw_json *d) {
   if (d && --d->refs == 0) release(d);
 }
 
-TW_API tw_json_pool *tw_json_pool_new(size_t keep, size_t max_bytes) {
+TW_API tw_json_pool *tw_json_pool_new(size_t max_idle, size_t max_doc) {
   tw_json_pool *p = calloc(1, sizeof *p);
   if (p) {
-    p->keep = keep;
-    p->max_bytes = max_bytes;
+    p->max_idle = max_idle;
+    p->max_doc = max_doc;
   }
   return p;
 }
@@ -643,6 +646,7 @@ TW_API void tw_json_pool_free(tw_json_pool *p) {
     free(d);
   }
   p->nfree = 0;
+  p->idle_bytes = 0;
   p->gone = 1;
   if (p->out == 0) free(p);
 }

@@ -65,13 +65,14 @@ TW_API void tw_json_ref(tw_json *d);   /* adds a reference; d must be live */
 TW_API void tw_json_unref(tw_json *d); /* drops one; frees at 0; NULL is a no-op */
 
 /* A pool recycles document memory: a document parsed from it goes back to it when its
- * last reference is dropped (up to `keep` documents of at most `max_bytes` each wait
- * there), so a reader of a stream of messages allocates nothing once warm.
+ * last reference is dropped (documents of at most `max_doc` bytes wait there, up to
+ * `max_idle` bytes in all), so a reader of a stream of messages allocates nothing once
+ * warm.
  * tw_json_pool_free is the owner letting go: the idle memory is freed at once, the pool
  * itself when the last document from it is released (documents may outlive the owner).
  * Same threading rule as the reference counts. */
 typedef struct tw_json_pool tw_json_pool;
-TW_API tw_json_pool *tw_json_pool_new(size_t keep, size_t max_bytes);
+TW_API tw_json_pool *tw_json_pool_new(size_t max_idle, size_t max_doc);
 TW_API void tw_json_pool_free(tw_json_pool *p);
 TW_API tw_json *tw_json_parse_pooled(tw_json_pool *p, const char *text, size_t len, char *err,
                                      size_t errlen);

@@ -139,7 +139,7 @@ typedef struct tw_event {
   tw_jnode metadata;       /* doc nodes, TW_JNONE when absent */
   tw_jnode subscription;
   tw_jnode event;          /* payload.event, or payload.events for batched types */
-  const char *message_id;  /* NUL-terminated, borrowed */
+  const char *message_id;  /* NUL-terminated, inside doc (valid while a reference on doc is held) */
   const char *subscription_type;
   const char *status;      /* see above; borrowed */
   const tw_error *error;   /* borrowed; NULL when none */

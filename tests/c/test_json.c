@@ -462,7 +462,7 @@ static void test_refcount(void) {
 static void test_pool(void) {
   const char *a = "{\"id\":\"one\",\"list\":[1,2,3],\"s\":\"x\\u00e9y\"}";
   const char *b = "{\"id\":\"two\",\"n\":{\"k\":true}}";
-  tw_json_pool *p = tw_json_pool_new(2, 4096);
+  tw_json_pool *p = tw_json_pool_new(1 << 20, 4096);
   tw_json *d1 = tw_json_parse_pooled(p, a, strlen(a), NULL, 0);
   void *mem1 = d1;
   tw_json_unref(d1);
@@ -494,7 +494,12 @@ static void test_pool(void) {
   tw_json_unref(e1);
   tw_json_unref(e2);
   tw_json_unref(e3);
-  ok(tw_json_pool_idle(p) == 2, "at most `keep` documents wait (%zu)", tw_json_pool_idle(p));
+  ok(tw_json_pool_idle(p) == 3, "released documents wait while they fit the budget (%zu)", tw_json_pool_idle(p));
+  tw_json_pool *tiny = tw_json_pool_new(100, 4096); /* less than one document */
+  tw_json *t1 = tw_json_parse_pooled(tiny, a, strlen(a), NULL, 0);
+  tw_json_unref(t1);
+  ok(t1 != NULL && tw_json_pool_idle(tiny) == 0, "none waits beyond the pool's byte budget");
+  tw_json_pool_free(tiny);
   tw_json_pool_free(p); /* d2 is still out: the pool lives until it comes back */
   size_t l = 0;
   const char *sv = tw_json_str(d2, tw_json_get(d2, 0, "id", 2), &l);
