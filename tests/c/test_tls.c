@@ -24,12 +24,13 @@ static int resp_in(void *a) { return *(int *)a != 0; }
 static pid_t start_socat(const char *dir, int port, int target) {
   pid_t pid = fork();
   if (pid == 0) {
-    char listen[256], to[64];
+    char listen[256], to[64], log[300];
     snprintf(listen, sizeof listen, "OPENSSL-LISTEN:%d,bind=127.0.0.1,cert=%s/tls.pem,verify=0,fork,reuseaddr", port,
              dir);
     snprintf(to, sizeof to, "TCP:127.0.0.1:%d", target);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    freopen("/dev/null", "w", stderr);
+    snprintf(log, sizeof log, "%s/socat.log", dir);
+    if (!freopen(log, "w", stderr)) _exit(126);
     execlp("socat", "socat", listen, to, (char *)NULL);
     _exit(127);
   }
@@ -79,7 +80,13 @@ int main(void) {
   tw_error err;
   tw_conduit_opts co = {.shards = 2};
   tw_conduit *cd = tw_conduit_open(c, &co, &err);
-  ok(wait_until(c, is_ready, NULL, 15), "2 shards connect over wss and are assigned");
+  int up = wait_until(c, is_ready, NULL, 15);
+  ok(up, "2 shards connect over wss and are assigned");
+  if (!up) { /* say why: the terminator's own log and the client's last error */
+    printf("# last client error: %s\n", last_error);
+    snprintf(cmd, sizeof cmd, "sed 's/^/# socat: /' %s/socat.log", dir);
+    if (system(cmd) != 0) printf("# no socat log\n");
+  }
   char body[512];
   snprintf(body, sizeof body,
            "{\"type\":\"stream.online\",\"version\":\"1\",\"condition\":{\"broadcaster_user_id\":\"31\"},"
@@ -90,7 +97,8 @@ int main(void) {
   wait_until(c, resp_in, &st, 5);
   cJSON_Delete(mock_call(&m, "POST", "/trigger", "{\"type\":\"stream.online\",\"channels\":[\"31\"],\"count\":50}"));
   want = 50;
-  ok(wait_until(c, got, NULL, 10), "50 notifications arrive through TLS (%d)", notes);
+  int arrived = wait_until(c, got, NULL, 10);
+  ok(arrived, "50 notifications arrive through TLS (%d)", notes);
   tw_client_free(c);
 
   /* untrusted: the handshake is refused with a clear error */
