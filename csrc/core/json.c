@@ -137,6 +137,7 @@ static int grow(parser *P, const char **pp) {
 }
 
 static inline const char *skip_ws(const char *p) {
+  if ((unsigned char)*p > ' ') return p; /* compact JSON: one compare */
   while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t') p++;
   return p;
 }
@@ -282,18 +283,13 @@ static inline __attribute__((always_inline)) const char *scan_string(parser *P, 
         __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
         __m128i sp = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bs)),
                                   _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v));
-        unsigned m = (unsigned)_mm_movemask_epi8(sp);
-        unsigned hi = (unsigned)_mm_movemask_epi8(v);
-        if (!(m | hi)) {
+        /* stop at a quote, a backslash, a control byte or a non-ASCII byte */
+        unsigned m = (unsigned)_mm_movemask_epi8(sp) | (unsigned)_mm_movemask_epi8(v);
+        if (!m) {
           p += 16;
           continue;
         }
-        unsigned first = m ? (unsigned)__builtin_ctz(m) : 16u;
-        if (hi & ((1u << first) - 1u)) { /* non-ASCII before the stop byte */
-          p += __builtin_ctz(hi);
-          break;
-        }
-        p += first;
+        p += __builtin_ctz(m);
         break;
       }
     }

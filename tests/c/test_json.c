@@ -149,6 +149,8 @@ static const struct {
     {"\"\xf5\x80\x80\x80\"", "UTF-8"},
     {"\"\xc3\"", "UTF-8"},
     {"\"0123456789abcd\xc3\"", "UTF-8"},
+    {"\"0123456789\xc3\xa9" "abc\x01xyz\"", "control character"},
+    {"\"\xc3\xa9" "0123456789abcdef\xff\"", "UTF-8"},
     {"\"\xe2\x82\"", "UTF-8"},
     {"\xef\xbb\xbf{}", "value expected"},
     {"'a'", "value expected"},
