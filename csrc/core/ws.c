@@ -131,6 +131,7 @@ static void on_watchdog(uv_timer_t *t) {
     kill_wsi(ss, "no welcome message in time");
     return;
   }
+  if (ss->pend.len == 0 && ss->pend.p) tw_buf_free(&ss->pend); /* a quiet session holds no buffer */
   uint64_t silent = now - ss->last_rx;
   if (silent >= ss->limit_ms) {
     char why[96];
@@ -406,7 +407,7 @@ static void on_rx(tw_session *ss, const unsigned char *in, size_t len) {
     /* also refuses an oversized frame as soon as its header is complete */
     size_t used = parse_frames(ss, (const unsigned char *)ss->pend.p, ss->pend.len);
     if (used >= ss->pend.len) {
-      tw_buf_free(&ss->pend);
+      ss->pend.len = 0; /* the memory stays for the next split frame (the watchdog frees it) */
     } else if (used) {
       memmove(ss->pend.p, ss->pend.p + used, ss->pend.len - used);
       ss->pend.len -= used;
@@ -414,8 +415,19 @@ static void on_rx(tw_session *ss, const unsigned char *in, size_t len) {
   }
   if (len == 0 || ss->gone || ss->st != ST_OPEN) return;
   size_t used = parse_frames(ss, in, len);
-  if (used < len && !ss->gone && ss->st == ST_OPEN && tw_buf_append(&ss->pend, in + used, len - used) != 0)
-    kill_wsi(ss, "out of memory");
+  if (used >= len || ss->gone || ss->st != ST_OPEN) return;
+  /* room for the whole frame at once when its header is here (one allocation) */
+  size_t want = frame_size(in + used, len - used);
+  if (want && want <= (size_t)ss->c->max_message_bytes + 1024 && ss->pend.cap < want + 1) {
+    char *q = realloc(ss->pend.p, want + 1);
+    if (!q) {
+      kill_wsi(ss, "out of memory");
+      return;
+    }
+    ss->pend.p = q;
+    ss->pend.cap = want + 1;
+  }
+  if (tw_buf_append(&ss->pend, in + used, len - used) != 0) kill_wsi(ss, "out of memory");
 }
 
 static void b64(const unsigned char *in, int n, char *out) { EVP_EncodeBlock((unsigned char *)out, in, n); }
