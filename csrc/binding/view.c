@@ -1,7 +1,7 @@
 /* view.c - read-only Lua views over tw_json documents, the null sentinel,
  * totable / json_decode / json_view / isview.
  *
- * A view is a 16-byte userdata {document, node} whose one user value is the
+ * A view is a 24-byte userdata {document, node, anchor} whose one user value is the
  * document's anchor: the Lua object that owns the document's memory (for a
  * notification, the message, which carries a copy of the document; for json_view,
  * a holder with a finalizer). Views have no finalizer of their own, so a handler that
@@ -23,6 +23,9 @@ static const char holder_mt_key = 'h';
 typedef struct {
   tw_json *d; /* alive as long as the anchor in user value 1 */
   tw_jnode n;
+  tw_json *const *anchor; /* the anchor's first field, its document pointer: the anchor is
+                           * kept from the allocator by user value 1, so this reads live
+                           * memory even from a finalizer that runs after the anchor's */
 } view_box;
 
 /* The anchor of json_view documents: owns one reference, dropped by __gc. */
@@ -47,23 +50,17 @@ int twl_is_null(lua_State *L, int idx) {
  * finalizer (doc_holder here, the message in message.c). A finalizer of the user's can
  * run after the anchor's in the same collection and still reach a view: the view must
  * then refuse to read, as the memory went back to the pool or the allocator. */
-static int anchor_alive(lua_State *L, int view_idx) {
-  lua_getiuservalue(L, view_idx, 1);
-  void *a = lua_touserdata(L, -1);
-  int alive = a != NULL && *(tw_json **)a != NULL;
-  lua_pop(L, 1);
-  return alive;
-}
+static int anchor_alive(const view_box *b) { return *b->anchor != NULL; }
 
-static void check_alive(lua_State *L, int view_idx) {
-  if (!anchor_alive(L, view_idx))
+static void check_alive(lua_State *L, const view_box *b) {
+  if (!anchor_alive(b))
     luaL_error(L, "twconduit.view used after its document was collected (from a finalizer?)");
 }
 
 /* The view at idx, or NULL; raises if it is a view whose document is gone. */
 static view_box *toview(lua_State *L, int idx) {
   view_box *b = luaL_testudata(L, idx, TWL_VIEW_MT);
-  if (b) check_alive(L, idx);
+  if (b) check_alive(L, b);
   return b;
 }
 
@@ -76,9 +73,12 @@ tw_json *twl_view_get(lua_State *L, int idx, tw_jnode *n) {
   return b->d;
 }
 
-/* Pushes node n; mtidx / nullidx / anchoridx: stack (or upvalue) indices of the view
- * metatable, the null sentinel and the document's anchor. */
-static void push_node(lua_State *L, tw_json *d, tw_jnode n, int mtidx, int nullidx, int anchoridx) {
+/* Pushes node n; mtidx / nullidx: stack (or upvalue) indices of the view metatable and
+ * the null sentinel; anchor: the anchor's document field; for a container, the anchor
+ * itself is fetched by getanchor (a stack index, or a view whose user value it is). */
+enum { ANCHOR_AT, ANCHOR_OF_VIEW };
+static void push_node(lua_State *L, tw_json *d, tw_jnode n, int mtidx, int nullidx, tw_json *const *anchor,
+                      int how, int idx) {
   switch (tw_json_type(d, n)) {
   case TW_JSON_STR: {
     size_t l;
@@ -96,9 +96,13 @@ static void push_node(lua_State *L, tw_json *d, tw_jnode n, int mtidx, int nulli
     view_box *b = lua_newuserdatauv(L, sizeof *b, 1);
     b->d = d;
     b->n = n;
+    b->anchor = anchor;
     lua_pushvalue(L, mtidx);
     lua_setmetatable(L, -2);
-    lua_pushvalue(L, anchoridx);
+    if (how == ANCHOR_AT)
+      lua_pushvalue(L, idx);
+    else
+      lua_getiuservalue(L, idx, 1);
     lua_setiuservalue(L, -2, 1);
     return;
   }
@@ -112,7 +116,7 @@ void twl_view_push(lua_State *L, tw_json *d, tw_jnode n, int anchor) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &view_mt_key);
   twl_push_null(L);
   int top = lua_gettop(L); /* absolute indices: push_node pushes before it reads them */
-  push_node(L, d, n, top - 1, top, anchor);
+  push_node(L, d, n, top - 1, top, lua_touserdata(L, anchor), ANCHOR_AT, anchor);
   lua_replace(L, -3);
   lua_pop(L, 1);
 }
@@ -125,7 +129,7 @@ static view_box *selfview(lua_State *L) {
   if (!b || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(UV_MT)))
     luaL_typeerror(L, 1, TWL_VIEW_MT);
   lua_pop(L, 1);
-  check_alive(L, 1);
+  check_alive(L, b);
   return b;
 }
 
@@ -145,14 +149,13 @@ static int view_index(lua_State *L) {
     c = tw_json_at(b->d, b->n, (size_t)(i - 1));
   }
   if (c == TW_JNONE) return 0;
-  lua_getiuservalue(L, 1, 1);
-  push_node(L, b->d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL), lua_gettop(L));
+  push_node(L, b->d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL), b->anchor, ANCHOR_OF_VIEW, 1);
   return 1;
 }
 
 static int view_len(lua_State *L) {
   view_box *b = luaL_checkudata(L, 1, TWL_VIEW_MT);
-  check_alive(L, 1);
+  check_alive(L, b);
   lua_pushinteger(L, (lua_Integer)tw_json_len(b->d, b->n));
   return 1;
 }
@@ -162,9 +165,7 @@ static int view_iter(lua_State *L) {
   view_box *b = lua_touserdata(L, lua_upvalueindex(3));
   lua_Integer cur = lua_tointeger(L, lua_upvalueindex(4));
   if (cur < 0) return 0;
-  check_alive(L, lua_upvalueindex(3));
-  lua_getiuservalue(L, lua_upvalueindex(3), 1);
-  int anchor = lua_gettop(L);
+  check_alive(L, b);
   tw_jnode c = (tw_jnode)cur, nx;
   if (tw_json_type(b->d, b->n) == TW_JSON_OBJ) {
     size_t kl;
@@ -176,7 +177,8 @@ static int view_iter(lua_State *L) {
     lua_pushinteger(L, lua_tointeger(L, 2) + 1);
     nx = tw_json_next(b->d, c);
   }
-  push_node(L, b->d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL), anchor);
+  push_node(L, b->d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL), b->anchor, ANCHOR_OF_VIEW,
+            lua_upvalueindex(3));
   lua_pushinteger(L, nx == TW_JNONE ? -1 : (lua_Integer)nx);
   lua_replace(L, lua_upvalueindex(4));
   return 2;
@@ -199,7 +201,7 @@ static int view_newindex(lua_State *L) { return luaL_error(L, "twconduit.view is
 
 static int view_tostring(lua_State *L) {
   view_box *b = luaL_checkudata(L, 1, TWL_VIEW_MT);
-  if (!anchor_alive(L, 1)) {
+  if (!anchor_alive(b)) {
     lua_pushliteral(L, "twconduit.view (collected)");
     return 1;
   }
