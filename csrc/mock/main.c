@@ -275,6 +275,12 @@ static struct lws_protocols protocols[] = {
     {"twconduit-mock", cb, sizeof(pss_t), 65536, 0, NULL, 1 << 20},
     {NULL, NULL, 0, 0, 0, NULL, 0}};
 
+/* The emulator pings and times out its websocket sessions itself (ws.c). Without a
+ * policy of its own the vhost would get libwebsockets' default idle policy (its own
+ * ping after 300 s without a pong, hangup at 310 s), which also re-inserts a timer
+ * into libwebsockets' sorted timer list (O(n)) for every pong: hangup 0 turns it off. */
+static const lws_retry_bo_t no_idle_policy = {.secs_since_valid_ping = 0, .secs_since_valid_hangup = 0};
+
 static void house_cb(lws_sorted_usec_list_t *sul)
 {
     (void)sul;
@@ -425,6 +431,7 @@ int main(int argc, char **argv)
     info.max_http_header_pool = 64;
     info.timeout_secs = 30;
     info.keepalive_timeout = 30;
+    info.retry_and_idle_policy = &no_idle_policy;
     M->ctx = lws_create_context(&info);
     if (!M->ctx) {
         fprintf(stderr, "twconduit-mock: cannot create context\n");
@@ -464,9 +471,12 @@ int main(int argc, char **argv)
     streams_stop_all();
     wh_stop();
     for (session_t *s = M->sessions; s; s = s->next)
-        lws_sul_cancel(&s->sul_rc);
+        wt_cancel(&s->t_rc);
+    lws_sul_cancel(&M->wt_sul);
+    M->wt_armed = 0;
     lws_context_destroy(M->ctx);
     M->ctx = NULL;
+    wt_free_all();
     sessions_free_all();
     free_tokens();
     reset_helix_state();

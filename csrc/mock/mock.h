@@ -127,6 +127,13 @@ typedef struct bgen {
     uint64_t remaining;
 } bgen_t;
 
+/* a websocket timer (wtimer.c): a deadline in a heap served by one lws_sul */
+typedef struct wtimer {
+    int64_t due_us;              /* mono_us() deadline */
+    size_t idx;                  /* heap position + 1, 0 = not scheduled */
+    void (*cb)(struct wtimer *t);
+} wtimer_t;
+
 struct session;
 typedef struct conn {
     struct lws *wsi;
@@ -148,7 +155,7 @@ typedef struct conn {
     uint64_t blast_inflight;
     struct blast *blast_inflight_b[8];
     bgen_t *gens;
-    lws_sorted_usec_list_t sul_ka, sul_ping, sul_grace, sul_assign;
+    wtimer_t t_ka, t_ping, t_grace, t_assign;
     int rc_pending;      /* reconnect_id given but unresolved (4007 check) */
     int bad_reconnect;
     int got_malformed;
@@ -166,7 +173,7 @@ typedef struct session {
     char disconnected_at[40];
     char reconnect_id[ID_LEN];
     int reconnecting;
-    lws_sorted_usec_list_t sul_rc; /* grace for the new connection to appear */
+    wtimer_t t_rc; /* grace for the new connection to appear */
 } session_t;
 
 /* ---------- blasts and streams ---------- */
@@ -321,6 +328,12 @@ typedef struct mock {
     int64_t mono_base; /* us */
     double speed;
     lws_sorted_usec_list_t sul_house;
+    /* websocket timers (wtimer.c) */
+    wtimer_t **wt_heap;
+    size_t wt_n, wt_cap;
+    lws_sorted_usec_list_t wt_sul;
+    int64_t wt_armed_us, wt_served_us;
+    int wt_armed, wt_serving;
     uint64_t rng[2];
     /* webhook worker */
     pthread_t wh_thread;
@@ -369,6 +382,11 @@ void apply_config(const cJSON *o, char *err, size_t errlen);
 void free_tokens(void);
 void free_route_counters(void);
 cJSON *config_json(void);
+
+/* wtimer.c */
+void wt_schedule(wtimer_t *t, void (*cb)(wtimer_t *), int64_t delay_us);
+void wt_cancel(wtimer_t *t);
+void wt_free_all(void);
 
 /* ws.c */
 void ws_established(struct lws *wsi, pss_t *p);

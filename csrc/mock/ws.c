@@ -208,9 +208,9 @@ static void conn_close(conn_t *c, int code, const char *reason)
         lws_callback_on_writable(c->wsi);
 }
 
-static void ka_cb(lws_sorted_usec_list_t *sul)
+static void ka_cb(wtimer_t *t)
 {
-    conn_t *c = lws_container_of(sul, conn_t, sul_ka);
+    conn_t *c = lws_container_of(t, conn_t, t_ka);
     if (c->closing || c->retired)
         return;
     int64_t now = mono_us();
@@ -219,18 +219,18 @@ static void ka_cb(lws_sorted_usec_list_t *sul)
     if (idle >= ka - 1000 && c->qlen == 0 && !c->gens) {
         send_keepalive(c);
         c->last_tx_us = now; /* counts from the enqueue; write follows at once */
-        lws_sul_schedule(M->ctx, 0, &c->sul_ka, ka_cb, ka);
+        wt_schedule(&c->t_ka, ka_cb, ka);
     } else {
         int64_t rem = ka - idle;
         if (rem < 1000)
             rem = ka;
-        lws_sul_schedule(M->ctx, 0, &c->sul_ka, ka_cb, rem);
+        wt_schedule(&c->t_ka, ka_cb, rem);
     }
 }
 
-static void ping_cb(lws_sorted_usec_list_t *sul)
+static void ping_cb(wtimer_t *t)
 {
-    conn_t *c = lws_container_of(sul, conn_t, sul_ping);
+    conn_t *c = lws_container_of(t, conn_t, t_ping);
     if (c->closing)
         return;
     if (c->awaiting_pong) {
@@ -240,30 +240,29 @@ static void ping_cb(lws_sorted_usec_list_t *sul)
     c->ping_due = 1;
     if (c->wsi)
         lws_callback_on_writable(c->wsi);
-    lws_sul_schedule(M->ctx, 0, &c->sul_ping, ping_cb,
-                     (lws_usec_t)(M->cfg.ping_interval_s * 1e6));
+    wt_schedule(&c->t_ping, ping_cb, (int64_t)(M->cfg.ping_interval_s * 1e6));
 }
 
-static void assign_cb(lws_sorted_usec_list_t *sul)
+static void assign_cb(wtimer_t *t)
 {
-    conn_t *c = lws_container_of(sul, conn_t, sul_assign);
+    conn_t *c = lws_container_of(t, conn_t, t_assign);
     if (c->closing || !c->sess)
         return;
     if (!c->sess->assigned)
         conn_close(c, 4003, NULL);
 }
 
-static void grace_cb(lws_sorted_usec_list_t *sul)
+static void grace_cb(wtimer_t *t)
 {
     /* old connection not closed by the client within the grace period */
-    conn_t *c = lws_container_of(sul, conn_t, sul_grace);
+    conn_t *c = lws_container_of(t, conn_t, t_grace);
     conn_close(c, 4004, NULL);
 }
 
-static void rc_timeout_cb(lws_sorted_usec_list_t *sul)
+static void rc_timeout_cb(wtimer_t *t)
 {
     /* the client never connected to reconnect_url */
-    session_t *s = lws_container_of(sul, session_t, sul_rc);
+    session_t *s = lws_container_of(t, session_t, t_rc);
     if (!s->reconnecting)
         return;
     s->reconnecting = 0;
@@ -326,13 +325,13 @@ void ws_established(struct lws *wsi, pss_t *p)
             c->end_status = NULL;
             return;
         }
-        lws_sul_cancel(&s->sul_rc);
+        wt_cancel(&s->t_rc);
         s->reconnecting = 0;
         s->reconnect_id[0] = 0;
         conn_t *old = s->cur;
         old->retired = 1;
-        lws_sul_cancel(&old->sul_ka);
-        lws_sul_cancel(&old->sul_assign);
+        wt_cancel(&old->t_ka);
+        wt_cancel(&old->t_assign);
         if (s->old && s->old != old)
             conn_close(s->old, 4004, NULL);
         s->old = old;
@@ -340,8 +339,7 @@ void ws_established(struct lws *wsi, pss_t *p)
         c->sess = s;
         s->keepalive = ka;
         send_welcome(c);
-        lws_sul_schedule(M->ctx, 0, &old->sul_grace, grace_cb,
-                         (lws_usec_t)(M->cfg.reconnect_grace_s * 1e6));
+        wt_schedule(&old->t_grace, grace_cb, (int64_t)(M->cfg.reconnect_grace_s * 1e6));
     } else {
         session_t *s = xcalloc(1, sizeof *s);
         gen_session_id(s->id);
@@ -353,12 +351,10 @@ void ws_established(struct lws *wsi, pss_t *p)
         M->sessions = s;
         c->sess = s;
         send_welcome(c);
-        lws_sul_schedule(M->ctx, 0, &c->sul_assign, assign_cb,
-                         (lws_usec_t)(M->cfg.assign_window_s * 1e6));
+        wt_schedule(&c->t_assign, assign_cb, (int64_t)(M->cfg.assign_window_s * 1e6));
     }
-    lws_sul_schedule(M->ctx, 0, &c->sul_ka, ka_cb, (lws_usec_t)c->keepalive * 1000000);
-    lws_sul_schedule(M->ctx, 0, &c->sul_ping, ping_cb,
-                     (lws_usec_t)(M->cfg.ping_interval_s * 1e6));
+    wt_schedule(&c->t_ka, ka_cb, (int64_t)c->keepalive * 1000000);
+    wt_schedule(&c->t_ping, ping_cb, (int64_t)(M->cfg.ping_interval_s * 1e6));
 }
 
 void ws_receive(conn_t *c, int is_pong)
@@ -570,7 +566,7 @@ static void session_lost(session_t *s, const char *status)
     if (s->reconnecting) {
         s->reconnecting = 0;
         s->reconnect_id[0] = 0;
-        lws_sul_cancel(&s->sul_rc);
+        wt_cancel(&s->t_rc);
     }
     for (conduit_t *c = M->conduits; c; c = c->next)
         for (int i = 0; i < c->shard_count; i++) {
@@ -588,10 +584,10 @@ static void session_lost(session_t *s, const char *status)
 
 void ws_closed(conn_t *c)
 {
-    lws_sul_cancel(&c->sul_ka);
-    lws_sul_cancel(&c->sul_ping);
-    lws_sul_cancel(&c->sul_grace);
-    lws_sul_cancel(&c->sul_assign);
+    wt_cancel(&c->t_ka);
+    wt_cancel(&c->t_ping);
+    wt_cancel(&c->t_grace);
+    wt_cancel(&c->t_assign);
     confirm_inflight(c, 0);
     drop_queue(c, "session closed");
     blast_gen_free(c);
@@ -656,8 +652,7 @@ void session_reconnect(session_t *s)
                s->id, M->port, s->reconnect_id, s->connected_at);
     enqueue_conn(c, b.p, b.len, 0);
     buf_free(&b);
-    lws_sul_schedule(M->ctx, 0, &s->sul_rc, rc_timeout_cb,
-                     (lws_usec_t)(M->cfg.reconnect_grace_s * 1e6));
+    wt_schedule(&s->t_rc, rc_timeout_cb, (int64_t)(M->cfg.reconnect_grace_s * 1e6));
 }
 
 void session_malformed(session_t *s)
@@ -884,7 +879,7 @@ void sessions_free_all(void)
     while (M->sessions) {
         session_t *s = M->sessions;
         M->sessions = s->next;
-        lws_sul_cancel(&s->sul_rc);
+        wt_cancel(&s->t_rc);
         free(s);
     }
 }
