@@ -163,6 +163,7 @@ typedef struct conn {
 
 typedef struct session {
     struct session *next;
+    struct session *hnext; /* bucket chain of the id index (M->sess_hash) */
     char id[ID_LEN];
     conn_t *cur;         /* connection receiving new messages */
     conn_t *old;         /* previous connection during reconnect */
@@ -310,6 +311,8 @@ typedef struct mock {
     sub_t *subs;
     uint64_t sub_order;
     session_t *sessions;
+    session_t **sess_hash; /* index of sessions by id: power-of-two buckets */
+    size_t sess_hash_cap, nsessions;
     token_t *tokens;
     lent_t **ledger;
     size_t nledger, capledger;

@@ -88,12 +88,33 @@ void ledger_free_all(void)
 
 session_t *find_session(const char *id)
 {
-    if (!id)
+    if (!id || !M->sess_hash)
         return NULL;
-    for (session_t *s = M->sessions; s; s = s->next)
+    for (session_t *s = M->sess_hash[fnv1a(id) & (M->sess_hash_cap - 1)]; s; s = s->hnext)
         if (!strcmp(s->id, id))
             return s;
     return NULL;
+}
+
+/* adds a session already linked into M->sessions to the id index */
+static void session_index(session_t *s)
+{
+    M->nsessions++;
+    if (M->nsessions > M->sess_hash_cap / 2) {
+        size_t nc = M->sess_hash_cap ? M->sess_hash_cap * 2 : 1024;
+        free(M->sess_hash);
+        M->sess_hash = xcalloc(nc, sizeof *M->sess_hash);
+        M->sess_hash_cap = nc;
+        for (session_t *x = M->sessions; x; x = x->next) {
+            size_t b = fnv1a(x->id) & (nc - 1);
+            x->hnext = M->sess_hash[b];
+            M->sess_hash[b] = x;
+        }
+        return;
+    }
+    size_t b = fnv1a(s->id) & (M->sess_hash_cap - 1);
+    s->hnext = M->sess_hash[b];
+    M->sess_hash[b] = s;
 }
 
 int session_live(session_t *s)
@@ -349,6 +370,7 @@ void ws_established(struct lws *wsi, pss_t *p)
         fmt_time(emu_now(), s->connected_at);
         s->next = M->sessions;
         M->sessions = s;
+        session_index(s);
         c->sess = s;
         send_welcome(c);
         wt_schedule(&c->t_assign, assign_cb, (int64_t)(M->cfg.assign_window_s * 1e6));
@@ -882,4 +904,7 @@ void sessions_free_all(void)
         wt_cancel(&s->t_rc);
         free(s);
     }
+    free(M->sess_hash);
+    M->sess_hash = NULL;
+    M->sess_hash_cap = M->nsessions = 0;
 }
