@@ -1,6 +1,7 @@
 /* EventSub websocket sessions, conduit routing, ledger and control API. */
 #include "mocktest.h"
 
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -199,6 +200,124 @@ static void test_keepalive_ping_inbound(void)
          code, (long long)dt);
     ws_free(&w);
     mock_stop(&m);
+    m = main_m;
+}
+
+/* Many sessions at once on fast timers: every session keeps its own keepalive, ping
+ * and assign-window deadlines while others come and go around it. */
+#define MANY 200
+static void test_many_sessions(void)
+{
+    mock_t main_m = m;
+    if (mock_start(&m, "{\"keepalive_min\":1,\"ping_interval_s\":0.5,\"assign_window_s\":2.5}") ||
+        get_token(&m)) {
+        t_ok(0, "many sessions: emulator starts");
+        m = main_m;
+        return;
+    }
+    static wsc_t w[MANY];
+    static int64_t opened[MANY], first_ka[MANY], closed_at[MANY];
+    static int kas[MANY], codes[MANY], live[MANY];
+    int opened_ok = 1;
+    for (int i = 0; i < MANY; i++) {
+        if (ws_open_session(&w[i], m.port, "keepalive_timeout_seconds=1")) {
+            opened_ok = 0;
+            break;
+        }
+        opened[i] = now_ms();
+        first_ka[i] = closed_at[i] = 0;
+        kas[i] = codes[i] = 0;
+        live[i] = 1;
+    }
+    t_ok(opened_ok, "many sessions: %d sessions open", MANY);
+    if (!opened_ok) {
+        mock_stop(&m);
+        m = main_m;
+        return;
+    }
+    /* every 5th session is assigned to a shard (no 4003), every 4th (not 5th) leaves early */
+    char *cid = new_conduit(MANY / 5);
+    int assigned_ok = 1;
+    for (int i = 0; i < MANY; i += 5)
+        assigned_ok &= assign(cid, i / 5, w[i].session_id, NULL) == 202;
+    t_ok(assigned_ok, "many sessions: %d of them assigned to shards", MANY / 5);
+    for (int i = 0; i < MANY; i++)
+        if (i % 4 == 0 && i % 5) {
+            ws_free(&w[i]);
+            live[i] = 0;
+        }
+    int64_t end = now_ms() + 4500;
+    static struct pollfd pf[MANY];
+    static int idx[MANY];
+    while (now_ms() < end) {
+        int n = 0;
+        for (int i = 0; i < MANY; i++)
+            if (live[i] && !codes[i]) {
+                pf[n] = (struct pollfd){.fd = w[i].fd, .events = POLLIN};
+                idx[n++] = i;
+            }
+        if (!n)
+            break;
+        if (poll(pf, (nfds_t)n, 50) <= 0)
+            continue;
+        for (int k = 0; k < n; k++) {
+            if (!pf[k].revents)
+                continue;
+            int i = idx[k];
+            char *txt;
+            while ((txt = ws_recv(&w[i], 0, NULL))) {
+                if (strstr(txt, "\"session_keepalive\"")) {
+                    if (!kas[i]++)
+                        first_ka[i] = now_ms();
+                }
+                free(txt);
+            }
+            if (w[i].closed && !codes[i]) {
+                codes[i] = w[i].close_code ? w[i].close_code : -1;
+                closed_at[i] = now_ms();
+            }
+        }
+    }
+    int ka_ok = 1, ping_ok = 1, unused_ok = 1, kept_ok = 1;
+    int64_t ka_min = 1 << 30, ka_max = 0, cl_min = 1 << 30, cl_max = 0;
+    for (int i = 0; i < MANY; i++) {
+        if (!live[i])
+            continue;
+        int64_t dka = first_ka[i] - opened[i];
+        if (!first_ka[i] || dka < 900 || dka >= 2000)
+            ka_ok = 0;
+        if (first_ka[i]) {
+            ka_min = dka < ka_min ? dka : ka_min;
+            ka_max = dka > ka_max ? dka : ka_max;
+        }
+        if (kas[i] < 2)
+            ka_ok = 0;
+        if (w[i].pings < 3)
+            ping_ok = 0;
+        if (i % 5 == 0) {
+            if (codes[i])
+                kept_ok = 0;
+        } else {
+            int64_t dc = closed_at[i] - opened[i];
+            if (codes[i] != 4003 || dc < 2400 || dc >= 4000)
+                unused_ok = 0;
+            if (codes[i]) {
+                cl_min = dc < cl_min ? dc : cl_min;
+                cl_max = dc > cl_max ? dc : cl_max;
+            }
+        }
+    }
+    t_ok(ka_ok, "many sessions: each gets keepalives, the first 1 s after its welcome (%lld..%lld ms)",
+         (long long)ka_min, (long long)ka_max);
+    t_ok(ping_ok, "many sessions: each gets a ping every 0.5 s");
+    t_ok(unused_ok, "many sessions: each unassigned one is closed 4003 after 2.5 s (%lld..%lld ms)",
+         (long long)cl_min, (long long)cl_max);
+    t_ok(kept_ok, "many sessions: the assigned ones stay open (pongs answered, no 4002)");
+    for (int i = 0; i < MANY; i++)
+        if (live[i])
+            ws_free(&w[i]);
+    free(cid);
+    t_ok(mock_stop(&m) == 0, "many sessions: clean exit");
     m = main_m;
 }
 
@@ -754,6 +873,7 @@ int main(void)
     }
     test_welcome();
     test_keepalive_ping_inbound();
+    test_many_sessions();
     test_routing();
     test_close_codes();
     test_reconnect();
