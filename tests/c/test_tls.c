@@ -3,6 +3,10 @@
  * openssl is missing. */
 #include "support.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 static int ready, notes, errors;
 static char last_error[300];
 static void on_event(void *u, const tw_event *ev) {
@@ -20,6 +24,35 @@ static int got(void *a) { (void)a; return notes >= want; }
 static int some_errors(void *a) { (void)a; return errors >= 2; }
 static void on_resp(void *u, const tw_response *r) { *(int *)u = r->status; }
 static int resp_in(void *a) { return *(int *)a != 0; }
+
+/* A port nothing listens on now (the kernel's pick for port 0), outside any fixed range. */
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t al = sizeof a;
+  int port = -1;
+  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &al) == 0)
+    port = ntohs(a.sin_port);
+  if (fd >= 0) close(fd);
+  return port;
+}
+
+/* Waits until something accepts TCP connections on 127.0.0.1:port (at most `secs`). */
+static int listening(int port, double secs) {
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (;;) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int r = fd >= 0 ? connect(fd, (struct sockaddr *)&a, sizeof a) : -1;
+    if (fd >= 0) close(fd);
+    if (r == 0) return 1;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    if ((double)(t.tv_sec - t0.tv_sec) + (double)(t.tv_nsec - t0.tv_nsec) / 1e9 > secs) return 0;
+    usleep(20000);
+  }
+}
 
 static pid_t start_socat(const char *dir, int port, int target) {
   pid_t pid = fork();
@@ -68,9 +101,14 @@ int main(void) {
     return done_testing();
   }
   int target = atoi(strrchr(m.api_base, ':') + 1);
-  int port = 20000 + (getpid() % 20000);
+  int port = free_port();
   pid_t sp = start_socat(dir, port, target);
-  usleep(300000); /* socat has no readiness signal; the client also retries with backoff */
+  int up0 = port > 0 && listening(port, 10);
+  ok(up0, "the TLS terminator listens on port %d", port);
+  if (!up0) {
+    snprintf(cmd, sizeof cmd, "sed 's/^/# socat: /' %s/socat.log", dir);
+    if (system(cmd) != 0) printf("# no socat log\n");
+  }
 
   /* trusted: SSL_CERT_FILE points OpenSSL's default verify paths at our certificate */
   char crt[300];
