@@ -94,10 +94,12 @@ $(HOST_BIN): examples/host.c
 host-example: $(HOST_BIN) module mock
 	$(LUA_ENV) $(HOST_BIN) examples/host_script.lua
 
-# the core driven from C (no Lua) under valgrind: no leaks, no errors
-valgrind: $(BUILD)/tests/test_core mock
+# under valgrind, no leaks and no errors: the core driven from C (no Lua), then the
+# emulator's own tests with the emulator under valgrind
+valgrind: $(BUILD)/tests/test_core mock mock-tests
 	TWCONDUIT_MOCK=$(MOCK_BIN) valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite,indirect \
 	  --show-leak-kinds=definite,indirect -q $(BUILD)/tests/test_core
+	BUILD=$(BUILD) sh scripts/valgrind-mock.sh
 
 rock: module mock
 
