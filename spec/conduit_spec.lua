@@ -165,6 +165,49 @@ describe("twconduit.conduit", function()
     H.wait_until(c, function() return after == 3 end, 10, "a third event")
   end)
 
+  it("runs conduit, shard, then client handlers in order; on/off take effect from the next event", function()
+    local c = H.client(m)
+    finally(function() c:close() end)
+    local cd = H.ready_conduit(c, { shards = 1 })
+    H.subscribe_all(cd, "stream.online", { "43" })
+    local sh = cd:shards()[1]
+    local seen = {}
+    local function rec(tag) return function(event, msg)
+      assert.equal("43", event.broadcaster_user_id)
+      seen[#seen + 1] = tag .. ":" .. msg.type
+    end end
+    c:on("notification", rec("client.notification"))
+    c:on("stream.online", rec("client.type"))
+    sh:on("notification", rec("shard.notification"))
+    sh:on("stream.online", rec("shard.type"))
+    cd:on("notification", rec("conduit.notification"))
+    local late, added = rec("late"), false
+    cd:on("stream.online", function(...)
+      rec("conduit.type")(...)
+      if not added then added = true; cd:on("stream.online", late) end
+    end)
+    assert(m:trigger { type = "stream.online", channels = { "43" }, count = 1 })
+    H.wait_until(c, function() return #seen >= 6 end, 10, "one event through six handlers")
+    assert.same({ "conduit.type:stream.online", "conduit.notification:stream.online",
+      "shard.type:stream.online", "shard.notification:stream.online",
+      "client.type:stream.online", "client.notification:stream.online" }, seen)
+    -- the handler added during that event runs from the next one, after the first
+    seen = {}
+    assert(m:trigger { type = "stream.online", channels = { "43" }, count = 1 })
+    H.wait_until(c, function() return #seen >= 7 end, 10, "the next event through seven")
+    assert.equal("late:stream.online", seen[2])
+    -- removing handlers takes effect too
+    seen = {}
+    assert.is_true(sh:off("notification"))
+    assert.is_true(c:off("stream.online"))
+    assert.is_true(cd:off("stream.online", late))
+    assert(m:trigger { type = "stream.online", channels = { "43" }, count = 1 })
+    H.wait_until(c, function() return #seen >= 4 end, 10, "the third event through four")
+    H.drain(c, 0.2)
+    assert.same({ "conduit.type:stream.online", "conduit.notification:stream.online",
+      "shard.type:stream.online", "client.notification:stream.online" }, seen)
+  end)
+
   it("survives a handler that closes its conduit", function()
     local c = H.client(m)
     finally(function() c:close() end)

@@ -115,18 +115,6 @@ local function emit(client, list, obj, conduit, ...)
   return true
 end
 
--- emit for notifications: two fixed arguments, no varargs on the hot path
-local function emit2(client, list, obj, conduit, event, msg)
-  for i = 1, #list do
-    local ok, err = xpcall(list[i], traceback, event, msg)
-    if not ok then
-      client:_report(errors.new("callback_error", tostring(err)), obj, conduit)
-    end
-    if client._closed then return false end
-  end
-  return true
-end
-
 local function wrap_shard(client, s)
   if type(s) == "userdata" then
     local cd = s:conduit()
@@ -135,31 +123,58 @@ local function wrap_shard(client, s)
   return s
 end
 
+-- The handlers a notification of one type runs, in order: the conduit's for the type,
+-- the conduit's "notification", the same two of the shard, then of the client. Built
+-- once per (holder, type) as a flat array {fn, obj, fn, obj, ...} and kept until any
+-- handler list anywhere changes (events.gen), so the hot path is one lookup and a loop.
+-- A handler added or removed while an event is being handled takes effect from the
+-- next event.
+local function build_plan(client, conduit, shard, a)
+  local p = { gen = events.gen, conduit = conduit }
+  local function add(list, obj)
+    if list then
+      for i = 1, #list do
+        p[#p + 1] = list[i]
+        p[#p + 1] = obj
+      end
+    end
+  end
+  if conduit then add(conduit._h[a], conduit); add(conduit._h.notification, conduit) end
+  if shard then add(shard._h[a], shard); add(shard._h.notification, shard) end
+  add(client._h[a], conduit); add(client._h.notification, conduit)
+  return p
+end
+
 local function make_dispatcher(client)
-  local ch = client._h
+  local plans = setmetatable({}, { __mode = "k" }) -- holder (shard, conduit or client) -> type -> plan
   -- kind, conduit; for notifications a: subscription type, b: message, c: event view,
-  -- d: shard. Handlers run conduit's, shard's, then client's, type before "notification".
+  -- d: shard.
   return function(kind, conduit, a, b, c, d, e)
     local prev = async.current
     async.current = client
     if kind == "notification" then
-      local h = conduit and conduit._h
-      local l
-      if h then
-        l = h[a]; if l and not emit2(client, l, conduit, conduit, c, b) then goto out end
-        l = h.notification; if l and not emit2(client, l, conduit, conduit, c, b) then goto out end
+      if type(d) ~= "table" then d = nil end
+      local holder = d or conduit or client
+      local byt = plans[holder]
+      if not byt then
+        byt = {}
+        plans[holder] = byt
       end
-      if d and type(d) == "table" then
-        local sh = d._h
-        l = sh[a]; if l and not emit2(client, l, d, conduit, c, b) then goto out end
-        l = sh.notification; if l and not emit2(client, l, d, conduit, c, b) then goto out end
+      local p = byt[a]
+      if not p or p.gen ~= events.gen or p.conduit ~= conduit then
+        p = build_plan(client, conduit, d, a)
+        byt[a] = p
       end
-      l = ch[a]; if l and not emit2(client, l, conduit, conduit, c, b) then goto out end
-      l = ch.notification; if l then emit2(client, l, conduit, conduit, c, b) end
+      for i = 1, #p, 2 do
+        local ok, err = xpcall(p[i], traceback, c, b)
+        if not ok then
+          client:_report(errors.new("callback_error", tostring(err)), p[i + 1], conduit)
+        end
+        if client._closed then break end
+      end
     else
       client:_event(kind, conduit, a, b, c, d, e)
     end
-    ::out::
     async.current = prev
   end
 end

@@ -5,6 +5,9 @@ local errors = require "twconduit.errors"
 
 local M = {}
 
+--- Bumped by every on/off anywhere: dispatch plans built before it are stale.
+M.gen = 0
+
 M.library = {
   notification = true, ready = true, shard_enabled = true, shard_disabled = true,
   reconnect = true, revocation = true, error = true, token = true,
@@ -43,6 +46,7 @@ function M.on(h, name, fn)
   end
   new[#new + 1] = fn
   h[name] = new
+  M.gen = M.gen + 1
 end
 
 --- Removes fn (one registration), or every handler of name when fn is nil.
@@ -52,6 +56,7 @@ function M.off(h, name, fn)
   if not old then return false end
   if fn == nil then
     h[name] = nil
+    M.gen = M.gen + 1
     return true
   end
   local new, removed = {}, false
@@ -63,6 +68,7 @@ function M.off(h, name, fn)
     end
   end
   h[name] = #new > 0 and new or nil
+  if removed then M.gen = M.gen + 1 end
   return removed
 end
 
