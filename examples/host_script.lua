@@ -16,13 +16,13 @@ for _, ch in ipairs(channels) do
                              condition = { broadcaster_user_id = ch } })
 end
 
-local want, got = 0, 0
+local got = 0
 conduit:on("stream.online", function(event, msg)
   got = got + 1
   print(("host_script: %s went live (message %s on shard %s)"):format(
     event.broadcaster_user_login, msg.id, msg.shard.id))
 end)
-want = m:trigger { type = "stream.online", channels = channels, count = 2 }.produced
+local want = m:trigger { type = "stream.online", channels = channels, count = 2 }.produced
 
 return {
   client = client,

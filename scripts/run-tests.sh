@@ -65,9 +65,20 @@ examples() {
     echo "not ok $n - examples/host.c drives twconduit from its own poll loop"; tail -5 /tmp/twconduit-example-host.log
   fi
 }
+lint() {
+  if luacheck --std lua54 lua spec examples bench >/tmp/twconduit-luacheck.log 2>&1; then
+    echo "ok 1 - luacheck: no warnings in lua, spec, examples, bench"
+  else
+    echo "not ok 1 - luacheck: no warnings in lua, spec, examples, bench"; grep -v ' OK' /tmp/twconduit-luacheck.log | tail -20
+  fi
+}
 if [ -z "$SANITIZED" ]; then # the sanitized pass runs the same code through the specs
   echo "# examples"
   run examples examples
+  if command -v luacheck >/dev/null; then
+    echo "# luacheck"
+    run luacheck lint
+  fi
 fi
 
 if ls spec/*_spec.lua >/dev/null 2>&1; then

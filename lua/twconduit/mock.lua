@@ -132,7 +132,8 @@ end
 function Mock:reconnect_session(id) return self:call("POST", "/sessions/" .. id .. "/reconnect", {}) end
 function Mock:drop_session(id) return self:call("POST", "/sessions/" .. id .. "/drop", {}) end
 function Mock:revoke(sub_id, status)
-  return self:call("POST", "/subscriptions/" .. sub_id .. "/revoke", { status = status or "authorization_revoked" })
+  return self:call("POST", "/subscriptions/" .. sub_id .. "/revoke",
+    { status = status or "authorization_revoked" })
 end
 function Mock:fault(t) return self:call("POST", "/faults", t) end
 function Mock:revoke_token(tok) return self:call("POST", "/tokens/revoke", { token = tok }) end
