@@ -695,7 +695,9 @@ int tw_ws_init(tw_client *c, tw_error *err) {
   info.pcontext = &c->lws;
   info.user = c;
   info.timeout_secs = 15;
-  info.pt_serv_buf_size = 65536; /* one read takes many notifications (a buffer per loop, not per socket) */
+  info.pt_serv_buf_size = 262144; /* one read takes many notifications (a buffer per loop, not per
+                                   * socket): 64 KB reads cost 0.6 us of system time per 1.7 KB
+                                   * notification on one busy shard, 256 KB reads 0.4 us */
   c->lws = lws_create_context(&info);
   /* with a foreign loop a failed creation may hand back a context already tearing down */
   if (!c->lws || !lws_get_vhost_by_name(c->lws, "default")) {
