@@ -106,6 +106,8 @@ struct tw_client {
   char *api_base, *auth_base, *eventsub_ws;
   int keepalive_s;
   double keepalive_slack_s, max_age_s, backoff_min_s, backoff_max_s, http_timeout_s;
+  double wall_base;    /* wall clock minus loop time, for the replay guard */
+  uint64_t wall_at_ms; /* loop time wall_base was taken at (0: never) */
   double validate_interval_s;
   int http_retries, http_max_inflight, patch_batch;
   size_t max_message_bytes;

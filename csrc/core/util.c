@@ -138,15 +138,18 @@ bool tw_parse_rfc3339(const char *s, double *out) {
     return false;
   if (M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60) return false;
   const char *p = s + 19;
-  double frac = 0, scale = 0.1;
+  double frac = 0;
   if (*p == '.') {
     p++;
     if (*p < '0' || *p > '9') return false;
-    while (*p >= '0' && *p <= '9') {
-      frac += (*p - '0') * scale;
-      scale /= 10;
-      p++;
+    uint64_t f = 0, scale = 1; /* nanoseconds and beyond: the first 18 digits count */
+    for (; *p >= '0' && *p <= '9'; p++) {
+      if (scale < 1000000000000000000ull) {
+        f = f * 10 + (uint64_t)(*p - '0');
+        scale *= 10;
+      }
     }
+    frac = (double)f / (double)scale;
   }
   double off = 0;
   if (*p == 'Z' || *p == 'z') {

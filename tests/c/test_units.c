@@ -91,6 +91,14 @@ int main(void) {
   ok(tw_parse_rfc3339("2019-11-16T10:11:12.634234626Z", &t) && (long long)t == 1573899072LL,
      "RFC3339 with nanoseconds parses");
   ok(tw_parse_rfc3339("2019-11-16T10:11:12+01:00", &t) && (long long)t == 1573895472LL, "offsets apply");
+  ok(tw_parse_rfc3339("2019-11-16T10:11:12.634234626Z", &t) && t - 1573899072.0 > 0.6342346 &&
+         t - 1573899072.0 < 0.6342347,
+     "the fraction is kept to the nanosecond");
+  ok(tw_parse_rfc3339("2019-11-16T10:11:12.5Z", &t) && t == 1573899072.5, "a one-digit fraction");
+  ok(tw_parse_rfc3339("2019-11-16T10:11:12.12345678901234567890123Z", &t) && t - 1573899072.0 > 0.1234567 &&
+         t - 1573899072.0 < 0.1234568,
+     "digits beyond the eighteenth are read and ignored");
+  ok(!tw_parse_rfc3339("2019-11-16T10:11:12.Z", &t), "a fraction needs a digit");
   ok(!tw_parse_rfc3339("2019-11-16 10:11:12Z", &t), "a malformed timestamp is refused");
   ok(!tw_parse_rfc3339("garbage", &t), "garbage is refused");
 
