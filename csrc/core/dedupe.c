@@ -150,6 +150,25 @@ static int grow(tw_dedupe *d) {
   return 0;
 }
 
+void tw_dedupe_prefetch(const tw_dedupe *d, const char *json, size_t len) {
+  static const char key[] = "\"message_id\":\"";
+  const size_t kl = sizeof key - 1;
+  if (!d || !d->ring || len < kl + 2) return;
+  size_t span = len < 160 ? len : 160; /* Twitch sends metadata, message_id first */
+  const char *k = memmem(json, span, key, kl);
+  if (!k) return;
+  const char *id = k + kl, *end = json + len;
+  const char *q = memchr(id, '"', (size_t)(end - id) < 128 ? (size_t)(end - id) : 128);
+  if (!q || q == id || memchr(id, '\\', (size_t)(q - id))) return; /* escaped: the hint is skipped */
+  uint64_t h = hash_id(id, (size_t)(q - id));
+  __builtin_prefetch(&d->table[home(d, (uint32_t)h)], 1);
+  size_t cap = ring_cap(d);
+  if (d->count && d->count >= cap / 2) { /* an eviction or expiry is likely: its slot too */
+    const entry *old = &d->ring[(d->head + cap - d->count) % cap]; /* read in ring order: cached */
+    __builtin_prefetch(&d->table[home(d, (uint32_t)old->hash)], 1);
+  }
+}
+
 bool tw_dedupe_seen(tw_dedupe *d, const char *id, size_t len, uint64_t now_ms) {
   if (!d || len == 0) return false;
   uint64_t h = hash_id(id, len);

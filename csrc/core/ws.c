@@ -155,6 +155,7 @@ static void handle_message(tw_session *ss, const char *p, size_t n) {
   tw_client *c = ss->c;
   ss->last_rx = uv_now(c->loop); /* any message feeds the watchdog; pings do not */
   char perr[128];
+  tw_dedupe_prefetch(c->dedupe, p, n); /* its cache misses overlap the parse */
   tw_json *d = tw_json_parse_pooled(c->doc_pool, p, n, perr, sizeof perr);
   if (!d) {
     bad_message(ss, "bad_message", "malformed message from EventSub: %s", perr);

@@ -40,6 +40,22 @@ int main(void) {
     if (i >= 10 && !tw_dedupe_seen(d, id, strlen(id), (uint64_t)i)) bad++;
   }
   ok(bad == 0, "200k inserts with eviction keep exact answers (%d wrong)", bad);
+  /* the prefetch hint reads only inside what it is given, whatever the text */
+  static const char *const hints[] = {
+      "", "{", "{\"metadata\":{\"message_id\":\"", "{\"metadata\":{\"message_id\":\"\"}}",
+      "{\"metadata\":{\"message_id\":\"a\\\"b\"}}", "{\"metadata\":{\"message_id\":\"abc",
+      "{\"metadata\":{\"message_id\":\"0b7f3361-672b-4d39-b307-dd5b576c9b27\"}}", "\"message_id\":\"x\""};
+  for (size_t i = 0; i < sizeof hints / sizeof hints[0]; i++) {
+    size_t n = strlen(hints[i]);
+    char *copy = malloc(n ? n : 1); /* exactly n bytes, no terminator: ASan sees any overread */
+    memcpy(copy, hints[i], n);
+    tw_dedupe_prefetch(d, copy, n);
+    free(copy);
+  }
+  tw_dedupe_prefetch(NULL, "x", 1);
+  ok(!tw_dedupe_seen(d, "0b7f3361-672b-4d39-b307-dd5b576c9b27", 36, 300000) &&
+         tw_dedupe_seen(d, "0b7f3361-672b-4d39-b307-dd5b576c9b27", 36, 300001),
+     "the prefetch hint changes no answer");
   tw_dedupe_free(d);
 
   /* against a model: random ids, time passing, the window and the bound both evicting */
