@@ -154,10 +154,17 @@ void tw_dedupe_prefetch(const tw_dedupe *d, const char *json, size_t len) {
   static const char key[] = "\"message_id\":\"";
   const size_t kl = sizeof key - 1;
   if (!d || !d->ring || len < kl + 2) return;
-  size_t span = len < 160 ? len : 160; /* Twitch sends metadata, message_id first */
-  const char *k = memmem(json, span, key, kl);
-  if (!k) return;
-  const char *id = k + kl, *end = json + len;
+  static const char lead[] = "{\"metadata\":{\"message_id\":\""; /* how Twitch starts them */
+  const size_t ll = sizeof lead - 1;
+  const char *id;
+  if (len > ll && memcmp(json, lead, ll) == 0) {
+    id = json + ll;
+  } else {
+    const char *k = memmem(json, len < 160 ? len : 160, key, kl);
+    if (!k) return;
+    id = k + kl;
+  }
+  const char *end = json + len;
   const char *q = memchr(id, '"', (size_t)(end - id) < 128 ? (size_t)(end - id) : 128);
   if (!q || q == id || memchr(id, '\\', (size_t)(q - id))) return; /* escaped: the hint is skipped */
   uint64_t h = hash_id(id, (size_t)(q - id));
