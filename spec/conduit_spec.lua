@@ -208,6 +208,22 @@ describe("twconduit.conduit", function()
       "shard.type:stream.online", "client.notification:stream.online" }, seen)
   end)
 
+  it("survives an error object whose __tostring raises an error object whose __tostring raises", function()
+    local c = H.client(m)
+    finally(function() c:close() end)
+    local cd = H.ready_conduit(c, { shards = 1 })
+    H.subscribe_all(cd, "stream.online", { "44" })
+    local n = 0
+    c:on("notification", function()
+      n = n + 1
+      local inner = setmetatable({}, { __tostring = function() error("boom from inner __tostring") end })
+      error(setmetatable({}, { __tostring = function() error(inner) end }))
+    end)
+    assert(m:trigger { type = "stream.online", channels = { "44" }, count = 2 })
+    H.wait_until(c, function() return n >= 2 end, 10, "both events, the loop alive after the first")
+    assert.is_true(c:step(0) ~= nil)
+  end)
+
   it("survives a handler that closes its conduit", function()
     local c = H.client(m)
     finally(function() c:close() end)

@@ -1,5 +1,6 @@
 -- Views over parsed JSON (csrc/binding/view.c), json_decode / json_encode (luajson.c).
 local core = require "twconduit.core"
+local twconduit = require "twconduit"
 
 local null = core.null
 
@@ -124,6 +125,8 @@ describe("twconduit.view", function()
         got = { pcall(function() return t.v.a.b end) }
         got.len = { pcall(function() return #t.v end) }
         got.str = tostring(t.v)
+        got.isview = { pcall(core.isview, t.v) }
+        got.type = { pcall(twconduit.type, t.v) }
       end })
       keeper.v = core.json_view('{"a":{"b":"hello"},"arr":[1,2,3]}')
     end
@@ -134,6 +137,8 @@ describe("twconduit.view", function()
     assert.matches("collected", tostring(got[2]))
     assert.is_false(got.len[1])
     assert.matches("collected", got.str)
+    assert.same({ true, true }, got.isview) -- a predicate never raises
+    assert.same({ true, "view" }, got.type)
   end)
 
   it("survives many views created and dropped", function()

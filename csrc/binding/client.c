@@ -292,7 +292,9 @@ static void call_protected(twl_client *cl, lua_CFunction f, void *arg) {
   lua_pushvalue(L, saved.msg_mt);
   lua_pushvalue(L, saved.s_notification);
   if (lua_pcall(L, PA_N, 0, base + 1) != LUA_OK) {
-    fprintf(stderr, "twconduit: error in event dispatch: %s\n", luaL_tolstring(L, -1, NULL));
+    /* unprotected here: nothing that could raise (no __tostring, no allocation) */
+    fprintf(stderr, "twconduit: error in event dispatch: %s\n",
+            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
     fflush(stderr);
   }
   lua_settop(L, base);

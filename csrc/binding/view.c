@@ -296,7 +296,7 @@ static int l_totable(lua_State *L) {
 
 static int l_isview(lua_State *L) {
   luaL_checkany(L, 1);
-  lua_pushboolean(L, toview(L, 1) != NULL);
+  lua_pushboolean(L, twl_isview(L, 1)); /* a predicate: true for a collected view too, never raises */
   return 1;
 }
 
