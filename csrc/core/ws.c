@@ -390,6 +390,8 @@ static size_t frame_size(const unsigned char *h, size_t n) {
   return len > SIZE_MAX - hl ? SIZE_MAX : hl + (size_t)len;
 }
 
+#define PEND_KEEP 65536 /* a split-frame buffer up to this size is sized at once and kept */
+
 /* Frames are parsed in place from lws's read buffer. A frame cut by the end of a
  * read is kept in ss->pend, and the next read only tops it up to that one frame
  * (its header first, then its payload) before parsing resumes in place: a stream
@@ -408,7 +410,10 @@ static void on_rx(tw_session *ss, const unsigned char *in, size_t len) {
     /* also refuses an oversized frame as soon as its header is complete */
     size_t used = parse_frames(ss, (const unsigned char *)ss->pend.p, ss->pend.len);
     if (used >= ss->pend.len) {
-      ss->pend.len = 0; /* the memory stays for the next split frame (the watchdog frees it) */
+      if (ss->pend.cap > PEND_KEEP)
+        tw_buf_free(&ss->pend); /* a big frame's buffer is not kept */
+      else
+        ss->pend.len = 0; /* the memory stays for the next split frame (the watchdog frees it) */
     } else if (used) {
       memmove(ss->pend.p, ss->pend.p + used, ss->pend.len - used);
       ss->pend.len -= used;
@@ -417,9 +422,11 @@ static void on_rx(tw_session *ss, const unsigned char *in, size_t len) {
   if (len == 0 || ss->gone || ss->st != ST_OPEN) return;
   size_t used = parse_frames(ss, in, len);
   if (used >= len || ss->gone || ss->st != ST_OPEN) return;
-  /* room for the whole frame at once when its header is here (one allocation) */
+  /* room for the whole frame at once when its header is here (one allocation), for
+   * frames up to PEND_KEEP; a bigger one grows as its bytes arrive, so a header alone
+   * cannot make the client allocate much */
   size_t want = frame_size(in + used, len - used);
-  if (want && want <= (size_t)ss->c->max_message_bytes + 1024 && ss->pend.cap < want + 1) {
+  if (want && want < PEND_KEEP && ss->pend.cap < want + 1) {
     char *q = realloc(ss->pend.p, want + 1);
     if (!q) {
       kill_wsi(ss, "out of memory");
