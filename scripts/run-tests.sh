@@ -78,6 +78,8 @@ if [ -z "$SANITIZED" ]; then # the sanitized pass runs the same code through the
   if command -v luacheck >/dev/null; then
     echo "# luacheck"
     run luacheck lint
+  else
+    echo "# luacheck is not installed (Debian: lua-check): lint skipped"
   fi
 fi
 

@@ -139,7 +139,7 @@ local function build_plan(client, conduit, shard, a)
       end
     end
   end
-  if conduit then add(conduit._h[a], conduit); add(conduit._h.notification, conduit) end
+  if type(conduit) == "table" then add(conduit._h[a], conduit); add(conduit._h.notification, conduit) end
   if shard then add(shard._h[a], shard); add(shard._h.notification, shard) end
   add(client._h[a], conduit); add(client._h.notification, conduit)
   return p
@@ -160,10 +160,11 @@ local function make_dispatcher(client)
         byt = {}
         plans[holder] = byt
       end
-      local p = byt[a]
+      local key = a or false -- a notification always has a type; never index with nil
+      local p = byt[key]
       if not p or p.gen ~= events.gen or p.conduit ~= conduit then
-        p = build_plan(client, conduit, d, a)
-        byt[a] = p
+        p = build_plan(client, conduit, d, key)
+        byt[key] = p
       end
       for i = 1, #p, 2 do
         local ok, err = xpcall(p[i], traceback, c, b)
