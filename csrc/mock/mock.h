@@ -366,6 +366,9 @@ const char *jstr(const cJSON *o, const char *k);
 char *xstrdup(const char *s);
 void *xmalloc(size_t n);
 void *xcalloc(size_t a, size_t b);
+/* Doubles an array when full (first: the first capacity): returns the array, *cap
+ * updated; aborts when out of memory, like xcalloc. */
+void *xgrow(void *arr, size_t n, size_t *cap, size_t first, size_t elem);
 int qparam(const char *query, const char *key, char *out, size_t outlen, int nth);
 int qparam_count(const char *query, const char *key);
 void url_decode(char *s);

@@ -30,6 +30,20 @@ void *xcalloc(size_t a, size_t b)
     return p;
 }
 
+void *xgrow(void *arr, size_t n, size_t *cap, size_t first, size_t elem)
+{
+    if (n < *cap)
+        return arr;
+    size_t nc = *cap ? *cap * 2 : first;
+    void *p = realloc(arr, nc * elem);
+    if (!p) {
+        fprintf(stderr, "twconduit-mock: out of memory\n");
+        abort();
+    }
+    *cap = nc;
+    return p;
+}
+
 char *xstrdup(const char *s)
 {
     if (!s)

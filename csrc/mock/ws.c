@@ -19,14 +19,7 @@ lent_t *ledger_get(uint64_t seq)
 
 static lent_t *ledger_new(void)
 {
-    if (M->nledger == M->capledger) {
-        size_t nc = M->capledger ? M->capledger * 2 : 1024;
-        lent_t **n = realloc(M->ledger, nc * sizeof *n);
-        if (!n)
-            abort();
-        M->ledger = n;
-        M->capledger = nc;
-    }
+    M->ledger = xgrow(M->ledger, M->nledger, &M->capledger, 1024, sizeof *M->ledger);
     lent_t *e = xcalloc(1, sizeof *e);
     M->ledger[M->nledger++] = e;
     e->seq = M->ledger_base + M->nledger;
@@ -489,14 +482,7 @@ int ws_writeable(conn_t *c)
         memcpy(out + used, m->data, m->len);
         used += m->len;
         if (m->seq) {
-            if (c->ninflight == c->capinflight) {
-                size_t nc = c->capinflight ? c->capinflight * 2 : 64;
-                uint64_t *ni = realloc(c->inflight, nc * sizeof *ni);
-                if (!ni)
-                    abort();
-                c->inflight = ni;
-                c->capinflight = nc;
-            }
+            c->inflight = xgrow(c->inflight, c->ninflight, &c->capinflight, 64, sizeof *c->inflight);
             c->inflight[c->ninflight++] = m->seq;
         }
         c->qhead = m->next;

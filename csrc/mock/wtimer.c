@@ -129,14 +129,7 @@ void wt_schedule(wtimer_t *t, void (*cb)(wtimer_t *), int64_t delay_us)
         else
             wt_down(i);
     } else {
-        if (M->wt_n == M->wt_cap) {
-            size_t nc = M->wt_cap ? M->wt_cap * 2 : 1024;
-            wtimer_t **nh = realloc(M->wt_heap, nc * sizeof *nh);
-            if (!nh)
-                abort();
-            M->wt_heap = nh;
-            M->wt_cap = nc;
-        }
+        M->wt_heap = xgrow(M->wt_heap, M->wt_n, &M->wt_cap, 1024, sizeof *M->wt_heap);
         M->wt_heap[M->wt_n++] = t;
         wt_up(M->wt_n - 1);
     }
