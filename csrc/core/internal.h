@@ -31,6 +31,7 @@ typedef struct tw_buf {
   size_t len, cap;
 } tw_buf;
 int tw_buf_append(tw_buf *b, const void *p, size_t n);
+int tw_buf_reserve(tw_buf *b, size_t n); /* room for n bytes (and the NUL) in all */
 void tw_buf_free(tw_buf *b);
 
 /* ---- message-id de-duplication (dedupe.c) ---- */

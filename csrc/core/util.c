@@ -82,14 +82,20 @@ const char *tw_close_status(int code) {
   }
 }
 
+int tw_buf_reserve(tw_buf *b, size_t n) {
+  if (n + 1 <= b->cap) return 0;
+  char *q = realloc(b->p, n + 1);
+  if (!q) return TW_ENOMEM;
+  b->p = q;
+  b->cap = n + 1;
+  return 0;
+}
+
 int tw_buf_append(tw_buf *b, const void *p, size_t n) {
   if (b->len + n + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + n + 1) cap *= 2;
-    char *q = realloc(b->p, cap);
-    if (!q) return TW_ENOMEM;
-    b->p = q;
-    b->cap = cap;
+    if (tw_buf_reserve(b, cap - 1) != 0) return TW_ENOMEM;
   }
   memcpy(b->p + b->len, p, n);
   b->len += n;

@@ -426,16 +426,9 @@ static void on_rx(tw_session *ss, const unsigned char *in, size_t len) {
    * frames up to PEND_KEEP; a bigger one grows as its bytes arrive, so a header alone
    * cannot make the client allocate much */
   size_t want = frame_size(in + used, len - used);
-  if (want && want < PEND_KEEP && ss->pend.cap < want + 1) {
-    char *q = realloc(ss->pend.p, want + 1);
-    if (!q) {
-      kill_wsi(ss, "out of memory");
-      return;
-    }
-    ss->pend.p = q;
-    ss->pend.cap = want + 1;
-  }
-  if (tw_buf_append(&ss->pend, in + used, len - used) != 0) kill_wsi(ss, "out of memory");
+  if ((want && want < PEND_KEEP && tw_buf_reserve(&ss->pend, want) != 0) ||
+      tw_buf_append(&ss->pend, in + used, len - used) != 0)
+    kill_wsi(ss, "out of memory");
 }
 
 static void b64(const unsigned char *in, int n, char *out) { EVP_EncodeBlock((unsigned char *)out, in, n); }
