@@ -74,8 +74,9 @@ tw_json *twl_view_get(lua_State *L, int idx, tw_jnode *n) {
 }
 
 /* Pushes node n; mtidx / nullidx: stack (or upvalue) indices of the view metatable and
- * the null sentinel; anchor: the anchor's document field; for a container, the anchor
- * itself is fetched by getanchor (a stack index, or a view whose user value it is). */
+ * the null sentinel; anchor: the anchor's document field. A container's view also gets
+ * the anchor itself as user value 1: found at idx (ANCHOR_AT), or as user value 1 of
+ * the view at idx (ANCHOR_OF_VIEW). */
 enum { ANCHOR_AT, ANCHOR_OF_VIEW };
 static void push_node(lua_State *L, tw_json *d, tw_jnode n, int mtidx, int nullidx, tw_json *const *anchor,
                       int how, int idx) {
