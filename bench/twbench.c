@@ -38,7 +38,7 @@ static void on_event(void *user, const tw_event *ev) {
   bstate *st = user;
   switch (ev->type) {
   case TW_EV_NOTIFICATION:
-    if (st->ids && st->nids < st->capids) snprintf(st->ids[st->nids++], 48, "%s", ev->message_id);
+    if (st->ids && st->nids < st->capids) snprintf(st->ids[st->nids++], 48, "%s", ev->msg->id);
     if (++st->notifications == st->target) tw_client_stop(st->c);
     break;
   case TW_EV_READY: st->ready++; break;

@@ -182,20 +182,21 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
   switch (ev->type) {
   case TW_EV_NOTIFICATION:
   case TW_EV_REVOCATION: {
+    const tw_msg *m = ev->msg;
     if (ev->type == TW_EV_NOTIFICATION)
       lua_pushvalue(L, fr->s_notification);
     else
       lua_pushliteral(L, "revocation");
     twl_push_bound(L, fr->objs, ev->conduit);
-    if (ev->subscription_type)
-      lua_pushstring(L, ev->subscription_type);
+    if (m->type)
+      lua_pushstring(L, m->type);
     else
       lua_pushnil(L);
     /* base+4: the message, which owns the document the views read */
     twl_push_message(L, fr, ev, base + 2);
     tw_json *doc = twl_message_doc(L, base + 4);
     if (doc)
-      twl_view_push(L, doc, ev->type == TW_EV_NOTIFICATION ? ev->event : ev->subscription, base + 4);
+      twl_view_push(L, doc, ev->type == TW_EV_NOTIFICATION ? m->event : m->subscription, base + 4);
     else
       lua_pushnil(L);
     push_shard_obj(L, fr, cl, ev->shard); /* base+6 */
@@ -227,6 +228,32 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
     twl_push_bound(L, fr->objs, ev->conduit);
     push_shard_obj(L, fr, cl, ev->shard);
     return 3;
+  case TW_EV_SHARD_RELEASED:
+    lua_pushliteral(L, "shard_released");
+    twl_push_bound(L, fr->objs, ev->conduit);
+    push_shard_obj(L, fr, cl, ev->shard);
+    return 3;
+  case TW_EV_SHARD_LOST: {
+    lua_pushliteral(L, "shard_lost");
+    twl_push_bound(L, fr->objs, ev->conduit);
+    push_shard_obj(L, fr, cl, ev->shard);
+    const tw_transport_info *t = ev->twitch;
+    lua_createtable(L, 0, 4);
+    if (t) {
+      const char *k[4] = {"method", "session_id", "callback", "status"};
+      const char *v[4] = {t->method, t->session_id, t->callback, t->status};
+      for (int i = 0; i < 4; i++)
+        if (v[i]) {
+          lua_pushstring(L, v[i]);
+          lua_setfield(L, -2, k[i]);
+        }
+    }
+    if (ev->error)
+      twl_push_error(L, ev->error);
+    else
+      lua_pushnil(L);
+    return 5;
+  }
   case TW_EV_SHARD_DISABLED:
     lua_pushliteral(L, "shard_disabled");
     twl_push_bound(L, fr->objs, ev->conduit);

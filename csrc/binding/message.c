@@ -6,42 +6,76 @@
  * collected the document's memory goes back to the client's pool for the next message.
  * (A copy of the document inside the userdata would spare the finalizer, but then Lua
  * counts ~6 KB per event and runs full collections thirty times as often: measured
- * slower.) Its fields are read on access: id, type,
- * version, timestamp, message_type (from the metadata), shard, conduit (the Lua
- * objects, kept in user values 1 and 2), transport ("websocket"), subscription and
- * metadata (read-only views).
+ * slower.)
+ *
+ * It owns the envelope's fields (tw_msg, whatever the transport): id, type, version,
+ * timestamp and status point into the document it holds (websocket), or are copied into
+ * the userdata itself when the transport had them outside the document (webhook headers,
+ * queue entries). Fields: id, type, version, timestamp, message_type, transport
+ * ("websocket" | "webhook" | "queue"), shard, conduit (the Lua objects, user values 1 and
+ * 2), subscription and metadata (read-only views; metadata is nil off websockets).
  */
+#include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
 
 #include "twl.h"
+
+enum { F_ID, F_TYPE, F_VERSION, F_TIMESTAMP, F_N };
 
 typedef struct {
   tw_json *doc; /* one reference; NULL when the event had no document or once collected.
                  * First field: views read it through their anchor (view.c anchor_alive). */
   tw_jnode meta;
   tw_jnode sub;
-  const char *id; /* the message id inside doc (the core found it already) */
+  const char *f[F_N]; /* NUL-terminated; NULL when absent */
   size_t idlen;
+  const char *message_type; /* a literal */
+  tw_transport_kind transport;
+  bool copied;              /* the fields live in tail, not in doc */
+  char tail[];              /* copies of the fields when they are not inside doc */
 } twl_msg;
 
 _Static_assert(offsetof(twl_msg, doc) == 0, "a view anchor starts with its document");
 
 void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int conduit_obj) {
   conduit_obj = lua_absindex(L, conduit_obj);
-  twl_msg *m = lua_newuserdatauv(L, sizeof *m, 2);
+  const tw_msg *src = ev->msg;
+  const char *f[F_N] = {src->id, src->type, src->version, src->timestamp};
+  size_t len[F_N] = {src->id ? src->id_len : 0, 0, 0, 0}, extra = 0;
+  bool copy = !src->strings_in_doc;
+  if (copy)
+    for (int i = 0; i < F_N; i++)
+      if (f[i]) {
+        if (i != F_ID) len[i] = strlen(f[i]);
+        extra += len[i] + 1;
+      }
+  twl_msg *m = lua_newuserdatauv(L, sizeof *m + extra, 2);
   m->doc = NULL;
-  m->meta = ev->metadata;
-  m->sub = ev->subscription;
-  m->id = ev->message_id;
-  m->idlen = ev->message_id ? strlen(ev->message_id) : 0;
+  m->meta = src->metadata;
+  m->sub = src->subscription;
+  m->idlen = src->id ? src->id_len : 0;
+  m->message_type = src->message_type && src->message_type[0] == 'r' ? "revocation" : "notification";
+  m->transport = src->transport;
+  m->copied = copy;
+  char *t = m->tail;
+  for (int i = 0; i < F_N; i++) {
+    if (copy && f[i]) {
+      memcpy(t, f[i], len[i]);
+      t[len[i]] = 0;
+      m->f[i] = t;
+      t += len[i] + 1;
+    } else {
+      m->f[i] = f[i];
+    }
+  }
   lua_pushvalue(L, fr->msg_mt);
   lua_setmetatable(L, -2);
-  if (ev->doc != NULL) {
-    tw_json_ref(ev->doc);
-    m->doc = ev->doc;
-  } else {
-    m->id = NULL;
+  if (src->doc != NULL) {
+    tw_json_ref(src->doc);
+    m->doc = src->doc;
+  } else if (!copy) {
+    for (int i = 0; i < F_N; i++) m->f[i] = NULL; /* nothing would keep them */
   }
   lua_pushvalue(L, conduit_obj);
   lua_setiuservalue(L, -2, 2);
@@ -52,7 +86,8 @@ static int msg_gc(lua_State *L) {
   if (m && m->doc) {
     tw_json_unref(m->doc);
     m->doc = NULL;
-    m->id = NULL;
+    if (!m->copied)
+      for (int i = 0; i < F_N; i++) m->f[i] = NULL;
   }
   return 0;
 }
@@ -62,13 +97,20 @@ tw_json *twl_message_doc(lua_State *L, int idx) {
   return m ? m->doc : NULL;
 }
 
-static void push_meta(lua_State *L, twl_msg *m, const char *key) {
-  size_t len;
-  const char *s = tw_json_str(m->doc, tw_json_get(m->doc, m->meta, key, strlen(key)), &len);
-  if (s)
-    lua_pushlstring(L, s, len);
+static int push_field(lua_State *L, const twl_msg *m, int i) {
+  if (m->f[i])
+    lua_pushlstring(L, m->f[i], i == F_ID ? m->idlen : strlen(m->f[i]));
   else
     lua_pushnil(L);
+  return 1;
+}
+
+static const char *transport_name(tw_transport_kind k) {
+  switch (k) {
+  case TW_TRANSPORT_WEBHOOK: return "webhook";
+  case TW_TRANSPORT_QUEUE: return "queue";
+  default: return "websocket";
+  }
 }
 
 /* __index, a closure whose upvalue is the message metatable (a check without a lookup). */
@@ -79,32 +121,34 @@ static int msg_index(lua_State *L) {
   lua_pop(L, 1);
   size_t kl;
   const char *k = lua_tolstring(L, 2, &kl);
-  if (k == NULL || m->doc == NULL) return 0;
+  if (k == NULL || (m->doc == NULL && m->f[F_ID] == NULL)) return 0;
   switch (k[0]) {
   case 'i':
-    if (kl == 2 && k[1] == 'd') {
-      if (m->id)
-        lua_pushlstring(L, m->id, m->idlen);
-      else
-        push_meta(L, m, "message_id");
+    if (kl == 2 && k[1] == 'd') return push_field(L, m, F_ID);
+    break;
+  case 't':
+    if (strcmp(k, "type") == 0) return push_field(L, m, F_TYPE);
+    if (strcmp(k, "timestamp") == 0) return push_field(L, m, F_TIMESTAMP);
+    if (strcmp(k, "transport") == 0) return lua_pushstring(L, transport_name(m->transport)), 1;
+    break;
+  case 'v':
+    if (strcmp(k, "version") == 0) return push_field(L, m, F_VERSION);
+    break;
+  case 'm':
+    if (strcmp(k, "message_type") == 0) return lua_pushstring(L, m->message_type), 1;
+    if (strcmp(k, "metadata") == 0) {
+      if (m->doc && m->meta != TW_JNONE) twl_view_push(L, m->doc, m->meta, 1);
+      else lua_pushnil(L);
       return 1;
     }
     break;
-  case 't':
-    if (strcmp(k, "type") == 0) return push_meta(L, m, "subscription_type"), 1;
-    if (strcmp(k, "timestamp") == 0) return push_meta(L, m, "message_timestamp"), 1;
-    if (strcmp(k, "transport") == 0) return lua_pushliteral(L, "websocket"), 1;
-    break;
-  case 'v':
-    if (strcmp(k, "version") == 0) return push_meta(L, m, "subscription_version"), 1;
-    break;
-  case 'm':
-    if (strcmp(k, "message_type") == 0) return push_meta(L, m, "message_type"), 1;
-    if (strcmp(k, "metadata") == 0) return twl_view_push(L, m->doc, m->meta, 1), 1;
-    break;
   case 's':
     if (strcmp(k, "shard") == 0) return lua_getiuservalue(L, 1, 1), 1;
-    if (strcmp(k, "subscription") == 0) return twl_view_push(L, m->doc, m->sub, 1), 1;
+    if (strcmp(k, "subscription") == 0) {
+      if (m->doc && m->sub != TW_JNONE) twl_view_push(L, m->doc, m->sub, 1);
+      else lua_pushnil(L);
+      return 1;
+    }
     break;
   case 'c':
     if (strcmp(k, "conduit") == 0) return lua_getiuservalue(L, 1, 2), 1;
@@ -117,10 +161,8 @@ static int msg_index(lua_State *L) {
 
 static int msg_tostring(lua_State *L) {
   twl_msg *m = luaL_checkudata(L, 1, TWL_MESSAGE_MT);
-  size_t len = 0;
-  const char *id = m->doc ? tw_json_str(m->doc, tw_json_get(m->doc, m->meta, "message_id", 10), &len)
-                          : NULL;
-  lua_pushfstring(L, "twconduit.message{id=\"%s\"}", id ? id : "?");
+  lua_pushfstring(L, "twconduit.message{id=\"%s\",transport=\"%s\"}",
+                  m->f[F_ID] ? m->f[F_ID] : "?", transport_name(m->transport));
   return 1;
 }
 

@@ -157,6 +157,7 @@ __attribute__((visibility("default"))) int luaopen_twconduit_core(lua_State *L) 
   twl_message_open(L);
   twl_shard_open(L);
   twl_conduit_open(L);
+  twl_lifecycle_open(L);
   twl_client_open(L, mod);
   lua_settop(L, mod);
   return 1;

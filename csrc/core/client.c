@@ -67,6 +67,7 @@ tw_client *tw_client_new(const tw_client_opts *o, tw_error *err) {
   c->http_max_inflight = DEF(o->http_max_inflight, 16);
   c->patch_batch = DEF(o->patch_batch, 100);
   c->validate_interval_s = o->validate_interval_s != 0 ? o->validate_interval_s : 3600;
+  c->verify_interval_s = 300;
   c->max_message_bytes = DEF(o->max_message_bytes, (size_t)1 << 20);
   c->stats.ratelimit_remaining = -1;
   struct timespec ts;
@@ -172,8 +173,26 @@ static void drain_loop(tw_client *c, uint64_t max_ms) {
   uv_run(c->loop, UV_RUN_NOWAIT);
 }
 
+/* Runs the loop until every session is gone, for at most max_ms. */
+static void drain_sessions(tw_client *c, uint64_t max_ms) {
+  uv_timer_t guard;
+  uv_timer_init(c->loop, &guard);
+  uv_timer_start(&guard, on_guard, max_ms, 0);
+  uint64_t end = uv_now(c->loop) + max_ms;
+  while (tw_ws_live(c) && uv_now(c->loop) < end) uv_run(c->loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&guard, NULL);
+  uv_run(c->loop, UV_RUN_NOWAIT);
+}
+
 void tw_client_free(tw_client *c) {
   if (!c) return;
+  /* close frames first, and a bounded moment for them to be written and answered, so
+   * Twitch sees 1000 rather than a dropped connection */
+  if (c->lws && !c->freeing) {
+    tw_conduits_close_all(c);
+    tw_ws_close_all(c, 1000);
+    if (tw_ws_live(c)) drain_sessions(c, 1000);
+  }
   c->freeing = true;
   c->on_event = NULL;
   tw_conduits_free_all(c);
@@ -271,13 +290,7 @@ void tw_emit(tw_client *c, const tw_event *ev) {
 }
 
 void tw_emit_error(tw_client *c, tw_conduit *cd, tw_shard *s, const tw_error *e) {
-  tw_event ev = {.type = TW_EV_ERROR,
-                 .conduit = cd,
-                 .shard = s,
-                 .metadata = TW_JNONE,
-                 .subscription = TW_JNONE,
-                 .event = TW_JNONE,
-                 .error = e};
+  tw_event ev = {.type = TW_EV_ERROR, .conduit = cd, .shard = s, .error = e};
   tw_emit(c, &ev);
 }
 
@@ -299,25 +312,29 @@ static double guard_wall_now(tw_client *c) {
   return c->wall_base + (double)now / 1000.0;
 }
 
-void tw_client_deliver(tw_client *c, tw_event *ev, uint64_t *dup_counter) {
-  size_t idlen = ev->message_id ? strlen(ev->message_id) : 0;
-  if (idlen && tw_dedupe_seen(c->dedupe, ev->message_id, idlen, uv_now(c->loop))) {
+bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *s, uint64_t *dup_counter) {
+  if (m->id_len && tw_dedupe_seen(c->dedupe, m->id, m->id_len, uv_now(c->loop))) {
     c->stats.duplicates++;
     if (dup_counter) (*dup_counter)++;
-    return;
+    return false;
   }
-  if (c->max_age_s > 0 && ev->doc && ev->metadata != TW_JNONE) {
-    const char *ts = tw_json_str(ev->doc, tw_json_get(ev->doc, ev->metadata, "message_timestamp", 17), NULL);
-    double t;
-    if (ts && tw_parse_rfc3339(ts, &t) && guard_wall_now(c) - t > c->max_age_s) {
-      c->stats.stale++;
-      tw_error e;
-      tw_err_set(&e, "stale_message", 0, "message %s is older than %.0f s (timestamp %s): not delivered",
-                 ev->message_id ? ev->message_id : "?", c->max_age_s, ts);
-      tw_emit_error(c, ev->conduit, ev->shard, &e);
-      return;
-    }
+  double t;
+  if (c->max_age_s > 0 && m->timestamp && tw_parse_rfc3339(m->timestamp, &t) &&
+      guard_wall_now(c) - t > c->max_age_s) {
+    c->stats.stale++;
+    tw_error e;
+    tw_err_set(&e, "stale_message", 0, "message %s is older than %.0f s (timestamp %s): not delivered",
+               m->id ? m->id : "?", c->max_age_s, m->timestamp);
+    tw_emit_error(c, cd, s, &e);
+    return false;
   }
-  if (ev->type == TW_EV_NOTIFICATION) c->stats.notifications++;
-  tw_emit(c, ev);
+  bool notif = m->message_type && m->message_type[0] == 'n';
+  if (notif) c->stats.notifications++;
+  tw_event ev = {.type = notif ? TW_EV_NOTIFICATION : TW_EV_REVOCATION,
+                 .conduit = cd,
+                 .shard = s,
+                 .msg = m,
+                 .status = m->status};
+  tw_emit(c, &ev);
+  return true;
 }

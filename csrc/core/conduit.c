@@ -1,11 +1,28 @@
-/* conduit.c - the conduit pool: find or create the conduit, run its websocket shards,
- * assign them in batched PATCHes, and keep them assigned.
+/* conduit.c - the conduit pool: find or create the conduit, run its shards, keep Twitch
+ * pointing each shard at the transport this process wants, and change the shard set while
+ * events flow.
  *
- * Shard life: idle -> connecting -> welcomed -> assigning -> enabled. A shard whose
- * socket ends goes back to idle and reconnects after a backoff with jitter (the first
- * retry waits backoff_min). session_reconnect opens a second socket to the given URL
- * and keeps the first one delivering until the new welcome; only then is the old one
- * closed, so nothing is lost (and de-duplication drops anything seen on both). */
+ * A shard's connection: idle -> connecting -> welcomed -> assigning -> enabled. A socket
+ * that ends sends the shard back to idle; it reconnects after a backoff with jitter (the
+ * first retry waits backoff_min) unless it is held or being released.
+ *
+ * Assignment is a per-shard state machine over three transports:
+ *   want      what Twitch should point the shard at (our socket's session, a webhook, or
+ *             another shard's transport),
+ *   inflight  what the one Update Conduit Shards request in flight for this shard says,
+ *   assigned  what Twitch last confirmed.
+ * At most one request is in flight per shard; when want changes meanwhile, the new value
+ * waits and is sent when the reply comes. A reply only ever acts on the transport it was
+ * about: an answer for a session the shard no longer wants never touches its socket.
+ * Shards needing a request wait in the conduit's batch (up to patch_batch a request).
+ *
+ * Verification reads Get Conduit Shards after bring-up, after reassignments and every
+ * verify_interval_s (jittered), and compares Twitch's view of each settled shard with
+ * `assigned`; a difference is TW_EV_SHARD_LOST, then (by default) a reassignment.
+ *
+ * session_reconnect and handover open a second socket (`next`) and keep the first one
+ * delivering until the shard is assigned to the new one; only then is the old one closed,
+ * with a close handshake, so nothing is lost (de-duplication drops what came on both). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,35 +30,80 @@
 
 #include "internal.h"
 
+typedef struct tw_transport {
+  tw_transport_kind kind; /* NONE, WEBSOCKET or WEBHOOK */
+  char *session_id;       /* websocket */
+  char *callback, *secret;/* webhook */
+} tw_transport;
+
+enum { OP_ADD = 1, OP_RESIZE, OP_RELEASE, OP_POINT, OP_HANDOVER, OP_VERIFY };
+
+typedef struct tw_op {
+  int kind;
+  tw_conduit *cd;
+  tw_shard *shard;       /* release, point, handover */
+  tw_op_fn cb;
+  void *user;
+  tw_shard **shards;     /* add: the new shards */
+  size_t n;
+  int count;             /* resize: the count asked; add: shard_count needed */
+  bool started;          /* add: shards connecting; verify: the running verification counts */
+  bool in_helix;         /* a Helix request points at it: freed by the reply */
+  bool done;             /* reported; waits for its Helix reply in cd->done_ops */
+  struct tw_op *next;    /* the conduit's ops */
+} tw_op;
+
 struct tw_shard {
   tw_conduit *cd;
   char id[16];
+  long idn;              /* the id as a number, for ordering */
   const char *state;
   char status[48];
-  tw_session *cur;  /* the session Twitch should deliver to */
-  tw_session *next; /* session_reconnect target, until welcomed */
-  tw_session *old;  /* the previous session, draining until it closes */
-  char *assigned;   /* the session id the last successful PATCH set */
-  bool in_batch, reassign_after_reconnect, reconnect_now;
-  bool ever_enabled;
+  tw_session *cur;       /* this shard's socket */
+  tw_session *next;      /* session_reconnect or handover target, until assigned */
+  tw_session *old;       /* the previous socket, closing */
+  tw_transport want, inflight, assigned;
+  uint64_t assigned_seq; /* cd->seq when `assigned` was last set */
+  bool queued;           /* waiting in the conduit's batch */
+  bool held, releasing, pointed, outage, ever_enabled, reconnect_now, handing_over;
+  bool next_is_reconnect;/* next came from session_reconnect (not a handover) */
+  bool lost_pending;     /* set by verification, cleared by hold/release in a handler */
+  bool enabled_once;     /* for the add operation's completion */
   unsigned attempt;
   uv_timer_t timer;
   tw_shard_stats stats;
+  tw_op *op;             /* the operation changing this shard, if any */
   void *user;
 };
+
+typedef struct patch_ctx {
+  tw_conduit *cd;
+  int n;
+  tw_shard **shards;
+  tw_transport *sent;
+  struct patch_ctx *next, *prev; /* the conduit's open PATCHes (freed with it on teardown) */
+} patch_ctx;
 
 struct tw_conduit {
   tw_client *c;
   char *id;
-  int shard_count, offset, nshards, total_wanted;
-  tw_shard **shards;
+  int shard_count, offset, total_wanted, initial;
+  tw_shard **shards;     /* in id order */
+  int nshards, cap;
   const char *state;
-  bool ready_emitted, closing, free_scheduled;
-  int pending; /* Helix calls in flight that point at this conduit */
+  bool ready_emitted, closing, free_scheduled, started;
+  int pending;           /* Helix calls in flight that point at this conduit */
   uv_timer_t batch_timer;
   uint64_t batch_since;
-  struct patch_ctx *patches;
-  bool silent; /* never handed to the caller: freed without events */
+  uv_timer_t verify_timer;
+  bool verifying, verify_again;
+  uint64_t seq;          /* bumped by every confirmed assignment */
+  uint64_t verify_seq;   /* seq when the running verification started */
+  int lost_policy;
+  patch_ctx *patches;
+  tw_op *ops;
+  tw_op *done_ops;       /* reported operations whose Helix reply is still due */
+  bool silent;           /* never handed to the caller: freed without events */
   void *user;
   struct tw_conduit *next;
 };
@@ -49,8 +111,64 @@ struct tw_conduit {
 static void shard_connect(tw_shard *s);
 static void schedule_batch(tw_conduit *cd);
 static void maybe_free(tw_conduit *cd);
+static void want_changed(tw_shard *s);
+static void verify_soon(tw_conduit *cd, uint64_t ms);
+static void on_shard_timer(uv_timer_t *t);
+static void add_check(tw_conduit *cd);
+static void shard_assigned(tw_shard *s);
+static void conduit_error(tw_conduit *cd, tw_shard *s, const tw_error *e);
 
-tw_client *tw_shard_client(const tw_shard *s) { return s->cd->c; }
+/* ---- transports ---- */
+static void tr_clear(tw_transport *t) {
+  free(t->session_id);
+  free(t->callback);
+  if (t->secret) memset(t->secret, 0, strlen(t->secret));
+  free(t->secret);
+  memset(t, 0, sizeof *t);
+}
+
+static void tr_set_ws(tw_transport *t, const char *sid) {
+  tr_clear(t);
+  t->session_id = tw_strdup(sid);
+  if (t->session_id) t->kind = TW_TRANSPORT_WEBSOCKET;
+}
+
+static void tr_copy(tw_transport *d, const tw_transport *s) {
+  if (d == s) return;
+  tr_clear(d);
+  d->session_id = tw_strdup(s->session_id);
+  d->callback = tw_strdup(s->callback);
+  d->secret = tw_strdup(s->secret);
+  bool ok = (!s->session_id || d->session_id) && (!s->callback || d->callback) && (!s->secret || d->secret);
+  if (ok) d->kind = s->kind;
+  else tr_clear(d);
+}
+
+static bool streq0(const char *a, const char *b) { return a && b ? strcmp(a, b) == 0 : a == b; }
+
+static bool tr_eq(const tw_transport *a, const tw_transport *b) {
+  if (a->kind != b->kind) return false;
+  if (a->kind == TW_TRANSPORT_WEBSOCKET) return streq0(a->session_id, b->session_id);
+  if (a->kind == TW_TRANSPORT_WEBHOOK) return streq0(a->callback, b->callback) && streq0(a->secret, b->secret);
+  return true;
+}
+
+static bool tr_is_session(const tw_transport *t, const tw_session *ss) {
+  const char *sid = tw_ws_session_id(ss);
+  return t->kind == TW_TRANSPORT_WEBSOCKET && sid && strcmp(t->session_id, sid) == 0;
+}
+
+static void tr_json(cJSON *o, const tw_transport *t) {
+  cJSON *j = cJSON_AddObjectToObject(o, "transport");
+  if (t->kind == TW_TRANSPORT_WEBHOOK) {
+    cJSON_AddStringToObject(j, "method", "webhook");
+    cJSON_AddStringToObject(j, "callback", t->callback);
+    cJSON_AddStringToObject(j, "secret", t->secret);
+  } else {
+    cJSON_AddStringToObject(j, "method", "websocket");
+    cJSON_AddStringToObject(j, "session_id", t->session_id ? t->session_id : "");
+  }
+}
 
 /* ---- accessors ---- */
 const char *tw_conduit_id(const tw_conduit *cd) { return cd->id; }
@@ -60,62 +178,237 @@ size_t tw_conduit_nshards(const tw_conduit *cd) { return (size_t)cd->nshards; }
 tw_shard *tw_conduit_shard(const tw_conduit *cd, size_t i) {
   return i < (size_t)cd->nshards ? cd->shards[i] : NULL;
 }
+
+static long parse_id(const char *id) {
+  if (!id || !*id) return -1;
+  char *end;
+  long v = strtol(id, &end, 10);
+  return *end || v < 0 ? -1 : v;
+}
+
+/* shards are kept in id order: a binary search */
+static int shard_pos(const tw_conduit *cd, long idn, bool *found) {
+  int lo = 0, hi = cd->nshards;
+  while (lo < hi) {
+    int mid = lo + (hi - lo) / 2;
+    if (cd->shards[mid]->idn < idn) lo = mid + 1;
+    else hi = mid;
+  }
+  *found = lo < cd->nshards && cd->shards[lo]->idn == idn;
+  return lo;
+}
+
 tw_shard *tw_conduit_find_shard(const tw_conduit *cd, const char *id) {
-  for (int i = 0; i < cd->nshards; i++)
-    if (strcmp(cd->shards[i]->id, id) == 0) return cd->shards[i];
-  return NULL;
+  bool found;
+  long idn = parse_id(id);
+  if (idn < 0) return NULL;
+  int i = shard_pos(cd, idn, &found);
+  return found ? cd->shards[i] : NULL;
 }
 void tw_conduit_set_user(tw_conduit *cd, void *u) { cd->user = u; }
 void *tw_conduit_user(const tw_conduit *cd) { return cd->user; }
 const char *tw_shard_id(const tw_shard *s) { return s->id; }
 const char *tw_shard_state(const tw_shard *s) { return s->state; }
 const char *tw_shard_status(const tw_shard *s) { return s->status; }
-const char *tw_shard_session_id(const tw_shard *s) { return s->cur ? tw_ws_session_id(s->cur) : NULL; }
+const char *tw_shard_session_id(const tw_shard *s) {
+  if (s->want.kind == TW_TRANSPORT_WEBSOCKET) return s->want.session_id;
+  return s->cur ? tw_ws_session_id(s->cur) : NULL;
+}
 tw_conduit *tw_shard_conduit(const tw_shard *s) { return s->cd; }
 void tw_shard_set_user(tw_shard *s, void *u) { s->user = u; }
 void *tw_shard_user(const tw_shard *s) { return s->user; }
 void tw_shard_get_stats(const tw_shard *s, tw_shard_stats *out) { *out = s->stats; }
+int tw_shard_held(const tw_shard *s) { return s->held; }
+void tw_conduit_set_lost_policy(tw_conduit *cd, int policy) { cd->lost_policy = policy; }
+
+void tw_shard_transport(const tw_shard *s, tw_transport_info *out, int *assigned) {
+  memset(out, 0, sizeof *out);
+  if (s->want.kind == TW_TRANSPORT_WEBSOCKET) out->method = "websocket";
+  else if (s->want.kind == TW_TRANSPORT_WEBHOOK) out->method = "webhook";
+  out->session_id = s->want.session_id;
+  out->callback = s->want.callback;
+  out->status = s->status;
+  if (assigned) *assigned = s->want.kind != TW_TRANSPORT_NONE && s->inflight.kind == TW_TRANSPORT_NONE &&
+                            tr_eq(&s->want, &s->assigned);
+}
 
 static void emit_shard(tw_shard *s, tw_event_type type, const char *status, const tw_error *err) {
-  tw_event ev = {.type = type,
-                 .conduit = s->cd,
-                 .shard = s,
-                 .metadata = TW_JNONE,
-                 .subscription = TW_JNONE,
-                 .event = TW_JNONE,
-                 .status = status,
-                 .error = err};
+  tw_event ev = {.type = type, .conduit = s->cd, .shard = s, .status = status, .error = err};
   tw_emit(s->cd->c, &ev);
 }
 
 static void conduit_error(tw_conduit *cd, tw_shard *s, const tw_error *e) { tw_emit_error(cd->c, cd, s, e); }
 
-/* ---- delivery ---- */
-void tw_shard_deliver(tw_shard *s, tw_event *ev) {
-  ev->conduit = s->cd;
-  ev->shard = s;
-  uint64_t before = s->cd->c->stats.notifications;
-  tw_client_deliver(s->cd->c, ev, &s->stats.duplicates);
-  s->stats.notifications += s->cd->c->stats.notifications - before;
+/* ---- operations ---- */
+static tw_op *op_new(tw_conduit *cd, int kind, tw_shard *s, tw_op_fn cb, void *user) {
+  tw_op *op = calloc(1, sizeof *op);
+  if (!op) return NULL;
+  op->kind = kind;
+  op->cd = cd;
+  op->shard = s;
+  op->cb = cb;
+  op->user = user;
+  op->next = cd->ops;
+  cd->ops = op;
+  if (s) s->op = op;
+  return op;
 }
 
-void tw_shard_count_keepalive(tw_shard *s) { s->stats.keepalives++; }
+static void op_unlink_free(tw_op *op) {
+  for (tw_op **pp = &op->cd->ops; *pp; pp = &(*pp)->next)
+    if (*pp == op) {
+      *pp = op->next;
+      break;
+    }
+  free(op->shards);
+  free(op);
+}
 
-/* ---- shard connection ---- */
-static void on_shard_timer(uv_timer_t *t) {
-  tw_shard *s = t->data;
-  if (s->cd->closing) return;
-  if (!s->cur) shard_connect(s);
+static void op_free_done(tw_op *op) {
+  for (tw_op **pp = &op->cd->done_ops; *pp; pp = &(*pp)->next)
+    if (*pp == op) {
+      *pp = op->next;
+      break;
+    }
+  free(op->shards);
+  free(op);
+}
+
+/* Reports the operation's end (once) and frees it, or parks it until its Helix reply. */
+static void op_finish(tw_op *op, const tw_error *err) {
+  tw_conduit *cd = op->cd;
+  if (op->shard && op->shard->op == op) op->shard->op = NULL;
+  for (tw_op **pp = &cd->ops; *pp; pp = &(*pp)->next)
+    if (*pp == op) {
+      *pp = op->next;
+      break;
+    }
+  op->next = NULL;
+  tw_op_fn cb = op->cb;
+  void *user = op->user;
+  tw_op_result r = {.error = err,
+                    .conduit = cd,
+                    .shard = op->shard,
+                    .shards = err ? NULL : op->shards,
+                    .nshards = err ? 0 : op->n};
+  if (op->in_helix) {
+    op->done = true;
+    op->next = cd->done_ops;
+    cd->done_ops = op;
+  }
+  if (cb && !cd->c->freeing) {
+    cd->c->depth++;
+    cb(user, &r);
+    cd->c->depth--;
+  } else if (err && !cb && !cd->closing) {
+    conduit_error(cd, r.shard, err); /* nobody waits on it: never silent */
+  }
+  if (!op->in_helix) {
+    free(op->shards);
+    free(op);
+  }
+}
+
+static void finish_all_ops(tw_conduit *cd, const char *why) {
+  tw_error e;
+  tw_err_set(&e, "closed", 0, "%s", why);
+  while (cd->ops) op_finish(cd->ops, &e);
+}
+
+/* ---- delivery and session reports ---- */
+static void on_message(void *owner, tw_session *ss, tw_msg *m) {
+  tw_shard *s = owner;
+  (void)ss;
+  if (tw_client_deliver(s->cd->c, m, s->cd, s, &s->stats.duplicates) && m->message_type[0] == 'n')
+    s->stats.notifications++;
+}
+
+static void on_keepalive(void *owner, tw_session *ss) {
+  tw_shard *s = owner;
+  (void)ss;
+  s->stats.keepalives++;
+}
+
+static void on_session_error(void *owner, tw_session *ss, const tw_error *e) {
+  tw_shard *s = owner;
+  (void)ss;
+  conduit_error(s->cd, s, e);
+}
+
+static void on_welcome(void *owner, tw_session *ss, const char *sid);
+static void on_reconnect_request(void *owner, tw_session *ss, const char *url);
+static void on_closed(void *owner, tw_session *ss, int code, const char *why);
+
+static const tw_session_ops shard_ops = {
+    .welcome = on_welcome,
+    .reconnect = on_reconnect_request,
+    .message = on_message,
+    .keepalive = on_keepalive,
+    .error = on_session_error,
+    .closed = on_closed,
+};
+
+static tw_session *open_session(tw_shard *s, const char *url) {
+  s->stats.connects++;
+  return tw_ws_open(s->cd->c, url, &shard_ops, s, &s->stats.bytes);
+}
+
+/* the current socket is replaced by `next`; the old one is closed with a handshake */
+static void swap_to_next(tw_shard *s) {
+  if (s->old) { /* a third socket: the oldest just goes */
+    tw_ws_close(s->old, 1000);
+    tw_ws_set_owner(s->old, NULL, NULL, NULL);
+  }
+  s->old = s->cur;
+  s->cur = s->next;
+  s->next = NULL;
+  if (s->old) tw_ws_close(s->old, 1000);
+}
+
+static void on_welcome(void *owner, tw_session *ss, const char *sid) {
+  tw_shard *s = owner;
+  if (ss == s->next) {
+    if (s->next_is_reconnect && ((s->cur && tr_is_session(&s->want, s->cur)) || !s->cur) &&
+        (tr_is_session(&s->want, ss) || tr_is_session(&s->assigned, ss))) {
+      /* session_reconnect to the same session: its assignment carries over */
+      swap_to_next(s);
+      s->stats.reconnects++;
+      emit_shard(s, TW_EV_RECONNECT, NULL, NULL);
+      return;
+    }
+    /* a new session (handover, or a reconnect that changed the id): point the shard at it;
+     * the current socket keeps delivering until the reply */
+    tr_set_ws(&s->want, sid);
+    want_changed(s);
+    return;
+  }
+  if (ss != s->cur) return;
+  s->state = "welcomed";
+  tr_set_ws(&s->want, sid);
+  want_changed(s);
+}
+
+static void on_reconnect_request(void *owner, tw_session *ss, const char *url) {
+  tw_shard *s = owner;
+  if (ss != s->cur || s->next || s->releasing) return;
+  s->next = open_session(s, url);
+  s->next_is_reconnect = true;
+  if (!s->next) {
+    tw_error e;
+    tw_err_set(&e, "websocket_url", 0,
+               "session_reconnect gave a URL that cannot be used; the current socket goes on until the server closes it");
+    conduit_error(s->cd, s, &e);
+  }
 }
 
 static void shard_connect(tw_shard *s) {
   s->state = "connecting";
-  s->stats.connects++;
-  s->cur = tw_ws_open(s, NULL, false);
+  s->cur = open_session(s, NULL);
   if (!s->cur) {
     tw_error e;
     tw_err_set(&e, "websocket_url", 0, "cannot connect to the EventSub websocket URL");
     conduit_error(s->cd, s, &e);
+    if (s->cd->closing || s->releasing) return;
     s->state = "idle";
     uv_timer_start(&s->timer, on_shard_timer,
                    tw_backoff_ms(&s->cd->c->rng, s->cd->c->backoff_min_s, s->cd->c->backoff_max_s, s->attempt++), 0);
@@ -131,151 +424,299 @@ static void schedule_reconnect(tw_shard *s) {
 }
 
 int tw_shard_reconnect(tw_shard *s) {
-  if (!s || s->cd->closing) return TW_ECLOSED;
+  if (!s || s->cd->closing || s->releasing) return TW_ECLOSED;
   if (s->cur) {
     s->reconnect_now = true;
     tw_ws_close(s->cur, 1000); /* its end reconnects the shard */
-  }
-  else {
+  } else if (!s->pointed) {
     uv_timer_stop(&s->timer);
     shard_connect(s);
   }
   return 0;
 }
 
-void tw_shard_on_welcome(tw_shard *s, tw_session *ss, const char *session_id) {
+/* ---- the shard set ---- */
+static tw_shard *shard_new(tw_conduit *cd, long idn) {
+  bool found;
+  int pos = shard_pos(cd, idn, &found);
+  if (found) return NULL;
+  if (cd->nshards == cd->cap) {
+    int ncap = cd->cap ? cd->cap * 2 : 8;
+    tw_shard **p = realloc(cd->shards, (size_t)ncap * sizeof *p);
+    if (!p) return NULL;
+    cd->shards = p;
+    cd->cap = ncap;
+  }
+  tw_shard *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->cd = cd;
+  s->idn = idn;
+  snprintf(s->id, sizeof s->id, "%d", (int)idn); /* ids are 0..20000 */
+  s->state = "idle";
+  snprintf(s->status, sizeof s->status, "unknown");
+  uv_timer_init(cd->c->loop, &s->timer);
+  s->timer.data = s;
+  memmove(cd->shards + pos + 1, cd->shards + pos, (size_t)(cd->nshards - pos) * sizeof *cd->shards);
+  cd->shards[pos] = s;
+  cd->nshards++;
+  return s;
+}
+
+static void shard_free_cb(uv_handle_t *h) {
+  tw_shard *s = h->data;
+  tr_clear(&s->want);
+  tr_clear(&s->inflight);
+  tr_clear(&s->assigned);
+  free(s);
+}
+
+/* Takes s out of the conduit and frees it (after TW_EV_FREED). */
+static void shard_remove(tw_shard *s) {
   tw_conduit *cd = s->cd;
-  if (ss == s->next) {
-    /* session_reconnect: the new socket is up; the old one stops being used */
-    s->old = s->cur;
-    s->cur = ss;
-    s->next = NULL;
-    s->stats.reconnects++;
-    const char *prev = s->old ? tw_ws_session_id(s->old) : NULL;
-    bool same = (s->assigned && strcmp(s->assigned, session_id) == 0) || (prev && strcmp(prev, session_id) == 0);
-    if (same) {
-      /* the same session on a new socket: its assignment (done or in flight) carries over */
-      if (s->old) tw_ws_close(s->old, 1000);
-      emit_shard(s, TW_EV_RECONNECT, NULL, NULL);
-    } else {
-      /* a new session id: point the shard at it first, close the old one after */
-      s->reassign_after_reconnect = true;
-      s->state = "welcomed";
-      s->in_batch = true;
-      schedule_batch(cd);
-    }
+  bool found;
+  int pos = shard_pos(cd, s->idn, &found);
+  if (found && cd->shards[pos] == s) {
+    memmove(cd->shards + pos, cd->shards + pos + 1, (size_t)(cd->nshards - pos - 1) * sizeof *cd->shards);
+    cd->nshards--;
+  }
+  for (tw_op *op = cd->ops; op; op = op->next) {
+    if (op->kind == OP_ADD)
+      for (size_t i = 0; i < op->n; i++)
+        if (op->shards[i] == s) {
+          memmove(op->shards + i, op->shards + i + 1, (op->n - i - 1) * sizeof *op->shards);
+          op->n--;
+          break;
+        }
+    if (op->shard == s) op->shard = NULL;
+  }
+  for (patch_ctx *p = cd->patches; p; p = p->next)
+    for (int i = 0; i < p->n; i++)
+      if (p->shards[i] == s) p->shards[i] = NULL;
+  if (!cd->silent) {
+    tw_event ev = {.type = TW_EV_FREED, .conduit = cd, .shard = s};
+    tw_emit(cd->c, &ev);
+  }
+  uv_timer_stop(&s->timer);
+  uv_close((uv_handle_t *)&s->timer, shard_free_cb);
+}
+
+/* A releasing shard is done once its sockets are gone and no PATCH is in flight for it. */
+static void try_finish_release(tw_shard *s) {
+  if (!s->releasing || s->cur || s->next || s->old || s->inflight.kind != TW_TRANSPORT_NONE) return;
+  tw_conduit *cd = s->cd;
+  s->releasing = false;
+  s->state = "closed";
+  emit_shard(s, TW_EV_SHARD_RELEASED, s->status, NULL);
+  tw_op *op = s->op;
+  if (op && op->kind == OP_RELEASE) op_finish(op, NULL);
+  if (cd->free_scheduled) return; /* freed with the conduit */
+  shard_remove(s);
+  add_check(cd);
+}
+
+static void on_shard_timer(uv_timer_t *t) {
+  tw_shard *s = t->data;
+  if (s->cd->closing) return;
+  if (s->releasing) {
+    try_finish_release(s);
     return;
   }
-  if (ss != s->cur) return;
-  s->state = "welcomed";
-  s->in_batch = true;
-  schedule_batch(cd);
+  if (!s->cur && !s->next && !s->held && !s->pointed && s->cd->started) {
+    shard_connect(s);
+    return;
+  }
+  if (s->op && s->op->kind == OP_POINT && s->inflight.kind == TW_TRANSPORT_NONE && tr_eq(&s->want, &s->assigned)) {
+    shard_assigned(s); /* pointed where Twitch already had it */
+    return;
+  }
+  want_changed(s); /* a retry after a failed assignment */
 }
 
-void tw_shard_on_reconnect_request(tw_shard *s, tw_session *ss, const char *url) {
-  if (ss != s->cur || s->next) return;
-  s->next = tw_ws_open(s, url, true);
-  if (!s->next) {
-    tw_error e;
-    tw_err_set(&e, "websocket_url", 0,
-               "session_reconnect gave a URL that cannot be used; the current socket goes on until the server closes it");
-    conduit_error(s->cd, s, &e);
+static const char *close_error_code(int code) {
+  switch (code) {
+  case 4001: return "inbound_traffic";
+  case 4003: return "connection_unused";
+  case 4004: return "reconnect_expired";
+  case 4007: return "invalid_reconnect";
+  default: return "websocket_closed";
   }
 }
 
-void tw_shard_on_closed(tw_shard *s, tw_session *ss, int code, const char *why) {
+static void on_closed(void *owner, tw_session *ss, int code, const char *why) {
+  tw_shard *s = owner;
   tw_conduit *cd = s->cd;
   s->stats.last_close_code = code;
   if (ss == s->old) {
     s->old = NULL;
+    try_finish_release(s);
     return;
   }
-  if (ss == s->next && !s->cur) { /* old socket gone and its replacement failed too */
+  if (ss == s->next) {
     s->next = NULL;
-    ss = NULL;
-  } else if (ss == s->next) { /* the reconnect target failed: the current socket goes on */
-    s->next = NULL;
-    tw_error e;
-    tw_err_set(&e, "reconnect_failed", code, "session_reconnect target closed (%d%s%s); keeping the current socket",
-               code, why && *why ? ": " : "", why ? why : "");
-    conduit_error(cd, s, &e);
+    bool was_target = tr_is_session(&s->want, ss);
+    if (s->cur) { /* the new socket failed: the current one goes on */
+      tw_error e;
+      tw_err_set(&e, s->next_is_reconnect ? "reconnect_failed" : "handover_failed", code,
+                 "%s target closed (%d%s%s); keeping the current socket",
+                 s->next_is_reconnect ? "session_reconnect" : "handover", code, why && *why ? ": " : "", why ? why : "");
+      if (was_target) {
+        tr_set_ws(&s->want, tw_ws_session_id(s->cur));
+        want_changed(s);
+      }
+      if (s->op && s->op->kind == OP_HANDOVER) op_finish(s->op, &e);
+      else conduit_error(cd, s, &e);
+      try_finish_release(s);
+      return;
+    }
+    /* the old socket is gone and its replacement failed too: as a close of the shard */
+  } else if (ss != s->cur) {
     return;
-  }
-  if (ss != NULL && ss != s->cur) return;
-  if (s->next) { /* the old socket ended before the new welcome: the new one takes over */
+  } else if (s->next) { /* the current socket ended first: the new one takes over */
     s->cur = NULL;
-    s->state = "connecting";
+    if (strcmp(s->state, "enabled") == 0) s->state = "connecting";
     return;
+  } else {
+    s->cur = NULL;
   }
-  s->cur = NULL;
-  s->in_batch = false;
   if (cd->closing) {
     s->state = "closed";
     maybe_free(cd);
     return;
   }
+  if (s->releasing) {
+    try_finish_release(s);
+    return;
+  }
+  bool was_enabled = strcmp(s->state, "enabled") == 0;
+  if (!s->pointed && s->want.kind == TW_TRANSPORT_WEBSOCKET) tr_clear(&s->want); /* nothing to point at */
+  if (s->op && s->op->kind == OP_HANDOVER) {
+    tw_error he;
+    tw_err_set(&he, "handover_failed", code, "the shard's socket closed during the handover");
+    op_finish(s->op, &he);
+    if (cd->closing) return;
+  }
   const char *status = tw_close_status(code);
   snprintf(s->status, sizeof s->status, "%s", status);
+  s->state = "idle";
   tw_error e;
-  const char *ecode = "websocket_closed";
-  if (code == 4001) ecode = "inbound_traffic";
-  else if (code == 4003) ecode = "connection_unused";
-  else if (code == 4004) ecode = "reconnect_expired";
-  else if (code == 4007) ecode = "invalid_reconnect";
-  tw_err_set(&e, ecode, code, "shard %s socket closed (%d%s%s)", s->id, code, why && *why ? ": " : "",
-             why ? why : "");
-  bool was_enabled = strcmp(s->state, "enabled") == 0;
-  free(s->assigned);
-  s->assigned = NULL;
-  if (was_enabled || s->ever_enabled) emit_shard(s, TW_EV_SHARD_DISABLED, status, &e);
-  else conduit_error(cd, s, &e);
+  tw_err_set(&e, close_error_code(code), code, "shard %s socket closed (%d%s%s)", s->id, code,
+             why && *why ? ": " : "", why ? why : "");
+  if (was_enabled) {
+    /* one shard_disabled per outage; the attempts that follow are only counted */
+    s->outage = true;
+    s->stats.outages++;
+    emit_shard(s, TW_EV_SHARD_DISABLED, status, &e);
+  } else {
+    s->stats.failed_connects++;
+    if (!s->outage) conduit_error(cd, s, &e);
+  }
+  if (cd->closing || s->releasing || !s->cd->started) return;
+  if (s->held) return; /* an operation or another owner decides */
   schedule_reconnect(s);
 }
 
-/* ---- assignment: batched PATCH /eventsub/conduits/shards ---- */
-typedef struct patch_ctx {
-  tw_conduit *cd;
-  int n;
-  tw_shard **shards;
-  char **sessions;
-  struct patch_ctx *next, *prev; /* the conduit's open PATCHes (freed with it on teardown) */
-} patch_ctx;
+/* ---- assignment ---- */
+static void want_changed(tw_shard *s) {
+  tw_conduit *cd = s->cd;
+  if (cd->closing || s->releasing || s->inflight.kind != TW_TRANSPORT_NONE || s->want.kind == TW_TRANSPORT_NONE)
+    return;
+  if (tr_eq(&s->want, &s->assigned)) return;
+  if (!s->queued) {
+    s->queued = true;
+    schedule_batch(cd);
+  }
+}
 
 static void patch_ctx_free(patch_ctx *p) {
   if (p->prev) p->prev->next = p->next;
   else if (p->cd->patches == p) p->cd->patches = p->next;
   if (p->next) p->next->prev = p->prev;
-  for (int i = 0; i < p->n; i++) free(p->sessions[i]);
-  free(p->sessions);
+  for (int i = 0; i < p->n; i++) tr_clear(&p->sent[i]);
+  free(p->sent);
   free(p->shards);
   free(p);
 }
 
+static void verify_first(tw_conduit *cd);
+
 static void check_ready(tw_conduit *cd) {
-  if (cd->ready_emitted || cd->closing) return;
+  if (cd->ready_emitted || cd->closing || !cd->started) return;
   for (int i = 0; i < cd->nshards; i++)
     if (!cd->shards[i]->ever_enabled) return;
   cd->ready_emitted = true;
   cd->state = "ready";
-  tw_event ev = {.type = TW_EV_READY, .conduit = cd, .metadata = TW_JNONE, .subscription = TW_JNONE, .event = TW_JNONE};
+  tw_event ev = {.type = TW_EV_READY, .conduit = cd};
   tw_emit(cd->c, &ev);
+  verify_first(cd);
 }
 
-static void shard_enabled(tw_shard *s, const char *session) {
-  free(s->assigned);
-  s->assigned = tw_strdup(session);
+/* Twitch confirmed the transport the shard wants. */
+static void shard_assigned(tw_shard *s) {
+  tw_conduit *cd = s->cd;
+  s->attempt = 0;
+  bool reconnected = false;
+  if (s->next && tr_is_session(&s->want, s->next)) {
+    reconnected = s->next_is_reconnect;
+    swap_to_next(s);
+  }
+  tw_op *op = s->op;
+  if (op && op->kind == OP_POINT) {
+    s->pointed = true;
+    if (s->cur) {
+      if (s->old) tw_ws_set_owner(s->old, NULL, NULL, NULL);
+      s->old = s->cur;
+      s->cur = NULL;
+      tw_ws_close(s->old, 1000);
+    }
+  }
   s->state = "enabled";
   snprintf(s->status, sizeof s->status, "enabled");
-  s->attempt = 0;
+  s->outage = false;
   s->ever_enabled = true;
-  s->stats.assignments++;
-  if (s->reassign_after_reconnect) {
-    s->reassign_after_reconnect = false;
-    if (s->old) tw_ws_close(s->old, 1000);
+  if (reconnected) {
+    s->stats.reconnects++;
     emit_shard(s, TW_EV_RECONNECT, NULL, NULL);
-    if (s->cd->closing) return;
+    if (cd->closing) return;
   }
   emit_shard(s, TW_EV_SHARD_ENABLED, NULL, NULL);
+  if (cd->closing) return;
+  if (op && op == s->op && (op->kind == OP_POINT || op->kind == OP_HANDOVER)) op_finish(op, NULL);
+  if (cd->closing) return;
+  add_check(cd);
+  if (cd->ready_emitted) verify_soon(cd, 2000);
+}
+
+/* The wanted transport was refused (a per-shard error, or the request failed). */
+static void assign_refused(tw_shard *s, bool request_failed, const tw_error *err) {
+  tw_conduit *cd = s->cd;
+  tw_op *op = s->op;
+  if (op && op->kind == OP_POINT) {
+    /* back to the shard's own socket */
+    if (s->cur && tw_ws_session_id(s->cur)) tr_set_ws(&s->want, tw_ws_session_id(s->cur));
+    else tr_clear(&s->want);
+    s->held = op->count;
+    op_finish(op, err);
+    if (!cd->closing) want_changed(s);
+    return;
+  }
+  if (op && op->kind == OP_HANDOVER && s->next && tr_is_session(&s->want, s->next)) {
+    tw_session *n = s->next;
+    s->next = NULL;
+    tw_ws_close(n, 1000);
+    tw_ws_set_owner(n, NULL, NULL, NULL);
+    if (s->cur && tw_ws_session_id(s->cur)) tr_set_ws(&s->want, tw_ws_session_id(s->cur));
+    op_finish(op, err);
+    if (!cd->closing) want_changed(s);
+    return;
+  }
+  if (request_failed) { /* Helix failed after its retries: try again after a backoff */
+    uv_timer_start(&s->timer, on_shard_timer,
+                   tw_backoff_ms(&cd->c->rng, cd->c->backoff_min_s, cd->c->backoff_max_s, s->attempt++), 0);
+    return;
+  }
+  /* our session was refused: a fresh session, then a fresh try */
+  tw_session *ss = s->next && tr_is_session(&s->want, s->next) ? s->next : s->cur;
+  if (ss && tr_is_session(&s->want, ss)) tw_ws_close(ss, 1000);
 }
 
 static void on_patch(void *user, const tw_response *r) {
@@ -283,80 +724,120 @@ static void on_patch(void *user, const tw_response *r) {
   tw_conduit *cd = p->cd;
   cd->pending--;
   if (cd->closing) {
+    for (int i = 0; i < p->n; i++)
+      if (p->shards[i]) tr_clear(&p->shards[i]->inflight);
     patch_ctx_free(p);
     maybe_free(cd);
     return;
   }
-  if (r->error) {
-    conduit_error(cd, NULL, r->error);
-    /* the sockets are alive: try the assignment again after a backoff, unless the
-     * session changed meanwhile (then its own welcome queued it) */
-    for (int i = 0; i < p->n; i++) {
-      tw_shard *s = p->shards[i];
-      const char *sid = tw_shard_session_id(s);
-      if (s->cur && sid && strcmp(sid, p->sessions[i]) == 0) tw_ws_close(s->cur, 1000);
+  tw_json *d = r->error ? NULL : r->body;
+  /* each shard's outcome: 1 applied, 2 refused (errors[]), 0 not mentioned */
+  char *res = calloc((size_t)p->n + 1, 1);
+  tw_jnode *eno = calloc((size_t)p->n + 1, sizeof *eno);
+  if (!res || !eno) {
+    free(res);
+    free(eno);
+    res = NULL;
+  }
+  static const char *const lists[2] = {"errors", "data"};
+  for (int li = 0; li < 2 && d && res; li++) {
+    tw_jnode arr = tw_json_get(d, 0, lists[li], strlen(lists[li]));
+    for (tw_jnode e = tw_json_first(d, arr); arr != TW_JNONE && e != TW_JNONE; e = tw_json_next(d, e)) {
+      const char *id = tw_json_str(d, tw_json_get(d, e, "id", 2), NULL);
+      for (int i = 0; id && i < p->n; i++)
+        if (p->shards[i] && !res[i] && strcmp(p->shards[i]->id, id) == 0) {
+          res[i] = li == 0 ? 2 : 1;
+          eno[i] = e;
+          break;
+        }
     }
-    patch_ctx_free(p);
-    return;
   }
-  tw_json *d = r->body;
-  /* per-shard errors first */
-  tw_jnode errs = d ? tw_json_get(d, 0, "errors", 6) : TW_JNONE;
-  for (tw_jnode e = tw_json_first(d, errs); d && errs != TW_JNONE && e != TW_JNONE; e = tw_json_next(d, e)) {
-    if (cd->closing) break; /* a handler closed it */
-    const char *id = tw_json_str(d, tw_json_get(d, e, "id", 2), NULL);
-    const char *msg = tw_json_str(d, tw_json_get(d, e, "message", 7), NULL);
-    const char *code = tw_json_str(d, tw_json_get(d, e, "code", 4), NULL);
-    tw_shard *s = id ? tw_conduit_find_shard(cd, id) : NULL;
-    tw_error err;
-    tw_err_set(&err, "shard_assign_failed", r->status, "shard %s: %s%s%s", id ? id : "?", msg ? msg : "rejected",
-               code ? " / " : "", code ? code : "");
-    conduit_error(cd, s, &err);
-    if (s && s->cur) tw_ws_close(s->cur, 1000); /* a fresh session, then a fresh try */
-  }
-  tw_jnode data = d ? tw_json_get(d, 0, "data", 4) : TW_JNONE;
-  for (tw_jnode e = tw_json_first(d, data); d && data != TW_JNONE && e != TW_JNONE; e = tw_json_next(d, e)) {
-    if (cd->closing) break;
-    const char *id = tw_json_str(d, tw_json_get(d, e, "id", 2), NULL);
-    tw_shard *s = id ? tw_conduit_find_shard(cd, id) : NULL;
+  if (r->error) conduit_error(cd, NULL, r->error);
+  for (int i = 0; i < p->n; i++) {
+    tw_shard *s = p->shards[i];
     if (!s) continue;
-    const char *sess = tw_json_str(d, tw_json_getp(d, e, "transport.session_id"), NULL);
-    for (int i = 0; i < p->n && !cd->closing; i++) {
-      if (p->shards[i] != s) continue;
-      const char *sid = tw_shard_session_id(s);
-      if (!sess) sess = p->sessions[i];
-      if (sid && strcmp(sid, p->sessions[i]) == 0) shard_enabled(s, p->sessions[i]);
+    tr_clear(&s->inflight);
+    if (cd->closing || s->releasing) {
+      if (s->releasing) uv_timer_start(&s->timer, on_shard_timer, 0, 0);
+      continue;
     }
+    const tw_transport *sent = &p->sent[i];
+    bool current = tr_eq(sent, &s->want);
+    int outcome = res ? res[i] : 0;
+    if (outcome == 1) {
+      tr_copy(&s->assigned, sent);
+      s->assigned_seq = ++cd->seq;
+      s->stats.assignments++;
+      if (current) shard_assigned(s);
+      else want_changed(s); /* a newer want waited for this reply */
+      continue;
+    }
+    s->stats.assign_errors++;
+    if (r->error) {
+      if (current) assign_refused(s, true, r->error);
+      else want_changed(s);
+      continue;
+    }
+    const char *msg = outcome == 2 ? tw_json_str(d, tw_json_get(d, eno[i], "message", 7), NULL) : NULL;
+    const char *code = outcome == 2 ? tw_json_str(d, tw_json_get(d, eno[i], "code", 4), NULL) : NULL;
+    tw_error err;
+    tw_err_set(&err, "shard_assign_failed", r->status, "shard %s: %s%s%s%s", s->id,
+               msg ? msg : (outcome == 2 ? "rejected" : "not in the answer"), code ? " / " : "", code ? code : "",
+               current ? "" : " (for a transport the shard no longer uses: ignored)");
+    conduit_error(cd, s, &err);
+    if (cd->closing) continue;
+    if (current) assign_refused(s, false, &err);
+    else want_changed(s);
   }
+  free(res);
+  free(eno);
   patch_ctx_free(p);
   check_ready(cd);
 }
 
 static void flush_batch(tw_conduit *cd) {
   tw_client *c = cd->c;
+  patch_ctx *p = calloc(1, sizeof *p);
   cJSON *root = cJSON_CreateObject();
+  if (p) {
+    p->shards = calloc((size_t)c->patch_batch, sizeof *p->shards);
+    p->sent = calloc((size_t)c->patch_batch, sizeof *p->sent);
+  }
+  if (!p || !root || !p->shards || !p->sent) {
+    if (p) {
+      free(p->shards);
+      free(p->sent);
+      free(p);
+    }
+    cJSON_Delete(root);
+    tw_error e;
+    tw_err_set(&e, "no_memory", 0, "out of memory building Update Conduit Shards");
+    conduit_error(cd, NULL, &e);
+    return;
+  }
+  p->cd = cd;
   cJSON_AddStringToObject(root, "conduit_id", cd->id);
   cJSON *arr = cJSON_AddArrayToObject(root, "shards");
-  patch_ctx *p = calloc(1, sizeof *p);
-  p->cd = cd;
-  p->shards = calloc((size_t)c->patch_batch, sizeof *p->shards);
-  p->sessions = calloc((size_t)c->patch_batch, sizeof *p->sessions);
   for (int i = 0; i < cd->nshards && p->n < c->patch_batch; i++) {
     tw_shard *s = cd->shards[i];
-    if (!s->in_batch) continue;
-    s->in_batch = false;
-    const char *sid = tw_shard_session_id(s);
-    if (!sid) continue;
-    s->state = "assigning";
+    if (!s->queued) continue;
+    s->queued = false;
+    if (s->releasing || s->inflight.kind != TW_TRANSPORT_NONE || s->want.kind == TW_TRANSPORT_NONE ||
+        tr_eq(&s->want, &s->assigned))
+      continue;
+    tr_copy(&s->inflight, &s->want);
+    tr_copy(&p->sent[p->n], &s->want);
+    if (s->inflight.kind == TW_TRANSPORT_NONE || p->sent[p->n].kind == TW_TRANSPORT_NONE) {
+      tr_clear(&s->inflight);
+      tr_clear(&p->sent[p->n]);
+      continue;
+    }
+    if (strcmp(s->state, "enabled") != 0) s->state = "assigning";
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", s->id);
-    cJSON *t = cJSON_AddObjectToObject(o, "transport");
-    cJSON_AddStringToObject(t, "method", "websocket");
-    cJSON_AddStringToObject(t, "session_id", sid);
+    tr_json(o, &s->want);
     cJSON_AddItemToArray(arr, o);
-    p->shards[p->n] = s;
-    p->sessions[p->n] = tw_strdup(sid);
-    p->n++;
+    p->shards[p->n++] = s;
   }
   if (p->n == 0) {
     patch_ctx_free(p);
@@ -369,8 +850,13 @@ static void flush_batch(tw_conduit *cd) {
   if (cd->patches) cd->patches->prev = p;
   cd->patches = p;
   tw_error err;
-  if (tw_helix_urgent(c, "PATCH", "/eventsub/conduits/shards", body, strlen(body), on_patch, p, &err) != 0) {
+  if (!body || tw_helix_urgent(c, "PATCH", "/eventsub/conduits/shards", body, strlen(body), on_patch, p, &err) != 0) {
+    if (!body) tw_err_set(&err, "no_memory", 0, "out of memory building Update Conduit Shards");
     conduit_error(cd, NULL, &err);
+    for (int i = 0; i < p->n; i++) {
+      tr_clear(&p->shards[i]->inflight);
+      uv_timer_start(&p->shards[i]->timer, on_shard_timer, 1000, 0); /* try again */
+    }
     patch_ctx_free(p);
   } else {
     cd->pending++;
@@ -383,7 +869,7 @@ static void on_batch_timer(uv_timer_t *t) {
   if (cd->closing || !cd->id) return;
   int waiting = 0, connecting = 0;
   for (int i = 0; i < cd->nshards; i++) {
-    waiting += cd->shards[i]->in_batch;
+    waiting += cd->shards[i]->queued;
     connecting += strcmp(cd->shards[i]->state, "connecting") == 0;
   }
   uint64_t now = uv_now(cd->c->loop);
@@ -396,7 +882,6 @@ static void on_batch_timer(uv_timer_t *t) {
   if (waiting > 0) {
     if (connecting == 0 || now - cd->batch_since >= 1000) {
       flush_batch(cd);
-      waiting = 0;
     } else {
       uv_timer_start(&cd->batch_timer, on_batch_timer, 20, 0);
       return;
@@ -410,13 +895,378 @@ static void schedule_batch(tw_conduit *cd) {
   if (!uv_is_active((uv_handle_t *)&cd->batch_timer)) uv_timer_start(&cd->batch_timer, on_batch_timer, 0, 0);
 }
 
+/* ---- verification: Get Conduit Shards against what this process believes ---- */
+static void verify_start(tw_conduit *cd);
+static void verify_page(tw_conduit *cd, const char *cursor);
+
+static void on_verify_timer(uv_timer_t *t) { verify_start(t->data); }
+
+/* Arms the verification timer to fire in ms, unless it fires sooner already. */
+static void verify_arm(tw_conduit *cd, uint64_t ms) {
+  if (cd->closing || cd->c->freeing) return;
+  if (uv_is_active((uv_handle_t *)&cd->verify_timer) && uv_timer_get_due_in(&cd->verify_timer) <= ms) return;
+  uv_timer_start(&cd->verify_timer, on_verify_timer, ms, 0);
+}
+
+static void verify_soon(tw_conduit *cd, uint64_t ms) { verify_arm(cd, ms); }
+
+static void verify_periodic(tw_conduit *cd) {
+  double iv = cd->c->verify_interval_s;
+  if (iv <= 0) return;
+  /* jittered by +-10% so processes sharing a conduit spread their reads */
+  double j = 0.9 + 0.2 * (double)(tw_rand(&cd->c->rng) % 1000) / 1000.0;
+  verify_arm(cd, (uint64_t)(iv * j * 1000));
+}
+
+static void verify_first(tw_conduit *cd) { verify_arm(cd, 1000); }
+
+static bool settled(const tw_conduit *cd, const tw_shard *s) {
+  return !s->releasing && !s->queued && s->inflight.kind == TW_TRANSPORT_NONE && s->want.kind != TW_TRANSPORT_NONE &&
+         tr_eq(&s->want, &s->assigned) && s->assigned_seq <= cd->verify_seq && strcmp(s->state, "enabled") == 0;
+}
+
+static void shard_lost(tw_shard *s, const tw_transport_info *tw) {
+  tw_conduit *cd = s->cd;
+  s->stats.lost++;
+  tw_error e;
+  const char *theirs = tw->session_id && *tw->session_id ? tw->session_id : tw->callback;
+  tw_err_set(&e, "shard_lost", 0, "shard %s: Twitch shows %s %s (status %s); this process has %s", s->id,
+             tw->method ? tw->method : "no transport", theirs ? theirs : "-", tw->status ? tw->status : "not listed",
+             s->want.session_id ? s->want.session_id : (s->want.callback ? s->want.callback : "-"));
+  tw_event ev = {.type = TW_EV_SHARD_LOST, .conduit = cd, .shard = s, .status = tw->status, .error = &e, .twitch = tw};
+  tw_emit(cd->c, &ev);
+  /* the reaction is a hook: a handler may have held or released the shard */
+  tw_shard *again = NULL;
+  for (int i = 0; i < cd->nshards; i++)
+    if (cd->shards[i] == s) again = s;
+  if (!again || cd->closing || s->releasing || s->held || cd->lost_policy == TW_LOST_REPORT) return;
+  tr_clear(&s->assigned); /* Twitch does not have it: send it again */
+  s->state = "assigning";
+  want_changed(s);
+}
+
+static void verify_end(tw_conduit *cd, const tw_error *err) {
+  cd->verifying = false;
+  for (tw_op *op = cd->ops, *nx; op; op = nx) {
+    nx = op->next;
+    if (op->kind == OP_VERIFY && op->started) {
+      op_finish(op, err);
+      nx = cd->ops; /* the list may have changed: start over (finished ops are gone) */
+      if (cd->closing) return;
+    }
+  }
+  if (cd->closing) return;
+  if (cd->verify_again) {
+    cd->verify_again = false;
+    verify_start(cd);
+    return;
+  }
+  verify_periodic(cd);
+}
+
+static void on_verify_page(void *user, const tw_response *r) {
+  tw_conduit *cd = user;
+  cd->pending--;
+  if (cd->closing) {
+    maybe_free(cd);
+    return;
+  }
+  if (r->error) {
+    tw_error e = *r->error;
+    conduit_error(cd, NULL, &e);
+    if (!cd->closing) verify_end(cd, &e);
+    return;
+  }
+  tw_json *d = r->body;
+  tw_jnode data = d ? tw_json_get(d, 0, "data", 4) : TW_JNONE;
+  if (!d || data == TW_JNONE || tw_json_type(d, data) != TW_JSON_ARR) {
+    tw_error e;
+    tw_err_set(&e, "bad_response", r->status, "Get Conduit Shards answered without a data array");
+    conduit_error(cd, NULL, &e);
+    if (!cd->closing) verify_end(cd, &e);
+    return;
+  }
+  size_t listed = 0;
+  for (tw_jnode e = tw_json_first(d, data); e != TW_JNONE && !cd->closing; e = tw_json_next(d, e)) {
+    listed++;
+    tw_shard *s = tw_conduit_find_shard(cd, tw_json_str(d, tw_json_get(d, e, "id", 2), NULL));
+    if (!s) continue; /* another process's shard */
+    tw_jnode t = tw_json_get(d, e, "transport", 9);
+    tw_transport_info tw = {.method = tw_json_str(d, tw_json_get(d, t, "method", 6), NULL),
+                            .session_id = tw_json_str(d, tw_json_get(d, t, "session_id", 10), NULL),
+                            .callback = tw_json_str(d, tw_json_get(d, t, "callback", 8), NULL),
+                            .status = tw_json_str(d, tw_json_get(d, e, "status", 6), NULL)};
+    if (!settled(cd, s)) continue;
+    bool same;
+    if (s->assigned.kind == TW_TRANSPORT_WEBHOOK)
+      same = streq0(tw.method, "webhook") && streq0(tw.callback, s->assigned.callback) &&
+             (streq0(tw.status, "enabled") || streq0(tw.status, "webhook_callback_verification_pending"));
+    else
+      same = streq0(tw.method, "websocket") && streq0(tw.session_id, s->assigned.session_id) &&
+             streq0(tw.status, "enabled");
+    if (same) continue;
+    shard_lost(s, &tw);
+  }
+  if (cd->closing) return;
+  const char *cursor = tw_json_str(d, tw_json_getp(d, 0, "pagination.cursor"), NULL);
+  if (cursor && *cursor && listed > 0) {
+    verify_page(cd, cursor);
+    return;
+  }
+  verify_end(cd, NULL);
+}
+
+static void verify_page(tw_conduit *cd, const char *cursor) {
+  char path[1024];
+  int n = snprintf(path, sizeof path, "/eventsub/conduits/shards?conduit_id=%s&first=100", cd->id);
+  if (cursor) {
+    /* cursors are opaque: percent-encode anything beyond the unreserved set */
+    for (const unsigned char *q = (const unsigned char *)cursor; *q && n < (int)sizeof path - 8; q++) {
+      if (q == (const unsigned char *)cursor) n += snprintf(path + n, sizeof path - (size_t)n, "&after=");
+      bool plain = (*q >= 'A' && *q <= 'Z') || (*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '-' ||
+                   *q == '_' || *q == '.' || *q == '~';
+      n += plain ? snprintf(path + n, sizeof path - (size_t)n, "%c", *q)
+                 : snprintf(path + n, sizeof path - (size_t)n, "%%%02X", *q);
+    }
+  }
+  tw_error err;
+  if (tw_helix(cd->c, "GET", path, NULL, 0, on_verify_page, cd, &err) != 0) {
+    conduit_error(cd, NULL, &err);
+    if (!cd->closing) verify_end(cd, &err);
+    return;
+  }
+  cd->pending++;
+}
+
+static void verify_start(tw_conduit *cd) {
+  if (cd->closing || !cd->id || !cd->started) return;
+  if (cd->verifying) {
+    cd->verify_again = true;
+    return;
+  }
+  uv_timer_stop(&cd->verify_timer);
+  cd->verifying = true;
+  cd->verify_seq = cd->seq;
+  for (tw_op *op = cd->ops; op; op = op->next)
+    if (op->kind == OP_VERIFY) op->started = true;
+  verify_page(cd, NULL);
+}
+
+int tw_conduit_verify(tw_conduit *cd, tw_op_fn cb, void *user, tw_error *err) {
+  if (!cd || cd->closing) {
+    tw_err_set(err, "closed", 0, "the conduit is closed");
+    return TW_ECLOSED;
+  }
+  if (!cd->started) {
+    tw_err_set(err, "busy", 0, "the conduit is still opening");
+    return TW_EINVAL;
+  }
+  if (cb && !op_new(cd, OP_VERIFY, NULL, cb, user)) {
+    tw_err_set(err, "no_memory", 0, "out of memory");
+    return TW_ENOMEM;
+  }
+  if (cd->verifying) cd->verify_again = true; /* the running one started before this call */
+  else verify_arm(cd, 0);
+  return 0;
+}
+
+/* ---- operations on the shard set ---- */
+static int op_refuse(tw_error *err, int rc, const char *code, const char *msg) {
+  tw_err_set(err, code, 0, "%s", msg);
+  return rc;
+}
+
+static int check_shard_op(tw_shard *s, tw_error *err) {
+  if (!s || s->cd->closing) return op_refuse(err, TW_ECLOSED, "closed", "the shard's conduit is closed");
+  if (s->releasing) return op_refuse(err, TW_ECLOSED, "closed", "the shard is being released");
+  if (s->op) return op_refuse(err, TW_EINVAL, "busy", "another operation is changing this shard");
+  return 0;
+}
+
+/* add: completes once every new shard has been enabled */
+static void add_check(tw_conduit *cd) {
+  for (tw_op *op = cd->ops; op; op = op->next) {
+    if (op->kind != OP_ADD || !op->started) continue;
+    bool all = true;
+    for (size_t i = 0; i < op->n && all; i++) all = op->shards[i]->ever_enabled;
+    if (all) {
+      op_finish(op, NULL);
+      if (!cd->closing) add_check(cd); /* the list changed: look again */
+      return;
+    }
+  }
+}
+
+static void add_connect(tw_op *op) {
+  op->started = true;
+  for (size_t i = 0; i < op->n && !op->cd->closing; i++)
+    if (!op->shards[i]->cur && !op->shards[i]->releasing) shard_connect(op->shards[i]);
+}
+
+static void on_add_resized(void *user, const tw_response *r) {
+  tw_op *op = user;
+  tw_conduit *cd = op->cd;
+  cd->pending--;
+  op->in_helix = false;
+  if (op->done) { /* finished while the request was in flight (the conduit closed) */
+    op_free_done(op);
+    maybe_free(cd);
+    return;
+  }
+  if (cd->closing) {
+    maybe_free(cd);
+    return;
+  }
+  tw_jnode first = r->body ? tw_json_at(r->body, tw_json_get(r->body, 0, "data", 4), 0) : TW_JNONE;
+  tw_jnode sc = r->body && first != TW_JNONE ? tw_json_get(r->body, first, "shard_count", 11) : TW_JNONE;
+  tw_error e;
+  if (r->error) e = *r->error;
+  else if (sc == TW_JNONE) tw_err_set(&e, "bad_response", r->status, "Update Conduits answered without data[0].shard_count");
+  if (r->error || sc == TW_JNONE) {
+    /* the new shards cannot be used: they go, and the operation fails */
+    tw_shard **list = op->shards;
+    size_t n = op->n;
+    op->shards = NULL;
+    op->n = 0;
+    op_finish(op, &e);
+    for (size_t i = 0; i < n && !cd->free_scheduled; i++) shard_remove(list[i]);
+    free(list);
+    return;
+  }
+  cd->shard_count = (int)tw_json_num(r->body, sc);
+  if (op->kind == OP_RESIZE) op_finish(op, NULL);
+  else add_connect(op);
+}
+
+/* Update Conduits for an operation; the op stays allocated until the reply. */
+static int resize_request(tw_op *op, int count, tw_error *err) {
+  tw_conduit *cd = op->cd;
+  char body[160];
+  snprintf(body, sizeof body, "{\"id\":\"%s\",\"shard_count\":%d}", cd->id, count);
+  if (tw_helix(cd->c, "PATCH", "/eventsub/conduits", body, strlen(body), on_add_resized, op, err) != 0) return -1;
+  op->in_helix = true;
+  cd->pending++;
+  return 0;
+}
+
+int tw_conduit_add_shards(tw_conduit *cd, int n, tw_op_fn cb, void *user, size_t *first, tw_error *err) {
+  if (!cd || cd->closing) return op_refuse(err, TW_ECLOSED, "closed", "the conduit is closed");
+  if (!cd->started) return op_refuse(err, TW_EINVAL, "busy", "the conduit is still opening");
+  long top = cd->nshards ? cd->shards[cd->nshards - 1]->idn : cd->offset - 1;
+  if (n < 1 || top + 1 + n > 20000)
+    return op_refuse(err, TW_EINVAL, "invalid_argument", "a conduit has at most 20000 shards; n must be >= 1");
+  tw_op *op = op_new(cd, OP_ADD, NULL, cb, user);
+  if (op) op->shards = calloc((size_t)n, sizeof *op->shards);
+  if (!op || !op->shards) {
+    if (op) op_unlink_free(op);
+    return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
+  }
+  for (int i = 0; i < n; i++) {
+    tw_shard *s = shard_new(cd, top + 1 + i);
+    if (!s) {
+      for (size_t k = 0; k < op->n; k++) shard_remove(op->shards[k]);
+      op_unlink_free(op);
+      return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
+    }
+    op->shards[op->n++] = s;
+  }
+  if (first) *first = (size_t)(cd->nshards - n);
+  int need = (int)(top + 1 + n);
+  if (cd->shard_count < need) {
+    if (resize_request(op, need, err) != 0) {
+      for (size_t k = 0; k < op->n; k++) shard_remove(op->shards[k]);
+      op_unlink_free(op);
+      return TW_EIO;
+    }
+  } else {
+    add_connect(op);
+  }
+  return 0;
+}
+
+int tw_conduit_resize(tw_conduit *cd, int count, tw_op_fn cb, void *user, tw_error *err) {
+  if (!cd || cd->closing) return op_refuse(err, TW_ECLOSED, "closed", "the conduit is closed");
+  if (!cd->id) return op_refuse(err, TW_EINVAL, "busy", "the conduit is still opening");
+  if (count < 1 || count > 20000) return op_refuse(err, TW_EINVAL, "invalid_argument", "shard_count must be 1..20000");
+  tw_op *op = op_new(cd, OP_RESIZE, NULL, cb, user);
+  if (!op) return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
+  if (resize_request(op, count, err) != 0) {
+    op_unlink_free(op);
+    return TW_EIO;
+  }
+  return 0;
+}
+
+int tw_shard_release(tw_shard *s, tw_op_fn cb, void *user, tw_error *err) {
+  int rc = check_shard_op(s, err);
+  if (rc) return rc;
+  if (!op_new(s->cd, OP_RELEASE, s, cb, user)) return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
+  s->releasing = true;
+  s->queued = false;
+  s->state = "releasing";
+  uv_timer_stop(&s->timer);
+  tw_session *ss[3] = {s->cur, s->next, s->old};
+  for (int k = 0; k < 3; k++)
+    if (ss[k]) tw_ws_close(ss[k], 1000); /* with the handshake: frames already written arrive */
+  if (!s->cur && !s->next && !s->old) uv_timer_start(&s->timer, on_shard_timer, 0, 0);
+  return 0;
+}
+
+int tw_shard_point_at(tw_shard *s, tw_shard *target, tw_op_fn cb, void *user, tw_error *err) {
+  int rc = check_shard_op(s, err);
+  if (rc) return rc;
+  if (!target || target == s || target->cd != s->cd || target->releasing)
+    return op_refuse(err, TW_EINVAL, "invalid_argument", "the target must be another live shard of the same conduit");
+  if (target->want.kind == TW_TRANSPORT_NONE)
+    return op_refuse(err, TW_EINVAL, "busy", "the target shard has no transport yet");
+  tw_op *op = op_new(s->cd, OP_POINT, s, cb, user);
+  if (!op) return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
+  op->count = s->held;
+  s->held = true; /* its own socket is no longer cared for */
+  tr_copy(&s->want, &target->want);
+  want_changed(s);
+  if (tr_eq(&s->want, &s->assigned) && s->inflight.kind == TW_TRANSPORT_NONE)
+    uv_timer_start(&s->timer, on_shard_timer, 0, 0); /* already there: completes from the loop */
+  return 0;
+}
+
+int tw_shard_handover(tw_shard *s, tw_op_fn cb, void *user, tw_error *err) {
+  int rc = check_shard_op(s, err);
+  if (rc) return rc;
+  if (!s->cur || !tw_ws_welcomed(s->cur) || s->next || s->pointed)
+    return op_refuse(err, TW_EINVAL, "busy", "the shard has no settled socket of its own to hand over");
+  tw_op *op = op_new(s->cd, OP_HANDOVER, s, cb, user);
+  if (!op) return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
+  s->next = open_session(s, NULL);
+  s->next_is_reconnect = false;
+  if (!s->next) {
+    op_unlink_free(op);
+    s->op = NULL;
+    return op_refuse(err, TW_EINVAL, "websocket_url", "cannot connect to the EventSub websocket URL");
+  }
+  return 0;
+}
+
+int tw_shard_hold(tw_shard *s, int held) {
+  if (!s || s->cd->closing || s->releasing) return TW_ECLOSED;
+  bool was = s->held;
+  s->held = held != 0;
+  if (was && !s->held) {
+    s->pointed = false;
+    if (!s->cur && !s->next) uv_timer_start(&s->timer, on_shard_timer, 0, 0);
+    else want_changed(s);
+  }
+  return 0;
+}
+
 /* ---- opening: find/create/resize, then connect ---- */
 static void start_shards(tw_conduit *cd) {
-  tw_event ev = {.type = TW_EV_CONDUIT_STARTED, .conduit = cd, .metadata = TW_JNONE, .subscription = TW_JNONE,
-                 .event = TW_JNONE};
+  cd->started = true;
+  tw_event ev = {.type = TW_EV_CONDUIT_STARTED, .conduit = cd};
   tw_emit(cd->c, &ev);
   if (cd->closing) return; /* a handler closed it */
-  for (int i = 0; i < cd->nshards; i++) shard_connect(cd->shards[i]);
+  for (int i = 0; i < cd->nshards && !cd->closing; i++)
+    if (!cd->shards[i]->cur && !cd->shards[i]->releasing) shard_connect(cd->shards[i]);
   if (cd->nshards == 0) check_ready(cd);
 }
 
@@ -459,33 +1309,57 @@ static void on_conduit(void *user, const tw_response *r) {
 }
 
 static void resize_or_start(tw_conduit *cd) {
-  int need = cd->total_wanted ? cd->total_wanted : cd->offset + cd->nshards;
+  int need = cd->total_wanted ? cd->total_wanted : cd->offset + cd->initial;
   bool resize = cd->total_wanted ? cd->shard_count != cd->total_wanted : cd->shard_count < need;
-  if (!resize) { start_shards(cd); return; }
+  if (!resize) {
+    start_shards(cd);
+    return;
+  }
   char body[160];
   snprintf(body, sizeof body, "{\"id\":\"%s\",\"shard_count\":%d}", cd->id, need);
   tw_error err;
-  if (tw_helix(cd->c, "PATCH", "/eventsub/conduits", body, strlen(body), on_conduit, cd, &err) != 0)
-    { fail_open(cd, &err); return; }
+  if (tw_helix(cd->c, "PATCH", "/eventsub/conduits", body, strlen(body), on_conduit, cd, &err) != 0) {
+    fail_open(cd, &err);
+    return;
+  }
   cd->pending++;
 }
 
 static void on_listed(void *user, const tw_response *r) {
   tw_conduit *cd = user;
   cd->pending--;
-  if (cd->closing) { maybe_free(cd); return; }
-  if (r->error) { fail_open(cd, r->error); return; }
+  if (cd->closing) {
+    maybe_free(cd);
+    return;
+  }
+  if (r->error) {
+    fail_open(cd, r->error);
+    return;
+  }
   tw_json *d = r->body;
   tw_jnode data = d ? tw_json_get(d, 0, "data", 4) : TW_JNONE;
   for (tw_jnode e = tw_json_first(d, data); d && data != TW_JNONE && e != TW_JNONE; e = tw_json_next(d, e)) {
     if (tw_json_streq(d, tw_json_get(d, e, "id", 2), cd->id)) {
       take_conduit(cd, r, e);
-      { resize_or_start(cd); return; }
+      resize_or_start(cd);
+      return;
     }
   }
   tw_error err;
   tw_err_set(&err, "not_found", 404, "conduit %s does not exist for this client id", cd->id);
   fail_open(cd, &err);
+}
+
+static void conduit_free_cb(uv_handle_t *h) {
+  tw_conduit *cd = h->data;
+  free(cd->shards);
+  free(cd->id);
+  free(cd);
+}
+
+static void verify_timer_closed(uv_handle_t *h) {
+  tw_conduit *cd = h->data;
+  uv_close((uv_handle_t *)&cd->batch_timer, conduit_free_cb);
 }
 
 tw_conduit *tw_conduit_open(tw_client *c, const tw_conduit_opts *o, tw_error *err) {
@@ -507,36 +1381,29 @@ tw_conduit *tw_conduit_open(tw_client *c, const tw_conduit_opts *o, tw_error *er
     return NULL;
   }
   tw_conduit *cd = calloc(1, sizeof *cd);
-  if (!cd) goto nomem;
+  if (!cd) {
+    tw_err_set(err, "no_memory", 0, "out of memory");
+    return NULL;
+  }
   cd->c = c;
   cd->offset = o->offset;
-  cd->nshards = o->shards;
+  cd->initial = o->shards;
   cd->total_wanted = o->total;
   cd->state = "starting";
   cd->id = o->id ? tw_strdup(o->id) : NULL;
-  cd->shards = calloc((size_t)(o->shards ? o->shards : 1), sizeof *cd->shards);
-  if (!cd->shards) goto nomem;
   uv_timer_init(c->loop, &cd->batch_timer);
   cd->batch_timer.data = cd;
-  for (int i = 0; i < o->shards; i++) {
-    tw_shard *s = calloc(1, sizeof *s);
-    if (!s) {
-      cd->nshards = i;
-      cd->closing = true;
+  uv_timer_init(c->loop, &cd->verify_timer);
+  cd->verify_timer.data = cd;
+  cd->next = c->conduits;
+  c->conduits = cd;
+  for (int i = 0; i < o->shards; i++)
+    if (!shard_new(cd, o->offset + i)) {
+      cd->silent = true;
       tw_conduit_close(cd);
       tw_err_set(err, "no_memory", 0, "out of memory");
       return NULL;
     }
-    s->cd = cd;
-    snprintf(s->id, sizeof s->id, "%d", o->offset + i);
-    s->state = "idle";
-    snprintf(s->status, sizeof s->status, "unknown");
-    uv_timer_init(c->loop, &s->timer);
-    s->timer.data = s;
-    cd->shards[i] = s;
-  }
-  cd->next = c->conduits;
-  c->conduits = cd;
   int rc;
   if (cd->id) {
     rc = tw_helix(c, "GET", "/eventsub/conduits", NULL, 0, on_listed, cd, err);
@@ -552,51 +1419,25 @@ tw_conduit *tw_conduit_open(tw_client *c, const tw_conduit_opts *o, tw_error *er
   }
   cd->pending++;
   return cd;
-nomem:
-  if (cd) {
-    free(cd->id);
-    free(cd->shards);
-    free(cd);
-  }
-  tw_err_set(err, "no_memory", 0, "out of memory");
-  return NULL;
 }
 
 /* ---- closing and freeing ---- */
-static void shard_free_cb(uv_handle_t *h) {
-  tw_shard *s = h->data;
-  free(s->assigned);
-  free(s);
-}
-
-static void conduit_free_cb(uv_handle_t *h) {
-  tw_conduit *cd = h->data;
-  free(cd->shards);
-  free(cd->id);
-  free(cd);
-}
-
 static void do_free(tw_conduit *cd) {
   tw_client *c = cd->c;
   while (cd->patches) patch_ctx_free(cd->patches);
+  while (cd->ops) op_unlink_free(cd->ops);
+  while (cd->done_ops) op_free_done(cd->done_ops);
   for (tw_conduit **pp = &c->conduits; *pp; pp = &(*pp)->next)
     if (*pp == cd) {
       *pp = cd->next;
       break;
     }
-  for (int i = 0; i < cd->nshards; i++) {
-    tw_shard *s = cd->shards[i];
-    tw_event ev = {.type = TW_EV_FREED, .conduit = cd, .shard = s, .metadata = TW_JNONE, .subscription = TW_JNONE,
-                   .event = TW_JNONE};
-    if (!cd->silent) tw_emit(c, &ev);
-    uv_timer_stop(&s->timer);
-    uv_close((uv_handle_t *)&s->timer, shard_free_cb);
-  }
-  tw_event ev = {.type = TW_EV_FREED, .conduit = cd, .metadata = TW_JNONE, .subscription = TW_JNONE,
-                 .event = TW_JNONE};
+  while (cd->nshards > 0) shard_remove(cd->shards[cd->nshards - 1]);
+  tw_event ev = {.type = TW_EV_FREED, .conduit = cd};
   if (!cd->silent) tw_emit(c, &ev);
   uv_timer_stop(&cd->batch_timer);
-  uv_close((uv_handle_t *)&cd->batch_timer, conduit_free_cb);
+  uv_timer_stop(&cd->verify_timer);
+  uv_close((uv_handle_t *)&cd->verify_timer, verify_timer_closed);
 }
 
 static void on_free_timer(uv_timer_t *t) { maybe_free(t->data); }
@@ -618,21 +1459,28 @@ void tw_conduit_close(tw_conduit *cd) {
   cd->closing = true;
   if (first) {
     cd->state = "closed";
+    uv_timer_stop(&cd->verify_timer);
     for (int i = 0; i < cd->nshards; i++) {
       tw_shard *s = cd->shards[i];
       uv_timer_stop(&s->timer);
       tw_session *ss[3] = {s->cur, s->next, s->old};
       for (int k = 0; k < 3; k++)
         if (ss[k]) {
-          tw_ws_close(ss[k], 1000);
-          tw_ws_detach(ss[k]);
+          tw_ws_close(ss[k], 1000); /* with the handshake; what still arrives goes to the client */
+          tw_ws_set_owner(ss[k], NULL, NULL, NULL);
         }
       s->cur = s->next = s->old = NULL;
       s->state = "closed";
-      s->in_batch = false;
+      s->queued = false;
     }
+    finish_all_ops(cd, "the conduit was closed");
   }
   maybe_free(cd);
+}
+
+void tw_conduits_close_all(tw_client *c) {
+  for (tw_conduit *cd = c->conduits; cd; cd = cd->next)
+    if (!cd->closing) tw_conduit_close(cd);
 }
 
 void tw_conduits_free_all(tw_client *c) {
@@ -642,6 +1490,9 @@ void tw_conduits_free_all(tw_client *c) {
     cd->closing = false;
     cd->free_scheduled = false;
     tw_conduit_close(cd);
-    if (c->conduits == cd) do_free(cd); /* not freed through maybe_free: force */
+    if (c->conduits == cd) {
+      cd->free_scheduled = true;
+      do_free(cd); /* not freed through maybe_free: force */
+    }
   }
 }

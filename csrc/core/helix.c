@@ -145,7 +145,7 @@ static void on_token(void *user, const tw_http_result *r) {
       double exp = ei != TW_JNONE ? tw_json_num(d, ei) : 0;
       set_token(hx, tok, n, exp);
       tw_json_unref(d);
-      tw_event ev = {.type = TW_EV_TOKEN, .metadata = TW_JNONE, .subscription = TW_JNONE, .event = TW_JNONE};
+      tw_event ev = {.type = TW_EV_TOKEN};
       tw_emit(c, &ev);
       pump(hx);
       return;

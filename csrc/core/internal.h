@@ -76,27 +76,42 @@ void tw_helix_state_closing(tw_helix_state *hx);
 int tw_helix_urgent(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
                     tw_response_fn cb, void *user, tw_error *err); /* stop sending; cancelled replies are ignored */
 
-/* ---- websocket sessions (ws.c) ---- */
+/* ---- websocket sessions (ws.c) ----
+ * A session is one EventSub websocket. It knows nothing of shards: it reports to its
+ * owner through tw_session_ops (a shard today, the plain websocket mode later). Reports
+ * come from the loop, never from inside the call that caused them; `closed` is the last
+ * one. A session without an owner delivers its messages to the client alone. */
 typedef struct tw_session tw_session;
+typedef struct tw_session_ops {
+  void (*welcome)(void *owner, tw_session *ss, const char *session_id);
+  void (*reconnect)(void *owner, tw_session *ss, const char *url); /* session_reconnect */
+  void (*message)(void *owner, tw_session *ss, tw_msg *m);         /* notification, revocation */
+  void (*keepalive)(void *owner, tw_session *ss);
+  void (*error)(void *owner, tw_session *ss, const tw_error *e);   /* bad messages, protocol */
+  void (*closed)(void *owner, tw_session *ss, int close_code, const char *why);
+} tw_session_ops;
 int tw_ws_init(tw_client *c, tw_error *err);
 void tw_ws_destroy_begin(tw_client *c);
 void tw_ws_destroy_end(tw_client *c);
-/* Opens a session for shard s at url (NULL: the client's eventsub_ws + keepalive). */
-tw_session *tw_ws_open(tw_shard *s, const char *url, bool is_reconnect);
-/* Closes a session with a normal close frame (async); the session reports
- * tw_shard_session_gone when its socket is gone. */
+/* Opens a session at url (NULL: the client's eventsub_ws + keepalive). `bytes` (may be
+ * NULL) counts the payload bytes of the messages received. NULL when the URL is unusable. */
+tw_session *tw_ws_open(tw_client *c, const char *url, const tw_session_ops *ops, void *owner, uint64_t *bytes);
+/* Closes with a close handshake (async): frames that arrive until the server's close
+ * frame are still reported; then the owner gets `closed`. */
 void tw_ws_close(tw_session *ss, int code);
-void tw_ws_detach(tw_session *ss); /* forget the shard: no more callbacks into it */
+/* Changes who gets the reports (NULL ops: nobody; messages go to the client alone). */
+void tw_ws_set_owner(tw_session *ss, const tw_session_ops *ops, void *owner, uint64_t *bytes);
 const char *tw_ws_session_id(const tw_session *ss);
+bool tw_ws_welcomed(const tw_session *ss);
+/* Close frames to every session, then (tw_ws_wait_closed) run the loop until they are gone
+ * or max_ms passed. */
+void tw_ws_close_all(tw_client *c, int code);
+size_t tw_ws_live(const tw_client *c);
 
-/* ---- conduit pool (conduit.c), called by ws.c ---- */
-void tw_shard_on_welcome(tw_shard *s, tw_session *ss, const char *session_id);
-void tw_shard_on_reconnect_request(tw_shard *s, tw_session *ss, const char *url);
-void tw_shard_on_closed(tw_shard *s, tw_session *ss, int close_code, const char *why);
-void tw_shard_count_keepalive(tw_shard *s);
-tw_client *tw_shard_client(const tw_shard *s);
-void tw_shard_deliver(tw_shard *s, tw_event *ev);
+/* ---- conduit pool (conduit.c) ---- */
 void tw_conduits_free_all(tw_client *c);
+/* Notifies every conduit that the client is closing (sockets get close frames). */
+void tw_conduits_close_all(tw_client *c);
 
 /* ---- the client (client.c) ---- */
 struct tw_client {
@@ -114,6 +129,7 @@ struct tw_client {
   double wall_base;    /* wall clock minus loop time, for the replay guard */
   uint64_t wall_at_ms; /* loop time wall_base was taken at (0: never) */
   double validate_interval_s;
+  double verify_interval_s; /* conduit verification period (0: only after changes) */
   int http_retries, http_max_inflight, patch_batch;
   size_t max_message_bytes;
 
@@ -125,7 +141,8 @@ struct tw_client {
   tw_dedupe *dedupe;
   tw_json_pool *doc_pool; /* EventSub messages' memory, recycled (ws.c) */
   struct lws_context *lws;
-  bool lws_ok;
+  struct tw_session *sessions; /* every live session (ws.c) */
+  size_t nsessions;
   void *ssl_ctx; /* SSL_CTX for wss, made on first use */
 
   struct tw_conduit *conduits; /* list */
@@ -136,9 +153,10 @@ struct tw_client {
 
 /* Emits an event to the host's handler: the one place every event passes. */
 void tw_emit(tw_client *c, const tw_event *ev);
-/* Delivers a notification or revocation: de-duplication, the replay guard, counters,
- * then tw_emit. Every message from any transport goes through here. */
-void tw_client_deliver(tw_client *c, tw_event *ev, uint64_t *dup_counter);
+/* Delivers a notification or revocation from any transport: de-duplication, the replay
+ * guard, counters, then tw_emit. Every message goes through here. Returns true when it
+ * was delivered (not a duplicate, not stale). */
+bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *s, uint64_t *dup_counter);
 /* Emits TW_EV_ERROR. */
 void tw_emit_error(tw_client *c, tw_conduit *cd, tw_shard *s, const tw_error *e);
 /* Wall-clock seconds (for Ratelimit-Reset and timestamps). */

@@ -119,30 +119,83 @@ TW_API void tw_client_get_stats(const tw_client *c, tw_client_stats *out);
 /* Events: every event the client produces passes through one handler.                  */
 
 typedef enum tw_event_type {
-  TW_EV_NOTIFICATION = 1, /* doc/metadata/subscription/event set; shard set */
-  TW_EV_REVOCATION,       /* doc/metadata/subscription set; status = subscription status */
+  TW_EV_NOTIFICATION = 1, /* msg set; conduit/shard set when it came on one */
+  TW_EV_REVOCATION,       /* msg set; status = the subscription's status */
   TW_EV_READY,            /* conduit: every shard of this process enabled for the first time */
-  TW_EV_SHARD_ENABLED,    /* shard assigned to its (new) session */
-  TW_EV_SHARD_DISABLED,   /* shard lost its session; status = websocket_* reason, error set */
+  TW_EV_SHARD_ENABLED,    /* shard assigned to its (new) transport: after every (re)assignment */
+  TW_EV_SHARD_DISABLED,   /* shard lost its transport: once per outage (the failed reconnect
+                             attempts that follow are counted in tw_shard_stats, not emitted);
+                             status = websocket_* reason, error set; tw_shard_state is already
+                             the new state */
   TW_EV_RECONNECT,        /* session_reconnect completed on a new socket; shard set */
   TW_EV_ERROR,            /* error set; conduit/shard set when it concerns them */
   TW_EV_TOKEN,            /* a new app token is in use */
   TW_EV_FREED,            /* conduit or shard is being freed: drop every pointer to it */
-  TW_EV_CONDUIT_STARTED   /* conduit: its id and shard count are known; shards connecting */
+  TW_EV_CONDUIT_STARTED,  /* conduit: its id and shard count are known; shards connecting */
+  TW_EV_SHARD_RELEASED,   /* shard released: its socket is closed; TW_EV_FREED follows */
+  TW_EV_SHARD_LOST        /* verification: Twitch points the shard elsewhere than this process
+                             believes. status = Twitch's status, twitch = Twitch's transport,
+                             error set. Unless a handler holds or releases the shard, or the
+                             conduit's lost policy is TW_LOST_REPORT, the shard is reassigned
+                             after the handlers return. */
 } tw_event_type;
+
+/* How a message reached this process. */
+typedef enum tw_transport_kind {
+  TW_TRANSPORT_NONE = 0,
+  TW_TRANSPORT_WEBSOCKET = 1,
+  TW_TRANSPORT_WEBHOOK = 2,
+  TW_TRANSPORT_QUEUE = 3
+} tw_transport_kind;
+
+/* A notification or revocation, whatever its transport: the envelope's fields, decoded
+ * once (tw_envelope_* below). Strings are NUL-terminated; when `doc` is set they may point
+ * into it, so a holder keeps them by holding a reference on doc (tw_json_ref) — or copies
+ * them. subscription/event are nodes of doc. */
+typedef struct tw_msg {
+  tw_transport_kind transport;
+  const char *message_type;      /* "notification" | "revocation" */
+  const char *id;                /* message id; NULL when none */
+  size_t id_len;
+  const char *type;              /* subscription type */
+  const char *version;           /* subscription version; NULL when absent */
+  const char *timestamp;         /* RFC 3339 message timestamp; NULL when absent */
+  tw_json *doc;                  /* the parsed document holding subscription and event */
+  tw_jnode subscription;         /* the subscription object */
+  tw_jnode event;                /* event, or the events array of batched types; TW_JNONE
+                                    for a revocation */
+  tw_jnode metadata;             /* websocket: the metadata object; TW_JNONE otherwise */
+  const char *status;            /* the subscription's status, NULL when absent */
+  int strings_in_doc;            /* 1: id, type, version, timestamp, status point into doc
+                                    (a reference on doc keeps them); 0: copy them to keep */
+} tw_msg;
+
+/* Decodes a websocket message's envelope ({metadata, payload}) into m, when it is a
+ * notification or revocation (returns 1), another message type (returns 0, *kind set
+ * to its metadata.message_type), or malformed (returns -1 with err filled). */
+TW_API int tw_envelope_decode_ws(tw_json *doc, tw_msg *m, const char **kind, tw_error *err);
+/* Decodes a body that holds {subscription, event|events} (a websocket payload, a webhook
+ * request body, a queued entry) into m's subscription/event/type/version/status; the
+ * caller sets id, timestamp, message_type and transport. Returns 0 or -1 with err. */
+TW_API int tw_envelope_decode_body(tw_json *doc, tw_jnode body, tw_msg *m, tw_error *err);
+
+/* A transport as Twitch shows it (verification): borrowed strings, NULL when absent. */
+typedef struct tw_transport_info {
+  const char *method;            /* "websocket" | "webhook" */
+  const char *session_id;
+  const char *callback;
+  const char *status;            /* the shard's status on Twitch */
+} tw_transport_info;
 
 typedef struct tw_event {
   tw_event_type type;
   tw_conduit *conduit;     /* borrowed; may be NULL */
   tw_shard *shard;         /* borrowed; may be NULL */
-  tw_json *doc;            /* the whole message (borrowed: tw_json_ref to keep it) */
-  tw_jnode metadata;       /* doc nodes, TW_JNONE when absent */
-  tw_jnode subscription;
-  tw_jnode event;          /* payload.event, or payload.events for batched types */
-  const char *message_id;  /* NUL-terminated, inside doc (valid while a reference on doc is held) */
-  const char *subscription_type;
+  const tw_msg *msg;       /* notifications and revocations (borrowed: tw_json_ref(msg->doc)
+                              to keep it); NULL otherwise */
   const char *status;      /* see above; borrowed */
   const tw_error *error;   /* borrowed; NULL when none */
+  const tw_transport_info *twitch; /* TW_EV_SHARD_LOST: what Twitch shows */
 } tw_event;
 
 typedef void (*tw_event_fn)(void *user, const tw_event *ev);
@@ -201,8 +254,8 @@ TW_API void tw_conduit_set_user(tw_conduit *cd, void *user);
 TW_API void *tw_conduit_user(const tw_conduit *cd);
 
 /* Shard state, as seen here:
- *   "idle" (waiting for backoff), "connecting", "welcomed" (awaiting assignment),
- *   "assigning", "enabled", "closed". */
+ *   "idle" (waiting for backoff, or held without a socket), "connecting", "welcomed"
+ *   (awaiting assignment), "assigning", "enabled", "releasing", "closed". */
 TW_API const char *tw_shard_id(const tw_shard *s);
 TW_API const char *tw_shard_state(const tw_shard *s);
 TW_API const char *tw_shard_status(const tw_shard *s);     /* last Twitch-side status */
@@ -218,13 +271,72 @@ typedef struct tw_shard_stats {
   uint64_t connects;      /* sockets opened */
   uint64_t reconnects;    /* session_reconnect handled */
   uint64_t assignments;   /* successful PATCHes of this shard */
+  uint64_t assign_errors; /* per-shard errors and failed PATCHes for this shard */
   uint64_t bytes;         /* websocket payload bytes received */
+  uint64_t outages;       /* times the shard was disabled (TW_EV_SHARD_DISABLED) */
+  uint64_t failed_connects; /* sockets that ended before being assigned */
+  uint64_t lost;          /* verifications that found Twitch pointing elsewhere */
   int last_close_code;    /* 0 when none */
 } tw_shard_stats;
 TW_API void tw_shard_get_stats(const tw_shard *s, tw_shard_stats *out);
 
 /* Drops the shard's socket and connects again at once (as after a network error). */
 TW_API int tw_shard_reconnect(tw_shard *s);
+
+/* The transport Twitch should deliver this shard's events to, as this process wants it:
+ * method "websocket" with a session id, or "webhook" with a callback. Fields are borrowed
+ * and NULL when none. `assigned` is true when Twitch confirmed exactly that. */
+TW_API void tw_shard_transport(const tw_shard *s, tw_transport_info *out, int *assigned);
+TW_API int tw_shard_held(const tw_shard *s);
+
+/* ---- the changing shard set: asynchronous operations ----
+ * Each starts at once and reports once through its completion callback (NULL: none),
+ * called from the loop, never from inside the starting call. A failed start returns a
+ * TW_E* code with err filled and does not call back. Operations are refused (TW_EINVAL,
+ * code "busy") on a shard that another operation is changing. Closing the conduit
+ * completes every pending operation with the error "closed". */
+typedef struct tw_op_result {
+  const tw_error *error;   /* NULL on success */
+  tw_conduit *conduit;     /* borrowed */
+  tw_shard *shard;         /* the shard the operation was about (release, point, handover) */
+  tw_shard *const *shards; /* add: the new shards, in id order (borrowed) */
+  size_t nshards;
+} tw_op_result;
+typedef void (*tw_op_fn)(void *user, const tw_op_result *r);
+
+/* Adds n websocket shards with the next free ids, growing the conduit on Twitch first when
+ * its shard_count is too small; completes once every new shard is enabled. The new shards
+ * exist (state "idle") when the call returns: *first (may be NULL) gets the index of the
+ * first of them in tw_conduit_shard order. */
+TW_API int tw_conduit_add_shards(tw_conduit *cd, int n, tw_op_fn cb, void *user, size_t *first, tw_error *err);
+/* Sets the conduit's shard_count on Twitch (Update Conduits). Shards run here are not
+ * touched: shrinking below a shard run here leaves that shard without a slot on Twitch. */
+TW_API int tw_conduit_resize(tw_conduit *cd, int shard_count, tw_op_fn cb, void *user, tw_error *err);
+/* Closes the shard's socket with a close handshake (reading until the server's close
+ * frame, so frames already written are delivered) and never reconnects it; completes when
+ * the socket is gone, then TW_EV_SHARD_RELEASED and TW_EV_FREED are emitted. Twitch keeps
+ * the shard pointing at the closed session (websocket_disconnected). */
+TW_API int tw_shard_release(tw_shard *s, tw_op_fn cb, void *user, tw_error *err);
+/* Points shard s at the transport of shard target (of the same conduit) with one PATCH,
+ * then closes s's own socket with a close handshake; s then has no socket of its own and
+ * is held (it follows nothing target does later). Completes when the PATCH is answered. */
+TW_API int tw_shard_point_at(tw_shard *s, tw_shard *target, tw_op_fn cb, void *user, tw_error *err);
+/* Make-before-break: opens a new socket, assigns the shard to its session, then closes the
+ * old socket with a close handshake. The old socket delivers until then. Completes once
+ * the new socket is assigned (error: the old socket goes on). */
+TW_API int tw_shard_handover(tw_shard *s, tw_op_fn cb, void *user, tw_error *err);
+/* Held shards keep their socket but are not reconnected nor reassigned on their own (a
+ * close leaves them "idle", a lost verification is only reported): an operation or
+ * another owner decides. Unholding resumes the usual care. Immediate: returns 0. */
+TW_API int tw_shard_hold(tw_shard *s, int held);
+
+/* Verification: compares Get Conduit Shards with what this process believes, now (also
+ * done after bring-up, after reassignments, and every verify_interval_s). cb (may be NULL)
+ * completes when every page was read. */
+TW_API int tw_conduit_verify(tw_conduit *cd, tw_op_fn cb, void *user, tw_error *err);
+enum { TW_LOST_REASSIGN = 0, TW_LOST_REPORT = 1 };
+/* What a lost shard gets after TW_EV_SHARD_LOST: reassigned (default) or only reported. */
+TW_API void tw_conduit_set_lost_policy(tw_conduit *cd, int policy);
 
 /* ------------------------------------------------------------------------------------ */
 /* Timers on the client's loop (for bindings and hosts: sleeps, policies, deadlines)     */

@@ -11,10 +11,15 @@
  * for raw client sockets fails to start ("tls start fail"), and this way every byte
  * still goes through one path.
  *
- * A session is one socket. It parses every message once (tw_json), sends nothing but
- * pongs and a close frame, watches the keepalive, and reports to its shard: welcome,
- * session_reconnect, notifications/revocations (through tw_shard_deliver), and its end
- * (tw_shard_on_closed, deferred to a timer so the shard never re-enters itself). */
+ * A session is one socket. It parses every message once (tw_json), decodes its envelope
+ * (envelope.c), sends nothing but pongs and a close frame, watches the keepalive, and
+ * reports to its owner through tw_session_ops: welcome, session_reconnect, notifications
+ * and revocations, bad messages, and its end (deferred to a timer so the owner never
+ * re-enters itself). It knows nothing of shards or conduits.
+ *
+ * A close this side asks for is a handshake: the close frame goes out, and frames keep
+ * being read and reported until the server's close frame (or a 5 s limit), so nothing
+ * the server wrote before it saw our close is lost. */
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -30,11 +35,17 @@
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define OUT_MAX 280 /* two control frames: pongs are answered as soon as writable */
 
-enum { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSING };
+/* ST_CLOSE_SENT: our close frame is out, frames are still read until the server's close;
+ * ST_CLOSING: nothing more is read. */
+enum { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSE_SENT, ST_CLOSING };
+#define READING(ss) ((ss)->st == ST_OPEN || (ss)->st == ST_CLOSE_SENT)
 
 struct tw_session {
   tw_client *c;
-  tw_shard *shard; /* NULL once detached */
+  const tw_session_ops *ops; /* NULL: no owner */
+  void *owner;
+  uint64_t *bytes;           /* the owner's payload byte counter, or NULL */
+  struct tw_session *lnext, *lprev; /* the client's list of sessions */
   struct lws *wsi;
   uv_timer_t timer; /* welcome deadline, then keepalive watchdog, then deferred report */
   int st;              /* ST_* */
@@ -78,6 +89,11 @@ static void session_free_cb(uv_handle_t *h) {
 static void maybe_free(tw_session *ss) {
   if (!ss->reported || ss->wsi_alive || ss->freeing) return;
   ss->freeing = true;
+  tw_client *c = ss->c;
+  if (ss->lprev) ss->lprev->lnext = ss->lnext;
+  else c->sessions = ss->lnext;
+  if (ss->lnext) ss->lnext->lprev = ss->lprev;
+  c->nsessions--;
   uv_close((uv_handle_t *)&ss->timer, session_free_cb);
 }
 
@@ -86,9 +102,12 @@ static void on_report(uv_timer_t *t) {
   if (ss->reported) return;
   ss->reported = true;
   uv_timer_stop(&ss->timer);
-  tw_shard *s = ss->shard;
-  ss->shard = NULL;
-  if (s) tw_shard_on_closed(s, ss, ss->close_code, ss->why);
+  const tw_session_ops *ops = ss->ops;
+  void *owner = ss->owner;
+  ss->ops = NULL;
+  ss->owner = NULL;
+  ss->bytes = NULL;
+  if (ops && ops->closed) ops->closed(owner, ss, ss->close_code, ss->why);
   maybe_free(ss);
 }
 
@@ -142,18 +161,22 @@ static void on_watchdog(uv_timer_t *t) {
   uv_timer_start(&ss->timer, on_watchdog, ss->limit_ms - silent, 0);
 }
 
+static void report_error(tw_session *ss, const tw_error *e) {
+  if (ss->ops && ss->ops->error) ss->ops->error(ss->owner, ss, e);
+  else tw_emit_error(ss->c, NULL, NULL, e);
+}
+
 static void bad_message(tw_session *ss, const char *code, const char *fmt, const char *detail) {
-  tw_client *c = ss->c;
-  c->stats.bad_messages++;
+  ss->c->stats.bad_messages++;
   tw_error e;
   tw_err_set(&e, code, 0, fmt, detail);
-  tw_shard *s = ss->shard;
-  tw_emit_error(c, s ? tw_shard_conduit(s) : NULL, s, &e);
+  report_error(ss, &e);
 }
 
 static void handle_message(tw_session *ss, const char *p, size_t n) {
   tw_client *c = ss->c;
   ss->last_rx = uv_now(c->loop); /* any message feeds the watchdog; pings do not */
+  if (ss->bytes) *ss->bytes += n;
   char perr[128];
   tw_dedupe_prefetch(c->dedupe, p, n); /* its cache misses overlap the parse */
   tw_json *d = tw_json_parse_pooled(c->doc_pool, p, n, perr, sizeof perr);
@@ -161,61 +184,40 @@ static void handle_message(tw_session *ss, const char *p, size_t n) {
     bad_message(ss, "bad_message", "malformed message from EventSub: %s", perr);
     return;
   }
-  tw_jnode md = tw_json_get(d, 0, "metadata", 8);
-  tw_jnode pl = tw_json_get(d, 0, "payload", 7);
-  const char *type = tw_json_str(d, tw_json_get(d, md, "message_type", 12), NULL);
-  if (!type || pl == TW_JNONE) {
-    bad_message(ss, "bad_message", "%s", "EventSub message without metadata.message_type or payload");
-    tw_json_unref(d);
-    return;
-  }
-  tw_shard *s = ss->shard;
-  if (strcmp(type, "notification") == 0 || strcmp(type, "revocation") == 0) {
-    bool notif = type[0] == 'n';
-    tw_event ev = {.type = notif ? TW_EV_NOTIFICATION : TW_EV_REVOCATION,
-                   .doc = d,
-                   .metadata = md,
-                   .subscription = tw_json_get(d, pl, "subscription", 12),
-                   .event = TW_JNONE};
-    if (notif) {
-      ev.event = tw_json_get(d, pl, "event", 5);
-      if (ev.event == TW_JNONE) ev.event = tw_json_get(d, pl, "events", 6);
-    }
-    ev.message_id = tw_json_str(d, tw_json_get(d, md, "message_id", 10), NULL);
-    ev.subscription_type = tw_json_str(d, tw_json_get(d, md, "subscription_type", 17), NULL);
-    if (!ev.subscription_type) ev.subscription_type = tw_json_str(d, tw_json_get(d, ev.subscription, "type", 4), NULL);
-    ev.status = tw_json_str(d, tw_json_get(d, ev.subscription, "status", 6), NULL);
-    if (!ev.message_id || !ev.subscription_type || ev.subscription == TW_JNONE || (notif && ev.event == TW_JNONE)) {
-      bad_message(ss, "bad_message", "%s", "notification without message_id, subscription type or event");
-    } else if (s) {
-      tw_shard_deliver(s, &ev);
-    } else {
-      /* a detached session (its conduit closed): delivered without a shard */
-      tw_client_deliver(c, &ev, NULL);
-    }
+  tw_msg m;
+  const char *type = NULL;
+  tw_error e;
+  int r = tw_envelope_decode_ws(d, &m, &type, &e);
+  if (r < 0) {
+    c->stats.bad_messages++;
+    report_error(ss, &e);
+  } else if (r > 0) {
+    if (ss->ops && ss->ops->message) ss->ops->message(ss->owner, ss, &m);
+    else tw_client_deliver(c, &m, NULL, NULL, NULL); /* no owner (its conduit closed) */
   } else if (strcmp(type, "session_keepalive") == 0) {
-    if (s) tw_shard_count_keepalive(s);
+    if (ss->ops && ss->ops->keepalive) ss->ops->keepalive(ss->owner, ss);
   } else if (strcmp(type, "session_welcome") == 0) {
-    tw_jnode sess = tw_json_get(d, pl, "session", 7);
+    tw_jnode sess = tw_json_getp(d, 0, "payload.session");
     size_t idn = 0;
     const char *id = tw_json_str(d, tw_json_get(d, sess, "id", 2), &idn);
     tw_jnode ka = tw_json_get(d, sess, "keepalive_timeout_seconds", 25);
     if (!id || !idn) {
       bad_message(ss, "bad_message", "%s", "session_welcome without a session id");
-    } else {
-      free(ss->session_id);
+    } else if (!ss->welcomed) {
       ss->session_id = tw_strndup(id, idn);
       ss->welcomed = true;
       double k = ka != TW_JNONE && tw_json_type(d, ka) == TW_JSON_INT ? tw_json_num(d, ka) : 10;
       if (k < 1) k = 10;
       ss->limit_ms = (uint64_t)((k + c->keepalive_slack_s) * 1000);
       uv_timer_start(&ss->timer, on_watchdog, ss->limit_ms, 0);
-      if (s) tw_shard_on_welcome(s, ss, ss->session_id);
+      if (ss->ops && ss->ops->welcome) ss->ops->welcome(ss->owner, ss, ss->session_id);
+    } else {
+      bad_message(ss, "bad_message", "%s", "a second session_welcome on one socket (ignored)");
     }
   } else if (strcmp(type, "session_reconnect") == 0) {
-    const char *url = tw_json_str(d, tw_json_getp(d, pl, "session.reconnect_url"), NULL);
+    const char *url = tw_json_str(d, tw_json_getp(d, 0, "payload.session.reconnect_url"), NULL);
     if (!url || !*url) bad_message(ss, "bad_message", "%s", "session_reconnect without reconnect_url");
-    else if (s) tw_shard_on_reconnect_request(s, ss, url);
+    else if (ss->ops && ss->ops->reconnect) ss->ops->reconnect(ss->owner, ss, url);
   } else {
     bad_message(ss, "unknown_message", "unknown EventSub message type '%s' (ignored)", type);
   }
@@ -238,10 +240,10 @@ static void queue_frame(tw_session *ss, int opcode, const unsigned char *payload
 }
 
 static void send_close(tw_session *ss, int code) {
-  if (ss->st == ST_CLOSING) return;
+  if (ss->st != ST_OPEN) return;
   unsigned char b[2] = {(unsigned char)(code >> 8), (unsigned char)code};
   queue_frame(ss, 8, b, 2);
-  ss->st = ST_CLOSING;
+  ss->st = ST_CLOSE_SENT; /* frames are still read until the server's close frame */
   kill_after(ss, 5000); /* if the server does not end the connection soon, end it */
 }
 
@@ -308,12 +310,12 @@ static bool on_frame(tw_session *ss, int fin, int op, const unsigned char *p, si
       memcpy(ss->why, p + 2, rl);
       ss->why[rl] = 0;
     }
-    if (ss->st != ST_CLOSING) {
+    if (ss->st == ST_OPEN) { /* the server closes: answer with its code */
       unsigned char b[2] = {(unsigned char)(code >> 8), (unsigned char)code};
       if (code == 1005) queue_frame(ss, 8, NULL, 0);
       else queue_frame(ss, 8, b, 2);
-      ss->st = ST_CLOSING;
     }
+    ss->st = ST_CLOSING; /* our close was answered, or we answered theirs */
     kill_after(ss, 2000);
     return false;
   }
@@ -335,7 +337,7 @@ static bool on_frame(tw_session *ss, int fin, int op, const unsigned char *p, si
 /* Parses every complete frame in data[0..n); returns the bytes consumed. */
 static size_t parse_frames(tw_session *ss, const unsigned char *d, size_t n) {
   size_t pos = 0;
-  while (n - pos >= 2 && ss->st == ST_OPEN && !ss->gone) {
+  while (n - pos >= 2 && READING(ss) && !ss->gone) {
     const unsigned char *h = d + pos;
     int fin = h[0] >> 7, op = h[0] & 15;
     if (h[0] & 0x70) {
@@ -397,7 +399,7 @@ static size_t frame_size(const unsigned char *h, size_t n) {
  * (its header first, then its payload) before parsing resumes in place: a stream
  * of frames that straddle reads is copied once, not read-buffer by read-buffer. */
 static void on_rx(tw_session *ss, const unsigned char *in, size_t len) {
-  while (ss->pend.len > 0 && len > 0 && !ss->gone && ss->st == ST_OPEN) {
+  while (ss->pend.len > 0 && len > 0 && !ss->gone && READING(ss)) {
     size_t want = frame_size((const unsigned char *)ss->pend.p, ss->pend.len);
     size_t take = want ? want - ss->pend.len : 10 - ss->pend.len;
     if (take > len) take = len;
@@ -419,9 +421,9 @@ static void on_rx(tw_session *ss, const unsigned char *in, size_t len) {
       ss->pend.len -= used;
     }
   }
-  if (len == 0 || ss->gone || ss->st != ST_OPEN) return;
+  if (len == 0 || ss->gone || !READING(ss)) return;
   size_t used = parse_frames(ss, in, len);
-  if (used >= len || ss->gone || ss->st != ST_OPEN) return;
+  if (used >= len || ss->gone || !READING(ss)) return;
   /* room for the whole frame at once when its header is here (one allocation), for
    * frames up to PEND_KEEP; a bigger one grows as its bytes arrive, so a header alone
    * cannot make the client allocate much */
@@ -488,7 +490,7 @@ static void on_handshake_rx(tw_session *ss, const unsigned char *in, size_t len)
 
 static void on_plain(tw_session *ss, const unsigned char *in, size_t len) {
   if (ss->st == ST_HANDSHAKE) on_handshake_rx(ss, in, len);
-  else if (ss->st == ST_OPEN) on_rx(ss, in, len);
+  else if (READING(ss)) on_rx(ss, in, len);
 }
 
 static void build_request(tw_session *ss) {
@@ -711,7 +713,6 @@ int tw_ws_init(tw_client *c, tw_error *err) {
     }
     return -1;
   }
-  c->lws_ok = true;
   return 0;
 }
 
@@ -726,9 +727,8 @@ void tw_ws_destroy_end(tw_client *c) {
   c->ssl_ctx = NULL;
 }
 
-tw_session *tw_ws_open(tw_shard *s, const char *url, bool is_reconnect) {
-  tw_client *c = tw_shard_client(s);
-  if (!c->lws) return NULL;
+tw_session *tw_ws_open(tw_client *c, const char *url, const tw_session_ops *ops, void *owner, uint64_t *bytes) {
+  if (!c->lws || c->freeing) return NULL;
   char buf[2048];
   if (url) {
     snprintf(buf, sizeof buf, "%s", url);
@@ -763,7 +763,13 @@ tw_session *tw_ws_open(tw_shard *s, const char *url, bool is_reconnect) {
     return NULL;
   }
   ss->c = c;
-  ss->shard = s;
+  ss->ops = ops;
+  ss->owner = owner;
+  ss->bytes = bytes;
+  ss->lnext = c->sessions;
+  if (c->sessions) c->sessions->lprev = ss;
+  c->sessions = ss;
+  c->nsessions++;
   uv_timer_init(c->loop, &ss->timer);
   ss->timer.data = ss;
   ss->last_rx = uv_now(c->loop);
@@ -790,7 +796,6 @@ tw_session *tw_ws_open(tw_shard *s, const char *url, bool is_reconnect) {
   struct lws *w = lws_client_connect_via_info(&i);
   ss->opening = false;
   if (!w) ss->wsi_alive = false; /* no wsi left behind (destroyed already, or never made) */
-  (void)is_reconnect;
   if (!w || ss->gone) {
     /* failed before returning: report asynchronously like any other end */
     ss->wsi = NULL;
@@ -808,8 +813,18 @@ void tw_ws_close(tw_session *ss, int code) {
   else kill_wsi(ss, NULL); /* not open yet: nothing to say, just go */
 }
 
-void tw_ws_detach(tw_session *ss) {
-  if (ss) ss->shard = NULL;
+void tw_ws_set_owner(tw_session *ss, const tw_session_ops *ops, void *owner, uint64_t *bytes) {
+  if (!ss || ss->reported) return;
+  ss->ops = ops;
+  ss->owner = owner;
+  ss->bytes = bytes;
 }
 
 const char *tw_ws_session_id(const tw_session *ss) { return ss ? ss->session_id : NULL; }
+bool tw_ws_welcomed(const tw_session *ss) { return ss && ss->welcomed; }
+
+void tw_ws_close_all(tw_client *c, int code) {
+  for (tw_session *ss = c->sessions; ss; ss = ss->lnext) tw_ws_close(ss, code);
+}
+
+size_t tw_ws_live(const tw_client *c) { return c->nsessions; }

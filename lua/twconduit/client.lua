@@ -208,9 +208,17 @@ function Client:_event(kind, conduit, a, b, c, _, e)
     chain(self, nil, conduit, "revocation", c, b)
   elseif kind == "ready" or kind == "started" then
     chain(self, nil, conduit, kind, conduit)
-  elseif kind == "shard_enabled" or kind == "reconnect" then
+  elseif kind == "shard_enabled" or kind == "reconnect" or kind == "shard_released" then
     local s = wrap_shard(self, a)
+    if type(s) == "table" then
+      if kind == "shard_enabled" then s._enabled_once = true
+      elseif kind == "shard_released" then s._released = true end
+    end
     chain(self, s, conduit, kind, s)
+  elseif kind == "shard_lost" then
+    -- a: shard, b: what Twitch shows {method, session_id, callback, status}, c: error
+    local s = wrap_shard(self, a)
+    chain(self, s, conduit, kind, s, b, c)
   elseif kind == "shard_disabled" then
     local s = wrap_shard(self, a)
     chain(self, s, conduit, kind, s, b, c)

@@ -83,6 +83,43 @@ function Conduit:shard(id)
   return s
 end
 
+--- Adds n websocket shards with the next free ids, growing the conduit on Twitch when
+-- its shard_count is too small. Async: the list of the new shard objects once every one
+-- is enabled | nil, err.
+function Conduit:add_shards(n, timeout)
+  if math.type(n) ~= "integer" or n < 1 then
+    errors.argerror(1, "add_shards", "positive integer expected")
+  end
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    errors.argerror(2, "add_shards", "non-negative number expected")
+  end
+  if self._ud:closed() then return nil, errors.new("closed", "conduit is closed") end
+  local list, err = self._ud:add_shards(n)
+  if not list then return nil, err end
+  for i, s in ipairs(list) do
+    if type(s) == "userdata" then list[i] = Shard.wrap(self._client, self, s) end
+  end
+  local before = self._last_error
+  return self._client:_wait(function()
+    local all = true
+    for _, s in ipairs(list) do
+      if s._ud:closed() and not s._enabled_once then
+        local e = self._last_error
+        if e ~= before and errors.is(e) then return nil, e end
+        return nil, errors.new("closed", "a new shard was closed before it was enabled")
+      end
+      if not s._enabled_once then all = false end
+    end
+    if all then return list end
+  end, timeout, self, "the new shards to be enabled")
+end
+
+-- the shard-lifecycle verbs the operations build on (private: their public forms,
+-- sequenced for zero loss, are conduit operations)
+function Conduit:_resize(n) return self._ud:_resize(n) end
+function Conduit:_verify() return self._ud:_verify() end
+function Conduit:_lost_policy(p) return self._ud:_lost_policy(p) end
+
 -- watchers: internal functions told about every non-notification event
 function Conduit:_watch(fn) self._watchers[fn] = true end
 function Conduit:_unwatch(fn) self._watchers[fn] = nil end

@@ -11,6 +11,7 @@ M.gen = 0
 M.library = {
   notification = true, ready = true, shard_enabled = true, shard_disabled = true,
   reconnect = true, revocation = true, error = true, token = true,
+  shard_released = true, shard_lost = true,
 }
 
 local function callable(fn)

@@ -64,4 +64,26 @@ function Shard:reconnect()
   return self._ud:reconnect()
 end
 
+--- Closes the shard's socket with a close handshake and never reconnects it; the
+-- shard is removed from its conduit. Twitch keeps it pointing at the closed session.
+-- Async: true once the socket closed | nil, err.
+function Shard:release(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    errors.argerror(1, "release", "non-negative number expected")
+  end
+  if self._ud:closed() then return nil, errors.new("closed", "shard is closed") end
+  local ok, err = self._ud:release()
+  if not ok then return nil, err end
+  return self._client:_wait(function()
+    if self._released or self._ud:closed() then return true end
+  end, timeout, self._conduit, "the shard to be released")
+end
+
+-- private verbs (see Conduit:_resize)
+function Shard:_point_at(target) return self._ud:_point_at(target._ud) end
+function Shard:_handover() return self._ud:_handover() end
+function Shard:_hold(on) return self._ud:_hold(on) end
+function Shard:_held() return self._ud:_held() end
+function Shard:_transport() return self._ud:_transport() end
+
 return Shard

@@ -152,14 +152,14 @@ static void on_event(void *user, const tw_event *ev) {
   if (ev->type == TW_EV_READY) r->ready++;
   if (ev->type == TW_EV_ERROR && ev->error && strcmp(ev->error->code, "bad_message") == 0) r->bad++;
   if (ev->type != TW_EV_NOTIFICATION) return;
-  if (seen(r, ev->message_id)) r->dups++;
-  if (r->notes < 512) snprintf(r->ids[r->notes], sizeof r->ids[0], "%s", ev->message_id);
+  if (seen(r, ev->msg->id)) r->dups++;
+  if (r->notes < 512) snprintf(r->ids[r->notes], sizeof r->ids[0], "%s", ev->msg->id);
   r->notes++;
   size_t l = 0;
-  const char *big = tw_json_str(ev->doc, tw_json_get(ev->doc, ev->event, "big", 3), &l);
+  const char *big = tw_json_str(ev->msg->doc, tw_json_get(ev->msg->doc, ev->msg->event, "big", 3), &l);
   if (big && l == 70000 && big[0] == 'y' && big[l - 1] == 'y') r->big++;
-  if (strcmp(ev->subscription_type, "channel.chat.message") == 0 &&
-      tw_json_str(ev->doc, tw_json_getp(ev->doc, ev->event, "message.text"), NULL) != NULL)
+  if (strcmp(ev->msg->type, "channel.chat.message") == 0 &&
+      tw_json_str(ev->msg->doc, tw_json_getp(ev->msg->doc, ev->msg->event, "message.text"), NULL) != NULL)
     r->chat_ok++;
 }
 

@@ -23,8 +23,8 @@ static void on_event(void *user, const tw_event *ev) {
   case TW_EV_ERROR: st->errors++; fprintf(stderr, "# error: %s %d %s\n", ev->error->code, ev->error->status, ev->error->message); break;
   case TW_EV_NOTIFICATION: {
     for (int i = 0; i < st->notifications && i < 4096; i++)
-      if (strcmp(st->ids[i], ev->message_id) == 0) st->dups_seen++;
-    if (st->notifications < 4096) snprintf(st->ids[st->notifications], 40, "%s", ev->message_id);
+      if (strcmp(st->ids[i], ev->msg->id) == 0) st->dups_seen++;
+    if (st->notifications < 4096) snprintf(st->ids[st->notifications], 40, "%s", ev->msg->id);
     st->notifications++;
     break;
   }

@@ -171,9 +171,9 @@ static void on_event(void *user, const tw_event *ev) {
   }
   case TW_EV_NOTIFICATION: {
     r->notifications++;
-    if (ev->message_id && !idset_add(&r->ids, ev->message_id)) r->dup_notifications++;
+    if (ev->msg->id && !idset_add(&r->ids, ev->msg->id)) r->dup_notifications++;
     size_t bl = 0;
-    if (ev->doc && ev->event != TW_JNONE && tw_json_str(ev->doc, tw_json_get(ev->doc, ev->event, "big", 3), &bl))
+    if (ev->msg->doc && ev->msg->event != TW_JNONE && tw_json_str(ev->msg->doc, tw_json_get(ev->msg->doc, ev->msg->event, "big", 3), &bl))
       r->big_len = (int)bl;
     if (r->close_on_note && r->notifications >= r->close_at_note && ev->conduit == r->close_on_note) {
       tw_conduit *cd = r->close_on_note;
