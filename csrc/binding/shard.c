@@ -86,7 +86,7 @@ static int sh_stats(lua_State *L) {
   tw_shard_stats st;
   memset(&st, 0, sizeof st);
   tw_shard_get_stats(s, &st);
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 12);
   SET_U(notifications);
   SET_U(duplicates);
   SET_U(keepalives);
@@ -94,6 +94,10 @@ static int sh_stats(lua_State *L) {
   SET_U(reconnects);
   SET_U(assignments);
   SET_U(bytes);
+  SET_U(assign_errors);
+  SET_U(outages);
+  SET_U(failed_connects);
+  SET_U(lost);
   SET_U(last_close_code);
   return 1;
 }

@@ -1,0 +1,151 @@
+-- The shard lifecycle from Lua: shards added to and released from a running conduit
+-- under a steady stream (the emulator's ledger shows nothing lost or doubled), and one
+-- shard_disabled per outage however many reconnects fail during it.
+local H = require "spec.support.helper"
+
+describe("shard lifecycle", function()
+  local m
+  before_each(function() m = H.start_mock() end)
+  after_each(function() m:stop() end)
+
+  local function ledger_settled(total)
+    local l = assert(m:ledger())
+    return l.pending == 0 and (l.delivered + l.dropped) >= total, l
+  end
+
+  it("adds 3 shards to a running 4-shard conduit and releases 2 under a 600/s stream, losing nothing", function()
+    local client = H.client(m)
+    local c = H.ready_conduit(client, { shards = 4 })
+    local chans = H.channels(100, 5000)
+    H.subscribe_all(c, "stream.online", chans)
+    local handled, n, wrong = {}, 0, 0
+    c:on("stream.online", function(_, msg)
+      handled[msg.id] = (handled[msg.id] or 0) + 1
+      n = n + 1
+      if msg.transport ~= "websocket" then wrong = wrong + 1 end
+    end)
+    local released_events = 0
+    c:on("shard_released", function() released_events = released_events + 1 end)
+    local total = 6000
+    assert(m:stream { type = "stream.online", channels = chans, rate = 600, count = total })
+    H.wait_until(client, function() return n >= 300 end, 10, "events to flow")
+
+    local added, err = c:add_shards(3, 15)
+    assert.is_truthy(added, tostring(err))
+    assert.are.equal(3, #added)
+    local ids = {}
+    for i, s in ipairs(added) do
+      ids[i] = s.id
+      assert.are.equal("enabled", s.state)
+    end
+    assert.are.same({ "4", "5", "6" }, ids)
+    assert.are.equal(7, c.shard_count)
+    assert.are.equal(7, #c:shards())
+
+    local gone = { c:shard("1"), added[2] }
+    local sessions = { gone[1].session_id, gone[2].session_id }
+    for _, s in ipairs(gone) do
+      local ok, rerr = s:release(10)
+      assert.is_true(ok, tostring(rerr))
+    end
+    assert.are.equal(2, released_events)
+    assert.is_nil(c:shard("1"))
+    assert.is_nil(c:shard("5"))
+    assert.are.equal(5, #c:shards())
+    assert.are.equal("closed", gone[1].state)
+    local again, e2 = gone[1]:release()
+    assert.is_nil(again)
+    assert.are.equal("closed", e2.code)
+
+    local polled = 0
+    H.wait_until(client, function()
+      if client:now() - polled < 0.2 then return false end
+      polled = client:now()
+      return ledger_settled(total) and n >= total
+    end, 40, "the stream to end")
+    local _, l = ledger_settled(total)
+    assert.are.equal(total, l.delivered)
+    assert.are.equal(0, l.dropped)
+    -- every event the emulator produced was handled exactly once
+    local ledger_ids, count = H.delivered_ids(m, "stream.online")
+    assert.are.equal(total, count)
+    local missing, doubled = 0, 0
+    for id in pairs(ledger_ids) do
+      if not handled[id] then missing = missing + 1 elseif handled[id] > 1 then doubled = doubled + 1 end
+    end
+    assert.are.equal(0, missing)
+    assert.are.equal(0, doubled)
+    assert.are.equal(total, n)
+    assert.are.equal(0, wrong)
+
+    -- the released shards' sockets were closed and never reconnected
+    local closed = 0
+    for _, s in ipairs(assert(m:sessions())) do
+      for _, sid in ipairs(sessions) do
+        if s.id == sid then
+          assert.is_false(s.connected)
+          closed = closed + 1
+        end
+      end
+      if s.connected then
+        for _, a in ipairs(s.shards or {}) do
+          assert.is_true(a.shard ~= "1" and a.shard ~= "5", "a released shard came back")
+        end
+      end
+    end
+    assert.are.equal(2, closed)
+    client:close()
+  end)
+
+  it("fires shard_disabled once for a 7 s server outage with repeated failed connects", function()
+    local uv = require "luv"
+    local probe = uv.new_tcp()
+    assert(probe:bind("127.0.0.1", 0))
+    local port = probe:getsockname().port
+    probe:close()
+    uv.run("nowait")
+    local upstream = m.eventsub_ws:match("^ws://([^/]+)/")
+    local function proxy_up()
+      assert(os.execute(("socat TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork TCP:%s >/dev/null 2>&1 &")
+        :format(port, upstream)))
+    end
+    local function proxy_down()
+      os.execute(("pkill -KILL -f 'socat TCP-LISTEN:%d,' >/dev/null 2>&1"):format(port))
+    end
+    local function listening()
+      local t, up, done = uv.new_tcp(), false, false
+      t:connect("127.0.0.1", port, function(e) up, done = not e, true end)
+      local deadline = uv.now() + 2000
+      while not done and uv.now() < deadline do uv.run("once") end
+      t:close()
+      uv.run("nowait")
+      return up
+    end
+    proxy_up()
+    local client = H.client(m, { eventsub_ws = ("ws://127.0.0.1:%d/ws"):format(port) })
+    H.wait_until(client, listening, 10, "the proxy to listen")
+    local c = H.ready_conduit(client, { shards = 2 })
+    local disabled, states = {}, {}
+    c:on("shard_disabled", function(s)
+      disabled[s.id] = (disabled[s.id] or 0) + 1
+      states[#states + 1] = s.state
+    end)
+    proxy_down()
+    H.wait_until(client, function() return disabled["0"] and disabled["1"] end, 10, "both shards disabled")
+    H.drain(client, 7) -- the outage: every reconnect attempt is refused
+    local failed = 0
+    for _, s in ipairs(c:shards()) do failed = failed + s:stats().failed_connects end
+    proxy_up()
+    H.wait_until(client, function()
+      for _, s in ipairs(c:shards()) do if s.state ~= "enabled" then return false end end
+      return true
+    end, 20, "the shards to come back")
+    assert.are.equal(1, disabled["0"])
+    assert.are.equal(1, disabled["1"])
+    for _, st in ipairs(states) do assert.are.equal("idle", st) end
+    assert.is_true(failed >= 6, "reconnects failed during the outage: " .. failed)
+    for _, s in ipairs(c:shards()) do assert.are.equal(1, s:stats().outages) end
+    client:close()
+    proxy_down()
+  end)
+end)
