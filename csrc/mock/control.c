@@ -532,6 +532,18 @@ static cJSON *session_obj(session_t *s)
     if (s->disconnected_at[0])
         cJSON_AddStringToObject(o, "disconnected_at", s->disconnected_at);
     cJSON_AddNumberToObject(o, "queued", s->cur ? (double)s->cur->qlen : 0);
+    if (s->closed_by) {
+        cJSON_AddStringToObject(o, "closed_by", s->closed_by == CLOSED_BY_CLIENT ? "client" : "server");
+        if (s->close_code)
+            cJSON_AddNumberToObject(o, "close_code", s->close_code);
+        else
+            cJSON_AddNullToObject(o, "close_code");
+        cJSON_AddBoolToObject(o, "clean", s->clean);
+    } else {
+        cJSON_AddNullToObject(o, "closed_by");
+        cJSON_AddNullToObject(o, "close_code");
+        cJSON_AddNullToObject(o, "clean");
+    }
     return o;
 }
 

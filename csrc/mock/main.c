@@ -255,7 +255,7 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
             ws_pong(p->conn);
         return 0;
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        return 0;
+        return p && p->conn ? ws_peer_close(p->conn, in, len) : 0;
     case LWS_CALLBACK_CLOSED:
         if (p && p->conn) {
             ws_closed(p->conn);

@@ -159,6 +159,13 @@ typedef struct conn {
     int rc_pending;      /* reconnect_id given but unresolved (4007 check) */
     int bad_reconnect;
     int got_malformed;
+    /* how the connection ended (recorded on its session, see session_t) */
+    int peer_closed;     /* the client sent a close frame first */
+    int peer_code;       /* its code (1005 when it carried none) */
+    int acked;           /* the client answered our close frame with its own */
+    int dropped;         /* torn down with RST, no close frame */
+    int ended;           /* done with for its session (ws.c conn_end) */
+    int ended_session;   /* it was the session's connection when it ended */
 } conn_t;
 
 typedef struct session {
@@ -175,7 +182,13 @@ typedef struct session {
     char reconnect_id[ID_LEN];
     int reconnecting;
     wtimer_t t_rc; /* grace for the new connection to appear */
+    /* set when the session ends: who closed it, the close code (0 = none: a drop or a
+     * connection lost without a close frame), whether close frames went both ways */
+    int closed_by; /* 0 still connected, CLOSED_BY_CLIENT, CLOSED_BY_SERVER */
+    int close_code;
+    int clean;
 } session_t;
+enum { CLOSED_BY_CLIENT = 1, CLOSED_BY_SERVER = 2 };
 
 /* ---------- blasts and streams ---------- */
 typedef struct {
@@ -400,6 +413,7 @@ int ws_writeable(conn_t *c);
 void ws_closed(conn_t *c);
 void ws_receive(conn_t *c, int is_pong);
 void ws_pong(conn_t *c);
+int ws_peer_close(conn_t *c, const unsigned char *payload, size_t len);
 session_t *find_session(const char *id);
 void session_close(session_t *s, int code, const char *reason);
 void session_reconnect(session_t *s);
