@@ -308,7 +308,7 @@ static void test_hold_reverse(void)
     cJSON_Delete(ctl("POST", "/shard_patches/release", "{\"order\":\"fifo\",\"ids\":[1]}", &st));
     t_ok(st == 400, "release: order and ids together -> 400");
     /* release with a gap: applied one after the other, answered in that order */
-    cJSON_Delete(ctl("POST", "/shard_patches/release", "{\"delay_ms\":300}", &st));
+    cJSON_Delete(ctl("POST", "/shard_patches/release", "{\"delay_ms\":1500}", &st));
     t_ok(st == 200 && kept("releasing") == 1 && !areq_done(&q1), "release delay_ms: still pending");
     t_ok(wait_until(areq_done_cb, &q1, 10000) && shard_is(cid, 1, "transport.session_id", b.session_id),
          "release delay_ms: applied and answered later");
@@ -458,7 +458,7 @@ static void test_client_gone(void)
          "gone: still applied on release");
     cJSON_Delete(rel);
 
-    ok_fault("{\"shard_patch\":{\"delay_ms\":300}}");
+    ok_fault("{\"shard_patch\":{\"delay_ms\":2000}}");
     patch_body(body, sizeof body, cid, 1, a.session_id);
     fd = raw_patch(body);
     kw.state = "delayed";
