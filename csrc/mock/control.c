@@ -532,6 +532,18 @@ static cJSON *session_obj(session_t *s)
     if (s->disconnected_at[0])
         cJSON_AddStringToObject(o, "disconnected_at", s->disconnected_at);
     cJSON_AddNumberToObject(o, "queued", s->cur ? (double)s->cur->qlen : 0);
+    if (s->closed_by) {
+        cJSON_AddStringToObject(o, "closed_by", s->closed_by == CLOSED_BY_CLIENT ? "client" : "server");
+        if (s->close_code)
+            cJSON_AddNumberToObject(o, "close_code", s->close_code);
+        else
+            cJSON_AddNullToObject(o, "close_code");
+        cJSON_AddBoolToObject(o, "clean", s->clean);
+    } else {
+        cJSON_AddNullToObject(o, "closed_by");
+        cJSON_AddNullToObject(o, "close_code");
+        cJSON_AddNullToObject(o, "clean");
+    }
     return o;
 }
 
@@ -645,6 +657,458 @@ static void c_revoke(hreq_t *r, const char *rest, cJSON *body)
     ok_obj(r, o);
 }
 
+/* ---------------- Update Conduit Shards faults ---------------- */
+
+static void sp_unlink(spatch_t *sp)
+{
+    for (spatch_t **pp = &M->sp_list; *pp; pp = &(*pp)->next)
+        if (*pp == sp) {
+            *pp = sp->next;
+            break;
+        }
+    sp->next = NULL;
+}
+
+/* Applies a kept request now and answers it if its client is still connected. */
+static void sp_apply(spatch_t *sp)
+{
+    sp_unlink(sp);
+    if (M->ctx)
+        lws_sul_cancel(&sp->sul);
+    hreq_t tmp;
+    memset(&tmp, 0, sizeof tmp);
+    shards_patch_answer(&tmp, sp->client_id, sp->conduit_id, sp->body);
+    hreq_t *r = sp->req;
+    if (r) {
+        r->held = NULL;
+        r->status = tmp.status;
+        buf_t t = r->resp;
+        r->resp = tmp.resp;
+        tmp.resp = t;
+        r->ready = 1;
+        lws_callback_on_writable(r->wsi);
+    }
+    buf_free(&tmp.resp);
+    cJSON_Delete(sp->body);
+    free(sp);
+}
+
+static void sp_due_cb(lws_sorted_usec_list_t *sul)
+{
+    sp_apply(lws_container_of(sul, spatch_t, sul));
+}
+
+/* Called for every Update Conduit Shards request that passed the syntax checks:
+ * returns 1 when a hold or delay fault keeps it (the answer is written later). */
+int shard_patch_intercept(hreq_t *r, const char *cid, const char *conduit_id, const cJSON *body)
+{
+    uint64_t id = ++M->sp_seq;
+    int state;
+    if (M->sp_hold > 0) {
+        M->sp_hold--;
+        state = SP_HELD;
+    } else if (M->sp_delay_count > 0) {
+        M->sp_delay_count--;
+        state = SP_DELAYED;
+    } else
+        return 0;
+    spatch_t *sp = xcalloc(1, sizeof *sp);
+    sp->id = id;
+    sp->state = state;
+    snprintf(sp->client_id, sizeof sp->client_id, "%s", cid);
+    snprintf(sp->conduit_id, sizeof sp->conduit_id, "%s", conduit_id);
+    sp->body = cJSON_Duplicate(body, 1);
+    sp->arrived_at = emu_now();
+    sp->req = r;
+    r->held = sp;
+    r->deferred = 1;
+    spatch_t **pp = &M->sp_list;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = sp;
+    /* the answer may come long after the body: no lws timeout on the wait */
+    lws_set_timeout(r->wsi, NO_PENDING_TIMEOUT, 0);
+    if (state == SP_DELAYED)
+        lws_sul_schedule(M->ctx, 0, &sp->sul, sp_due_cb, (lws_usec_t)M->sp_delay_ms * 1000);
+    return 1;
+}
+
+/* The client's connection of a kept request is gone: it is still applied later. */
+void shard_patch_detach(hreq_t *r)
+{
+    if (r->held) {
+        r->held->req = NULL;
+        r->held = NULL;
+    }
+}
+
+/* A reject fault naming this shard entry of a request being applied: fills the
+ * error and uses up one count of the rule. */
+int shard_patch_rejected(const char *conduit_id, const char *sid, const cJSON *transport,
+                         char *message, size_t mlen, char *code, size_t clen)
+{
+    const char *ses = cJSON_IsObject(transport) ? jstr(transport, "session_id") : NULL;
+    for (sreject_t **pp = &M->sp_rejects; *pp; pp = &(*pp)->next) {
+        sreject_t *x = *pp;
+        if (strcmp(x->shard, sid) || (x->conduit_id[0] && strcmp(x->conduit_id, conduit_id)) ||
+            (x->session_id[0] && (!ses || strcmp(x->session_id, ses))))
+            continue;
+        snprintf(message, mlen, "%s", x->message);
+        snprintf(code, clen, "%s", x->code);
+        if (--x->count <= 0) {
+            *pp = x->next;
+            free(x->message);
+            free(x->code);
+            free(x);
+        }
+        return 1;
+    }
+    return 0;
+}
+
+static void sp_rejects_free(void)
+{
+    while (M->sp_rejects) {
+        sreject_t *x = M->sp_rejects;
+        M->sp_rejects = x->next;
+        free(x->message);
+        free(x->code);
+        free(x);
+    }
+}
+
+/* Applies every kept request now, in arrival order (before a reset). */
+static void shard_patches_flush(void)
+{
+    while (M->sp_list)
+        sp_apply(M->sp_list);
+}
+
+/* Forgets the knobs and any kept request without applying it (reset, exit). */
+void shard_patches_free(void)
+{
+    while (M->sp_list) {
+        spatch_t *sp = M->sp_list;
+        M->sp_list = sp->next;
+        if (M->ctx)
+            lws_sul_cancel(&sp->sul);
+        if (sp->req)
+            sp->req->held = NULL;
+        cJSON_Delete(sp->body);
+        free(sp);
+    }
+    sp_rejects_free();
+    M->sp_hold = M->sp_delay_ms = M->sp_delay_count = 0;
+}
+
+static int is_uint(const cJSON *v, double max)
+{
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble <= max &&
+           v->valuedouble == floor(v->valuedouble);
+}
+
+/* A shard id given as a string or a non-negative integer. */
+static int shard_id_of(const cJSON *v, char *out, size_t n)
+{
+    if (cJSON_IsString(v) && v->valuestring[0] && strlen(v->valuestring) < n) {
+        snprintf(out, n, "%s", v->valuestring);
+        return 1;
+    }
+    if (is_uint(v, 1e9)) {
+        snprintf(out, n, "%.0f", v->valuedouble);
+        return 1;
+    }
+    return 0;
+}
+
+/* Checks the "shard_patch" fault object; returns an error message or NULL. */
+static const char *shard_patch_fault_check(const cJSON *sp)
+{
+    if (!cJSON_IsObject(sp))
+        return "shard_patch must be an object";
+    const cJSON *hold = cJSON_GetObjectItemCaseSensitive(sp, "hold");
+    const cJSON *dl = cJSON_GetObjectItemCaseSensitive(sp, "delay_ms");
+    const cJSON *cn = cJSON_GetObjectItemCaseSensitive(sp, "count");
+    const cJSON *rj = cJSON_GetObjectItemCaseSensitive(sp, "reject");
+    if (hold && !is_uint(hold, 1e6))
+        return "shard_patch.hold must be an integer in [0, 1000000]";
+    if (dl && (!cJSON_IsNumber(dl) || dl->valuedouble < 0 || dl->valuedouble > 600000))
+        return "shard_patch.delay_ms must be a number in [0, 600000]";
+    if (cn && (!is_uint(cn, 1e6) || cn->valuedouble < 1))
+        return "shard_patch.count must be an integer in [1, 1000000]";
+    if (rj && !cJSON_IsArray(rj))
+        return "shard_patch.reject must be an array";
+    const cJSON *it;
+    cJSON_ArrayForEach(it, rj)
+    {
+        char sid[64];
+        const cJSON *ses = cJSON_GetObjectItemCaseSensitive(it, "session_id");
+        const cJSON *cid = cJSON_GetObjectItemCaseSensitive(it, "conduit_id");
+        const cJSON *msg = cJSON_GetObjectItemCaseSensitive(it, "message");
+        const cJSON *code = cJSON_GetObjectItemCaseSensitive(it, "code");
+        const cJSON *rc = cJSON_GetObjectItemCaseSensitive(it, "count");
+        if (!cJSON_IsObject(it) ||
+            !shard_id_of(cJSON_GetObjectItemCaseSensitive(it, "shard"), sid, sizeof sid))
+            return "each shard_patch.reject entry needs a shard id (string or integer)";
+        if ((ses && (!cJSON_IsString(ses) || strlen(ses->valuestring) >= ID_LEN)) ||
+            (cid && (!cJSON_IsString(cid) || strlen(cid->valuestring) >= 128)) ||
+            (msg && (!cJSON_IsString(msg) || strlen(msg->valuestring) >= 256)) ||
+            (code && (!cJSON_IsString(code) || strlen(code->valuestring) >= 64)))
+            return "shard_patch.reject: session_id, conduit_id, message and code must be short strings";
+        if (rc && (!is_uint(rc, 1e6) || rc->valuedouble < 1))
+            return "shard_patch.reject: count must be an integer in [1, 1000000]";
+    }
+    return NULL;
+}
+
+static void shard_patch_fault_apply(const cJSON *sp)
+{
+    const cJSON *hold = cJSON_GetObjectItemCaseSensitive(sp, "hold");
+    const cJSON *dl = cJSON_GetObjectItemCaseSensitive(sp, "delay_ms");
+    const cJSON *cn = cJSON_GetObjectItemCaseSensitive(sp, "count");
+    const cJSON *rj = cJSON_GetObjectItemCaseSensitive(sp, "reject");
+    int count = cn ? (int)cn->valuedouble : 1;
+    if (hold)
+        M->sp_hold = (int)hold->valuedouble;
+    if (dl) {
+        M->sp_delay_ms = (int)dl->valuedouble;
+        M->sp_delay_count = M->sp_delay_ms > 0 ? count : 0;
+    }
+    if (rj) {
+        sp_rejects_free();
+        sreject_t **tail = &M->sp_rejects;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, rj)
+        {
+            sreject_t *x = xcalloc(1, sizeof *x);
+            shard_id_of(cJSON_GetObjectItemCaseSensitive(it, "shard"), x->shard, sizeof x->shard);
+            const char *v = jstr(it, "session_id");
+            snprintf(x->session_id, sizeof x->session_id, "%s", v ? v : "");
+            v = jstr(it, "conduit_id");
+            snprintf(x->conduit_id, sizeof x->conduit_id, "%s", v ? v : "");
+            v = jstr(it, "message");
+            x->message = xstrdup(v ? v : "The websocket session is not connected.");
+            v = jstr(it, "code");
+            x->code = xstrdup(v ? v : "invalid_parameter");
+            const cJSON *rc = cJSON_GetObjectItemCaseSensitive(it, "count");
+            x->count = rc ? (int)rc->valuedouble : count;
+            *tail = x;
+            tail = &x->next;
+        }
+    }
+}
+
+static const char *sp_state_name(int st)
+{
+    return st == SP_HELD ? "held" : st == SP_DELAYED ? "delayed" : "releasing";
+}
+
+static void c_shard_patches(hreq_t *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *a = cJSON_AddArrayToObject(o, "requests");
+    for (spatch_t *sp = M->sp_list; sp; sp = sp->next) {
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddNumberToObject(x, "id", (double)sp->id);
+        cJSON_AddStringToObject(x, "state", sp_state_name(sp->state));
+        cJSON_AddStringToObject(x, "conduit_id", sp->conduit_id);
+        cJSON_AddStringToObject(x, "client_id", sp->client_id);
+        cJSON_AddBoolToObject(x, "client_connected", sp->req != NULL);
+        char ts[40];
+        fmt_time(sp->arrived_at, ts);
+        cJSON_AddStringToObject(x, "arrived_at", ts);
+        cJSON *sh = cJSON_AddArrayToObject(x, "shards");
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(sp->body, "shards"))
+        {
+            cJSON *e = cJSON_CreateObject();
+            char sid[64];
+            if (shard_id_of(cJSON_GetObjectItemCaseSensitive(it, "id"), sid, sizeof sid))
+                cJSON_AddStringToObject(e, "id", sid);
+            else
+                cJSON_AddNullToObject(e, "id");
+            const cJSON *tr = cJSON_GetObjectItemCaseSensitive(it, "transport");
+            const char *keys[] = {"method", "session_id", "callback"};
+            for (int k = 0; k < 3; k++) {
+                const char *v = cJSON_IsObject(tr) ? jstr(tr, keys[k]) : NULL;
+                if (v)
+                    cJSON_AddStringToObject(e, keys[k], v);
+                else if (k == 0)
+                    cJSON_AddNullToObject(e, keys[k]);
+            }
+            cJSON_AddItemToArray(sh, e);
+        }
+        cJSON_AddItemToArray(a, x);
+    }
+    cJSON_AddNumberToObject(o, "seen", (double)M->sp_seq);
+    cJSON_AddNumberToObject(o, "hold", M->sp_hold);
+    cJSON_AddNumberToObject(o, "delay_ms", M->sp_delay_ms);
+    cJSON_AddNumberToObject(o, "delay_count", M->sp_delay_count);
+    cJSON *rj = cJSON_AddArrayToObject(o, "reject");
+    for (sreject_t *x = M->sp_rejects; x; x = x->next) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "shard", x->shard);
+        if (x->session_id[0])
+            cJSON_AddStringToObject(e, "session_id", x->session_id);
+        else
+            cJSON_AddNullToObject(e, "session_id");
+        if (x->conduit_id[0])
+            cJSON_AddStringToObject(e, "conduit_id", x->conduit_id);
+        else
+            cJSON_AddNullToObject(e, "conduit_id");
+        cJSON_AddStringToObject(e, "message", x->message);
+        cJSON_AddStringToObject(e, "code", x->code);
+        cJSON_AddNumberToObject(e, "count", x->count);
+        cJSON_AddItemToArray(rj, e);
+    }
+    ok_obj(r, o);
+}
+
+static void c_shard_patches_release(hreq_t *r, cJSON *body)
+{
+    const cJSON *ord = body ? cJSON_GetObjectItemCaseSensitive(body, "order") : NULL;
+    const cJSON *ids = body ? cJSON_GetObjectItemCaseSensitive(body, "ids") : NULL;
+    const cJSON *dl = body ? cJSON_GetObjectItemCaseSensitive(body, "delay_ms") : NULL;
+    if (ord && (!cJSON_IsString(ord) ||
+                (strcmp(ord->valuestring, "fifo") && strcmp(ord->valuestring, "reverse")))) {
+        cerr(r, 400, "order must be \"fifo\" or \"reverse\"");
+        return;
+    }
+    if (ord && ids) {
+        cerr(r, 400, "give order or ids, not both");
+        return;
+    }
+    if (ids && !cJSON_IsArray(ids)) {
+        cerr(r, 400, "ids must be an array of request ids");
+        return;
+    }
+    if (dl && (!cJSON_IsNumber(dl) || dl->valuedouble < 0 || dl->valuedouble > 600000)) {
+        cerr(r, 400, "delay_ms must be a number in [0, 600000]");
+        return;
+    }
+    size_t n = 0;
+    for (spatch_t *sp = M->sp_list; sp; sp = sp->next)
+        n++;
+    spatch_t **v = xmalloc((n ? n : 1) * sizeof *v);
+    size_t k = 0;
+    if (ids) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, ids)
+        {
+            spatch_t *hit = NULL;
+            if (is_uint(it, 1e15))
+                for (spatch_t *sp = M->sp_list; sp; sp = sp->next)
+                    if (sp->state == SP_HELD && (double)sp->id == it->valuedouble)
+                        hit = sp;
+            for (size_t j = 0; hit && j < k; j++)
+                if (v[j] == hit) {
+                    free(v);
+                    cerr(r, 400, "ids lists a request twice");
+                    return;
+                }
+            if (!hit) {
+                char m[96];
+                if (is_uint(it, 1e15))
+                    snprintf(m, sizeof m, "no held request %.0f", it->valuedouble);
+                else
+                    snprintf(m, sizeof m, "ids must be an array of request ids");
+                free(v);
+                cerr(r, is_uint(it, 1e15) ? 404 : 400, m);
+                return;
+            }
+            v[k++] = hit;
+        }
+    } else {
+        for (spatch_t *sp = M->sp_list; sp; sp = sp->next)
+            if (sp->state == SP_HELD)
+                v[k++] = sp;
+        if (ord && !strcmp(ord->valuestring, "reverse"))
+            for (size_t i = 0; i < k / 2; i++) {
+                spatch_t *t = v[i];
+                v[i] = v[k - 1 - i];
+                v[k - 1 - i] = t;
+            }
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON *rel = cJSON_AddArrayToObject(o, "released");
+    for (size_t i = 0; i < k; i++)
+        cJSON_AddItemToArray(rel, cJSON_CreateNumber((double)v[i]->id));
+    double gap = dl ? dl->valuedouble : 0;
+    for (size_t i = 0; i < k; i++) {
+        if (gap > 0) {
+            v[i]->state = SP_RELEASING;
+            lws_sul_schedule(M->ctx, 0, &v[i]->sul, sp_due_cb,
+                             (lws_usec_t)(gap * 1000.0 * (double)(i + 1)));
+        } else
+            sp_apply(v[i]);
+    }
+    free(v);
+    ok_obj(r, o);
+}
+
+/* POST /conduits/<id>/shards/<shard>: what an Update Conduit Shards request for that
+ * one shard would do, from outside (another process), at once and without faults. */
+static void c_repoint(hreq_t *r, const char *rest, cJSON *body)
+{
+    char cid[128], sid[64];
+    const char *sl = strchr(rest, '/');
+    if (!sl || (size_t)(sl - rest) >= sizeof cid || strncmp(sl, "/shards/", 8) || !sl[8] ||
+        strlen(sl + 8) >= sizeof sid || strchr(sl + 8, '/')) {
+        cerr(r, 404, "unknown control path");
+        return;
+    }
+    memcpy(cid, rest, (size_t)(sl - rest));
+    cid[sl - rest] = 0;
+    snprintf(sid, sizeof sid, "%s", sl + 8);
+    conduit_t *c = find_conduit(cid);
+    if (!c) {
+        cerr(r, 404, "conduit not found");
+        return;
+    }
+    if (!body) {
+        cerr(r, 400, "body must be a JSON object");
+        return;
+    }
+    cJSON *item = cJSON_CreateObject();
+    cJSON_AddStringToObject(item, "id", sid);
+    const cJSON *tr = cJSON_GetObjectItemCaseSensitive(body, "transport");
+    if (tr)
+        cJSON_AddItemToObject(item, "transport", cJSON_Duplicate(tr, 1));
+    else if (cJSON_GetObjectItemCaseSensitive(body, "session_id")) {
+        cJSON *t = cJSON_AddObjectToObject(item, "transport");
+        cJSON_AddStringToObject(t, "method", "websocket");
+        cJSON_AddItemToObject(
+            t, "session_id",
+            cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(body, "session_id"), 1));
+    } else if (cJSON_GetObjectItemCaseSensitive(body, "callback") ||
+               cJSON_GetObjectItemCaseSensitive(body, "secret")) {
+        cJSON *t = cJSON_AddObjectToObject(item, "transport");
+        cJSON_AddStringToObject(t, "method", "webhook");
+        const char *keys[] = {"callback", "secret"};
+        for (int i = 0; i < 2; i++) {
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, keys[i]);
+            if (v)
+                cJSON_AddItemToObject(t, keys[i], cJSON_Duplicate(v, 1));
+        }
+    }
+    char got[64];
+    long idx;
+    session_t *sess;
+    const char *emsg = shard_update_check(c, item, got, sizeof got, &idx, &sess);
+    if (emsg) {
+        cJSON_Delete(item);
+        cerr(r, 400, emsg);
+        return;
+    }
+    shard_update_apply(c, idx, item, sess);
+    cJSON_Delete(item);
+    cJSON *o = cJSON_CreateObject();
+    cJSON *d = cJSON_AddArrayToObject(o, "data");
+    cJSON_AddItemToArray(d, shard_json(c, (int)idx));
+    housekeeping();
+    ok_obj(r, o);
+}
+
 static void c_faults(hreq_t *r, cJSON *body)
 {
     if (!cJSON_IsObject(body)) {
@@ -678,6 +1142,12 @@ static void c_faults(hreq_t *r, cJSON *body)
     if ((dn && (!cJSON_IsNumber(dn) || dn->valuedouble < 0)) ||
         (sn && (!cJSON_IsNumber(sn) || sn->valuedouble < 0))) {
         cerr(r, 400, "duplicate_next and stale_next must be non-negative numbers");
+        return;
+    }
+    const cJSON *spf = cJSON_GetObjectItemCaseSensitive(body, "shard_patch");
+    const char *sperr = spf ? shard_patch_fault_check(spf) : NULL;
+    if (sperr) {
+        cerr(r, 400, sperr);
         return;
     }
     const cJSON *mf = cJSON_GetObjectItemCaseSensitive(body, "malformed_frame");
@@ -716,6 +1186,8 @@ static void c_faults(hreq_t *r, cJSON *body)
         M->duplicate_next = (int)dn->valuedouble;
     if (sn)
         M->stale_next = (int)sn->valuedouble;
+    if (spf)
+        shard_patch_fault_apply(spf);
     int nmal = 0;
     if (mf) {
         if (mfs) {
@@ -890,8 +1362,16 @@ static void c_state(hreq_t *r)
         cJSON_AddStringToObject(x, "client_id", c->client_id);
         cJSON_AddNumberToObject(x, "shard_count", c->shard_count);
         cJSON *sh = cJSON_AddArrayToObject(x, "shards");
-        for (int i = 0; i < c->shard_count; i++)
-            cJSON_AddItemToArray(sh, shard_json(c, i));
+        for (int i = 0; i < c->shard_count; i++) {
+            cJSON *j = shard_json(c, i);
+            if (c->shards[i].method == T_WEBHOOK)
+                cJSON_AddNullToObject(j, "session_connected");
+            else {
+                session_t *s = find_session(c->shards[i].session_id);
+                cJSON_AddBoolToObject(j, "session_connected", s && s->connected);
+            }
+            cJSON_AddItemToArray(sh, j);
+        }
         cJSON_AddItemToArray(cs, x);
     }
     cJSON_AddItemToObject(o, "sessions", sessions_arr());
@@ -997,6 +1477,12 @@ void handle_control(hreq_t *r, const char *p, cJSON *body)
         c_clock(r, NULL);
     else if (get && !strcmp(p, "/state"))
         c_state(r);
+    else if (get && !strcmp(p, "/shard_patches"))
+        c_shard_patches(r);
+    else if (post && !strcmp(p, "/shard_patches/release"))
+        c_shard_patches_release(r, body);
+    else if (post && !strncmp(p, "/conduits/", 10))
+        c_repoint(r, p + 10, body);
     else if (get && !strcmp(p, "/ledger"))
         c_ledger(r);
     else if (post && !strcmp(p, "/config")) {
@@ -1014,6 +1500,7 @@ void handle_control(hreq_t *r, const char *p, cJSON *body)
     } else if (get && !strcmp(p, "/config"))
         ok_obj(r, config_json());
     else if (post && !strcmp(p, "/reset")) {
+        shard_patches_flush();
         streams_stop_all();
         reset_helix_state();
         ledger_free_all();

@@ -156,6 +156,7 @@ void reset_helix_state(void)
     }
     M->latency_ms = 0;
     M->duplicate_next = M->stale_next = 0;
+    shard_patches_free();
 }
 
 void free_route_counters(void)
@@ -807,6 +808,93 @@ static void h_shards(hreq_t *r, const char *cid, cJSON *body)
         herr(r, 400, "Missing required parameter shards");
         return;
     }
+    /* a hold or delay fault keeps the request to apply and answer it later */
+    if (shard_patch_intercept(r, cid, conduit_id, body))
+        return;
+    shards_patch_answer(r, cid, conduit_id, body);
+}
+
+/* Validates one entry of an Update Conduit Shards request ({"id","transport"}).
+ * Returns NULL when it can be applied (*idx, *sess set), else the per-shard error
+ * message; sid gets the shard id as given. */
+const char *shard_update_check(conduit_t *c, const cJSON *item, char *sid, size_t sidlen,
+                               long *idx, session_t **sess)
+{
+    sid[0] = 0;
+    *idx = -1;
+    *sess = NULL;
+    const cJSON *jid = cJSON_GetObjectItemCaseSensitive(item, "id");
+    if (cJSON_IsString(jid)) {
+        snprintf(sid, sidlen, "%s", jid->valuestring);
+        if (!strict_int(sid, idx))
+            *idx = -1;
+    } else if (cJSON_IsNumber(jid) && jid->valuedouble == floor(jid->valuedouble) &&
+               fabs(jid->valuedouble) < 1e9) {
+        *idx = (long)jid->valuedouble;
+        snprintf(sid, sidlen, "%ld", *idx);
+    }
+    const cJSON *tr = cJSON_GetObjectItemCaseSensitive(item, "transport");
+    const char *method = cJSON_IsObject(tr) ? jstr(tr, "method") : NULL;
+    if (!cJSON_IsObject(item))
+        return "The shard must be an object";
+    if (!sid[0])
+        return "The shard id is required";
+    if (*idx < 0 || *idx >= c->shard_count)
+        return "The shard id is outside of the conduit's range";
+    if (!cJSON_IsObject(tr))
+        return "The transport is required";
+    if (!method || (strcmp(method, "websocket") && strcmp(method, "webhook")))
+        return "The transport method is invalid";
+    if (!strcmp(method, "websocket")) {
+        const char *ses = jstr(tr, "session_id");
+        if (!ses || !*ses)
+            return "The session_id is required for the websocket transport";
+        *sess = find_session(ses);
+        if (!session_live(*sess))
+            return "The websocket session is not connected.";
+        return NULL;
+    }
+    const char *cb = jstr(tr, "callback"), *sec = jstr(tr, "secret");
+    if (!cb || !*cb)
+        return "The callback is required for the webhook transport";
+    if (!callback_ok(cb))
+        return M->cfg.strict_webhook_urls ? "The callback URL is invalid: it must use HTTPS on port 443"
+                                          : "The callback URL is invalid";
+    if (!sec || !secret_ok(sec))
+        return "The secret length is invalid: it must be 10 to 100 ASCII characters";
+    return NULL;
+}
+
+/* Applies an entry shard_update_check accepted. */
+void shard_update_apply(conduit_t *c, long idx, const cJSON *item, session_t *sess)
+{
+    const cJSON *tr = cJSON_GetObjectItemCaseSensitive(item, "transport");
+    shard_t *sh = &c->shards[idx];
+    free_shard(sh);
+    sh->connected_at[0] = sh->disconnected_at[0] = 0;
+    sh->session_id[0] = 0;
+    sh->wh_failures = 0;
+    if (sess) {
+        sh->method = T_WS;
+        snprintf(sh->session_id, sizeof sh->session_id, "%s", sess->id);
+        snprintf(sh->connected_at, sizeof sh->connected_at, "%s", sess->connected_at);
+        strcpy(sh->status, "enabled");
+        sess->assigned = 1;
+    } else {
+        sh->method = T_WEBHOOK;
+        sh->callback = xstrdup(jstr(tr, "callback"));
+        sh->secret = xstrdup(jstr(tr, "secret"));
+        strcpy(sh->status, "webhook_callback_verification_pending");
+        wh_challenge_shard(c, (int)idx);
+    }
+}
+
+/* Applies an Update Conduit Shards request (its syntax already checked) and writes
+ * the answer into r: on arrival, or when a held or delayed request is applied. Shards
+ * a reject fault names get its error and are left as they are. */
+void shards_patch_answer(hreq_t *r, const char *cid, const char *conduit_id, const cJSON *body)
+{
+    const cJSON *shards = cJSON_GetObjectItemCaseSensitive(body, "shards");
     conduit_t *c = find_conduit(conduit_id);
     if (!c || strcmp(c->client_id, cid)) {
         herr(r, 404, "conduit not found");
@@ -818,78 +906,27 @@ static void h_shards(hreq_t *r, const char *cid, cJSON *body)
     const cJSON *it;
     cJSON_ArrayForEach(it, shards)
     {
-        char sid[64] = "";
-        const char *emsg = NULL;
-        const cJSON *jid = cJSON_GetObjectItemCaseSensitive(it, "id");
-        long idx = -1;
-        if (cJSON_IsString(jid)) {
-            snprintf(sid, sizeof sid, "%s", jid->valuestring);
-            if (!strict_int(sid, &idx))
-                idx = -1;
-        } else if (cJSON_IsNumber(jid) && jid->valuedouble == floor(jid->valuedouble) &&
-                   fabs(jid->valuedouble) < 1e9) {
-            idx = (long)jid->valuedouble;
-            snprintf(sid, sizeof sid, "%ld", idx);
-        }
-        const cJSON *tr = cJSON_GetObjectItemCaseSensitive(it, "transport");
-        const char *method = cJSON_IsObject(tr) ? jstr(tr, "method") : NULL;
-        session_t *sess = NULL;
-        if (!cJSON_IsObject(it))
-            emsg = "The shard must be an object";
-        else if (!sid[0])
-            emsg = "The shard id is required";
-        else if (idx < 0 || idx >= c->shard_count)
-            emsg = "The shard id is outside of the conduit's range";
-        else if (!cJSON_IsObject(tr))
-            emsg = "The transport is required";
-        else if (!method || (strcmp(method, "websocket") && strcmp(method, "webhook")))
-            emsg = "The transport method is invalid";
-        else if (!strcmp(method, "websocket")) {
-            const char *ses = jstr(tr, "session_id");
-            if (!ses || !*ses)
-                emsg = "The session_id is required for the websocket transport";
-            else {
-                sess = find_session(ses);
-                if (!session_live(sess))
-                    emsg = "The websocket session is not connected.";
-            }
-        } else {
-            const char *cb = jstr(tr, "callback"), *sec = jstr(tr, "secret");
-            if (!cb || !*cb)
-                emsg = "The callback is required for the webhook transport";
-            else if (!callback_ok(cb))
-                emsg = M->cfg.strict_webhook_urls
-                           ? "The callback URL is invalid: it must use HTTPS on port 443"
-                           : "The callback URL is invalid";
-            else if (!sec || !secret_ok(sec))
-                emsg = "The secret length is invalid: it must be 10 to 100 ASCII characters";
+        char sid[64];
+        long idx;
+        session_t *sess;
+        const char *emsg = shard_update_check(c, it, sid, sizeof sid, &idx, &sess);
+        const char *ecode = "invalid_parameter";
+        char rmsg[256], rcode[64];
+        if (!emsg && shard_patch_rejected(c->id, sid,
+                                          cJSON_GetObjectItemCaseSensitive(it, "transport"), rmsg,
+                                          sizeof rmsg, rcode, sizeof rcode)) {
+            emsg = rmsg;
+            ecode = rcode;
         }
         if (emsg) {
             cJSON *e = cJSON_CreateObject();
             cJSON_AddStringToObject(e, "id", sid);
             cJSON_AddStringToObject(e, "message", emsg);
-            cJSON_AddStringToObject(e, "code", "invalid_parameter");
+            cJSON_AddStringToObject(e, "code", ecode);
             cJSON_AddItemToArray(errs, e);
             continue;
         }
-        shard_t *sh = &c->shards[idx];
-        free_shard(sh);
-        sh->connected_at[0] = sh->disconnected_at[0] = 0;
-        sh->session_id[0] = 0;
-        sh->wh_failures = 0;
-        if (sess) {
-            sh->method = T_WS;
-            snprintf(sh->session_id, sizeof sh->session_id, "%s", sess->id);
-            snprintf(sh->connected_at, sizeof sh->connected_at, "%s", sess->connected_at);
-            strcpy(sh->status, "enabled");
-            sess->assigned = 1;
-        } else {
-            sh->method = T_WEBHOOK;
-            sh->callback = xstrdup(jstr(tr, "callback"));
-            sh->secret = xstrdup(jstr(tr, "secret"));
-            strcpy(sh->status, "webhook_callback_verification_pending");
-            wh_challenge_shard(c, (int)idx);
-        }
+        shard_update_apply(c, idx, it, sess);
         cJSON_AddItemToArray(data, shard_json(c, (int)idx));
     }
     housekeeping();

@@ -30,6 +30,7 @@ static void hreq_free(hreq_t *r)
     if (!r)
         return;
     lws_sul_cancel(&r->sul);
+    shard_patch_detach(r); /* a held request outlives its connection */
     buf_free(&r->body);
     buf_free(&r->resp);
     free(r->query);
@@ -46,6 +47,8 @@ static void resp_ready_cb(lws_sorted_usec_list_t *sul)
 static void process_request(hreq_t *r)
 {
     handle_request(r);
+    if (r->deferred)
+        return; /* answered when applied (held or delayed Update Conduit Shards) */
     if (r->status == 0)
         json_error(r, 500, "Internal Server Error", "no response");
     int delay = 0;
@@ -255,7 +258,7 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
             ws_pong(p->conn);
         return 0;
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        return 0;
+        return p && p->conn ? ws_peer_close(p->conn, in, len) : 0;
     case LWS_CALLBACK_CLOSED:
         if (p && p->conn) {
             ws_closed(p->conn);

@@ -159,6 +159,13 @@ typedef struct conn {
     int rc_pending;      /* reconnect_id given but unresolved (4007 check) */
     int bad_reconnect;
     int got_malformed;
+    /* how the connection ended (recorded on its session, see session_t) */
+    int peer_closed;     /* the client sent a close frame first */
+    int peer_code;       /* its code (1005 when it carried none) */
+    int acked;           /* the client answered our close frame with its own */
+    int dropped;         /* torn down with RST, no close frame */
+    int ended;           /* done with for its session (ws.c conn_end) */
+    int ended_session;   /* it was the session's connection when it ended */
 } conn_t;
 
 typedef struct session {
@@ -175,7 +182,13 @@ typedef struct session {
     char reconnect_id[ID_LEN];
     int reconnecting;
     wtimer_t t_rc; /* grace for the new connection to appear */
+    /* set when the session ends: who closed it, the close code (0 = none: a drop or a
+     * connection lost without a close frame), whether close frames went both ways */
+    int closed_by; /* 0 still connected, CLOSED_BY_CLIENT, CLOSED_BY_SERVER */
+    int close_code;
+    int clean;
 } session_t;
+enum { CLOSED_BY_CLIENT = 1, CLOSED_BY_SERVER = 2 };
 
 /* ---------- blasts and streams ---------- */
 typedef struct {
@@ -290,7 +303,35 @@ typedef struct hreq {
     struct lws *wsi;
     char client_id_hdr[128];
     char auth_hdr[256];
+    int deferred;        /* answered later (held or delayed Update Conduit Shards) */
+    struct spatch *held; /* the deferred request's record, NULL otherwise */
 } hreq_t;
+
+/* ---------- Update Conduit Shards faults (control.c) ---------- */
+/* An Update Conduit Shards request received but not yet applied (held or delayed).
+ * It owns a copy of its body; req is NULL once the client's connection is gone
+ * (the request is still applied, its answer goes nowhere). */
+typedef struct spatch {
+    struct spatch *next;
+    uint64_t id;              /* arrival number among Update Conduit Shards requests */
+    int state;                /* SP_HELD, SP_DELAYED, SP_RELEASING */
+    char client_id[128];
+    char conduit_id[128];
+    cJSON *body;
+    hreq_t *req;
+    double arrived_at;        /* emulator clock */
+    lws_sorted_usec_list_t sul;
+} spatch_t;
+enum { SP_HELD = 0, SP_DELAYED = 1, SP_RELEASING = 2 };
+
+typedef struct sreject {
+    struct sreject *next;
+    char shard[64];
+    char session_id[ID_LEN]; /* "" = any transport */
+    char conduit_id[128];    /* "" = any conduit */
+    char *message, *code;
+    int count;
+} sreject_t;
 
 typedef struct pss {
     int kind; /* 0 unknown, 1 http, 2 ws */
@@ -347,6 +388,12 @@ typedef struct mock {
     void *wh_multi;
     char *batch;
     size_t batch_cap;
+    /* Update Conduit Shards faults (control.c) */
+    spatch_t *sp_list;        /* held, delayed and releasing requests, arrival order */
+    uint64_t sp_seq;          /* Update Conduit Shards requests seen */
+    int sp_hold;              /* the next N are held */
+    int sp_delay_ms, sp_delay_count;
+    sreject_t *sp_rejects;
 } mock_t;
 
 extern mock_t *M;
@@ -388,6 +435,10 @@ void apply_config(const cJSON *o, char *err, size_t errlen);
 void free_tokens(void);
 void free_route_counters(void);
 cJSON *config_json(void);
+void shards_patch_answer(hreq_t *r, const char *cid, const char *conduit_id, const cJSON *body);
+const char *shard_update_check(conduit_t *c, const cJSON *item, char *sid, size_t sidlen,
+                               long *idx, session_t **sess);
+void shard_update_apply(conduit_t *c, long idx, const cJSON *item, session_t *sess);
 
 /* wtimer.c */
 void wt_schedule(wtimer_t *t, void (*cb)(wtimer_t *), int64_t delay_us);
@@ -400,6 +451,7 @@ int ws_writeable(conn_t *c);
 void ws_closed(conn_t *c);
 void ws_receive(conn_t *c, int is_pong);
 void ws_pong(conn_t *c);
+int ws_peer_close(conn_t *c, const unsigned char *payload, size_t len);
 session_t *find_session(const char *id);
 void session_close(session_t *s, int code, const char *reason);
 void session_reconnect(session_t *s);
@@ -427,6 +479,11 @@ void streams_stop_all(void);
 void blasts_free_all(void);
 void blast_delivered(blast_t *b, uint64_t n);
 void blast_dropped(blast_t *b, uint64_t n);
+int shard_patch_intercept(hreq_t *r, const char *cid, const char *conduit_id, const cJSON *body);
+int shard_patch_rejected(const char *conduit_id, const char *sid, const cJSON *transport,
+                         char *message, size_t mlen, char *code, size_t clen);
+void shard_patch_detach(hreq_t *r);
+void shard_patches_free(void);
 
 /* webhook.c */
 void wh_start(void);

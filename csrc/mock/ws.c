@@ -8,6 +8,8 @@
 
 #define BATCH_BYTES (256 * 1024)
 
+static void conn_end(conn_t *c);
+
 /* ---------------- ledger ---------------- */
 
 lent_t *ledger_get(uint64_t seq)
@@ -381,6 +383,26 @@ void ws_receive(conn_t *c, int is_pong)
 
 void ws_pong(conn_t *c) { c->awaiting_pong = 0; }
 
+/* A close frame from the client: the answer to ours (return -1: lws ends the
+ * connection without another frame), or the client closing first (return 0: lws
+ * echoes the frame, then ends the connection). */
+int ws_peer_close(conn_t *c, const unsigned char *payload, size_t len)
+{
+    if (c->close_frame_sent) {
+        c->acked = 1;
+        if (c->ended_session && c->sess)
+            c->sess->clean = 1;
+        return -1;
+    }
+    if (c->peer_closed)
+        return -1;
+    c->peer_closed = 1;
+    c->peer_code = len >= 2 ? (payload[0] << 8 | payload[1]) : 1005;
+    c->closing = 1;       /* no new traffic is routed here */
+    c->end_status = NULL; /* a client close: websocket_disconnected */
+    return 0;
+}
+
 static void confirm_inflight(conn_t *c, int delivered)
 {
     for (size_t i = 0; i < c->ninflight; i++)
@@ -443,12 +465,30 @@ int ws_writeable(conn_t *c)
         }
         c->blast_inflight = 0;
     }
+    if (c->peer_closed)
+        return 0; /* lws answers the client's close frame and ends the connection */
     if (c->closing) {
-        if (c->close_code) {
-            lws_close_reason(wsi, (enum lws_close_status)c->close_code,
-                             (unsigned char *)c->close_reason, strlen(c->close_reason));
-        }
-        return -1;
+        /* our close frame, written here rather than by lws so that the client's
+         * answer is seen (ws_peer_close); lws ends the connection when it comes,
+         * or when the client goes away, or after 5 s */
+        if (c->close_frame_sent)
+            return 0;
+        if (!c->close_code)
+            return -1;
+        unsigned char cb[LWS_PRE + 4 + sizeof c->close_reason];
+        unsigned char *f = cb + LWS_PRE;
+        size_t rl = strlen(c->close_reason); /* < 64: fits a control frame */
+        f[0] = 0x88;                          /* FIN + close */
+        f[1] = (unsigned char)(2 + rl);
+        f[2] = (unsigned char)(c->close_code >> 8);
+        f[3] = (unsigned char)c->close_code;
+        memcpy(f + 4, c->close_reason, rl);
+        if (lws_write(wsi, f, 4 + rl, LWS_WRITE_RAW) < 0)
+            return -1;
+        c->close_frame_sent = 1;
+        lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_ACK, 5);
+        conn_end(c);
+        return 0;
     }
     if (c->ping_due) {
         /* a non-empty payload: lws does not report empty pongs */
@@ -590,8 +630,13 @@ static void session_lost(session_t *s, const char *status)
         }
 }
 
-void ws_closed(conn_t *c)
+/* The connection is over for the session: at its close (ws_closed), or as soon as
+ * our close frame is written (the client's answer is still awaited for the record). */
+static void conn_end(conn_t *c)
 {
+    if (c->ended)
+        return;
+    c->ended = 1;
     wt_cancel(&c->t_ka);
     wt_cancel(&c->t_ping);
     wt_cancel(&c->t_grace);
@@ -604,6 +649,22 @@ void ws_closed(conn_t *c)
         if (s->old == c) {
             s->old = NULL;
         } else if (s->cur == c) {
+            c->ended_session = 1;
+            if (c->dropped) {
+                s->closed_by = CLOSED_BY_SERVER;
+                s->close_code = 0;
+            } else if (c->close_frame_sent) {
+                s->closed_by = CLOSED_BY_SERVER;
+                s->close_code = c->close_code;
+                s->clean = c->acked;
+            } else if (c->peer_closed) {
+                s->closed_by = CLOSED_BY_CLIENT;
+                s->close_code = c->peer_code;
+                s->clean = 1;
+            } else {
+                s->closed_by = CLOSED_BY_CLIENT; /* the connection ended without a close frame */
+                s->close_code = 0;
+            }
             if (s->old) {
                 /* the new connection died while the old one is retired: close that too */
                 conn_close(s->old, 4004, NULL);
@@ -611,6 +672,11 @@ void ws_closed(conn_t *c)
             session_lost(s, c->end_status ? c->end_status : "websocket_disconnected");
         }
     }
+}
+
+void ws_closed(conn_t *c)
+{
+    conn_end(c);
     free(c->inflight);
     free(c);
 }
@@ -631,6 +697,7 @@ void session_drop(session_t *s)
         if (!c || !c->wsi)
             continue;
         c->end_status = "websocket_network_error";
+        c->dropped = 1;
         int fd = (int)lws_get_socket_fd(c->wsi);
         if (fd >= 0) {
             struct linger lg = {1, 0};
