@@ -2,6 +2,7 @@
 -- under a steady stream (the emulator's ledger shows nothing lost or doubled), and one
 -- shard_disabled per outage however many reconnects fail during it.
 local H = require "spec.support.helper"
+local twconduit = require "twconduit"
 
 describe("shard lifecycle", function()
   local m
@@ -147,5 +148,155 @@ describe("shard lifecycle", function()
     for _, s in ipairs(c:shards()) do assert.are.equal(1, s:stats().outages) end
     client:close()
     proxy_down()
+  end)
+end)
+
+describe("shard assignment against delayed, reordered and refused replies", function()
+  local m
+  before_each(function() m = H.start_mock() end)
+  after_each(function() m:stop() end)
+
+  local function held()
+    local r = assert(m:call("GET", "/shard_patches"))
+    return r.requests
+  end
+  local function twitch_shard(cid, id)
+    local st = assert(m:state())
+    for _, c in ipairs(st.conduits) do
+      if c.id == cid then
+        for _, s in ipairs(c.shards) do if s.id == id then return s end end
+      end
+    end
+  end
+  local function session(id)
+    for _, s in ipairs(assert(m:sessions())) do if s.id == id then return s end end
+  end
+  local function close_session(id, code) assert(m:close_session(id, code or 4000)) end
+
+  it("a late error for a shard's previous session closes nothing", function()
+    local client = H.client(m)
+    local errs = {}
+    client:on("error", function(e) errs[#errs + 1] = e end)
+    assert(m:fault { shard_patch = { hold = 1 } })
+    local c = assert(client:conduit { shards = 1 })
+    H.wait_until(client, function() return #held() == 1 end, 10, "the first PATCH to be held")
+    local first = held()[1].shards[1].session_id
+    -- the shard's first session ends while its assignment is in flight; a new one comes
+    close_session(first, 4000)
+    local s = H.wait_until(client, function()
+      local sh = c:shards()[1]
+      return sh and sh.session_id and sh.session_id ~= first and sh
+    end, 10, "a new session")
+    local second = s.session_id
+    -- one request in flight per shard: the new session waits for the first reply
+    assert.are.equal(1, #held())
+    -- the held request is answered with a per-shard error for the old session
+    assert(m:fault { shard_patch = { hold = 0, reject = { { shard = "0", session_id = first } } } })
+    assert(m:call("POST", "/shard_patches/release", { order = "fifo" }))
+    H.wait_until(client, function() return s.state == "enabled" end, 10, "the shard enabled on its new session")
+    assert.are.equal(second, s.session_id)
+    local live = session(second)
+    assert.is_true(live.connected)
+    assert.are.equal(twconduit.null, live.closed_by)
+    assert.are.equal(second, twitch_shard(c.id, "0").transport.session_id)
+    local stale = false
+    for _, e in ipairs(errs) do
+      if e.code == "shard_assign_failed" and e.message:find("no longer uses", 1, true) then stale = true end
+    end
+    assert.is_true(stale, "the stale refusal is reported")
+    client:close()
+  end)
+
+  it("replies applied in reverse order leave the conduit on the live sessions", function()
+    local client = H.client(m, { patch_batch = 1 })
+    assert(m:fault { shard_patch = { hold = 2 } })
+    local c = assert(client:conduit { shards = 2 })
+    H.wait_until(client, function() return #held() == 2 end, 10, "two PATCHes held")
+    local firsts = {}
+    for _, r in ipairs(held()) do firsts[r.shards[1].id] = r.shards[1].session_id end
+    -- both sessions end; new ones are welcomed while the old assignments are in flight
+    close_session(firsts["0"], 4000)
+    close_session(firsts["1"], 4000)
+    H.wait_until(client, function()
+      for _, s in ipairs(c:shards()) do
+        if not s.session_id or s.session_id == firsts[s.id] then return false end
+      end
+      return true
+    end, 10, "new sessions")
+    -- never two requests in flight for one shard
+    local per = {}
+    for _, r in ipairs(held()) do
+      for _, e in ipairs(r.shards) do per[e.id] = (per[e.id] or 0) + 1 end
+    end
+    assert.are.same({ ["0"] = 1, ["1"] = 1 }, per)
+    assert(m:fault { shard_patch = { hold = 0 } })
+    assert(m:call("POST", "/shard_patches/release", { order = "reverse" }))
+    H.wait_until(client, function() return c.state == "ready" end, 15, "the conduit ready")
+    H.wait_until(client, function()
+      for _, s in ipairs(c:shards()) do
+        local t = twitch_shard(c.id, s.id)
+        if not (t and t.status == "enabled" and t.session_connected and t.transport.session_id == s.session_id) then
+          return false
+        end
+      end
+      return true
+    end, 10, "Twitch pointing at the live sessions")
+    client:close()
+  end)
+
+  it("a shard another process took is reported lost, then reassigned or left to a hook", function()
+    local client = H.client(m)
+    local c = H.ready_conduit(client, { shards = 2 })
+    local s0, s1 = c:shard("0"), c:shard("1")
+    local own1 = s1.session_id
+    local lost = {}
+    c:on("shard_lost", function(s, twitch, err)
+      lost[#lost + 1] = { id = s.id, twitch = twitch, err = err }
+    end)
+    -- another owner points shard 1 at shard 0's session
+    assert(m:call("POST", ("/conduits/%s/shards/1"):format(c.id), { session_id = s0.session_id }))
+    assert(c:_verify())
+    H.wait_until(client, function() return #lost == 1 end, 10, "shard_lost")
+    assert.are.equal("1", lost[1].id)
+    assert.are.equal(s0.session_id, lost[1].twitch.session_id)
+    assert.are.equal("websocket", lost[1].twitch.method)
+    assert.are.equal("shard_lost", lost[1].err.code)
+    H.wait_until(client, function()
+      return twitch_shard(c.id, "1").transport.session_id == own1
+    end, 10, "the default hook to reassign shard 1")
+    assert.are.equal(1, s1:stats().lost)
+
+    -- a hook that keeps the shard where the other owner put it
+    c:off("shard_lost")
+    c:on("shard_lost", function(s) s:_hold(true) end)
+    assert(m:call("POST", ("/conduits/%s/shards/1"):format(c.id), { session_id = s0.session_id }))
+    assert(c:_verify())
+    H.wait_until(client, function() return s1:stats().lost == 2 end, 10, "the second shard_lost")
+    H.drain(client, 3) -- past the reassignment's verification delay
+    assert.are.equal(s0.session_id, twitch_shard(c.id, "1").transport.session_id)
+    assert.is_true(s1:_held())
+    client:close()
+  end)
+
+  it("closes released shards and the client's sockets with 1000 after a close handshake", function()
+    local client = H.client(m)
+    local c = H.ready_conduit(client, { shards = 3 })
+    local gone = c:shard("2").session_id
+    assert.is_true((c:shard("2"):release(10)))
+    local rec = session(gone)
+    assert.are.equal("client", rec.closed_by)
+    assert.are.equal(1000, rec.close_code)
+    assert.is_true(rec.clean)
+    local rest = { c:shard("0").session_id, c:shard("1").session_id }
+    client:close()
+    for _, sid in ipairs(rest) do
+      local r = H.wait_until(H.client(m), function()
+        local x = session(sid)
+        return x and not x.connected and x
+      end, 5, "the session to end")
+      assert.are.equal("client", r.closed_by)
+      assert.are.equal(1000, r.close_code)
+      assert.is_true(r.clean)
+    end
   end)
 end)

@@ -304,6 +304,15 @@ int main(void) {
   ok(wait_until(c, stream_settled, st, 30), "the stream ended and the ledger settled");
   cJSON *sg = mock_call(&m, "GET", "/ledger", NULL);
   int delivered = json_int(sg, "delivered"), dropped = json_int(sg, "dropped");
+  cJSON *le;
+  cJSON_ArrayForEach(le, cJSON_GetObjectItemCaseSensitive(sg, "entries")) {
+    cJSON *stv = cJSON_GetObjectItemCaseSensitive(le, "status");
+    if (cJSON_IsString(stv) && strcmp(stv->valuestring, "delivered") != 0) {
+      char *txt = cJSON_PrintUnformatted(le);
+      printf("# not delivered: %s\n", txt);
+      free(txt);
+    }
+  }
   cJSON_Delete(sg);
   ok(delivered == 7200 && dropped == 0, "ledger: all 7200 produced events delivered, none dropped (%d, %d)", delivered,
      dropped);
