@@ -85,6 +85,8 @@ describe("shard lifecycle", function()
       for _, sid in ipairs(sessions) do
         if s.id == sid then
           assert.is_false(s.connected)
+          assert.are.equal("client", s.closed_by)
+          assert.are.equal(1000, s.close_code)
           closed = closed + 1
         end
       end
