@@ -16,8 +16,7 @@ int tw_envelope_decode_body(tw_json *d, tw_jnode body, tw_msg *m, tw_error *err)
     tw_err_set(err, "bad_message", 0, "EventSub message without a subscription object");
     return -1;
   }
-  const char *t = tw_json_str(d, tw_json_get(d, m->subscription, "type", 4), NULL);
-  if (!m->type) m->type = t;
+  if (!m->type) m->type = tw_json_str(d, tw_json_get(d, m->subscription, "type", 4), NULL);
   if (!m->version) m->version = tw_json_str(d, tw_json_get(d, m->subscription, "version", 7), NULL);
   m->status = tw_json_str(d, tw_json_get(d, m->subscription, "status", 6), NULL);
   m->event = tw_json_get(d, body, "event", 5);
@@ -37,7 +36,8 @@ int tw_envelope_decode_ws(tw_json *d, tw_msg *m, const char **kind, tw_error *er
   tw_jnode md = tw_json_get(d, 0, "metadata", 8);
   const char *type = tw_json_str(d, tw_json_get(d, md, "message_type", 12), NULL);
   *kind = type;
-  if (!type || tw_json_get(d, 0, "payload", 7) == TW_JNONE) {
+  tw_jnode payload = tw_json_get(d, 0, "payload", 7);
+  if (!type || payload == TW_JNONE) {
     tw_err_set(err, "bad_message", 0, "EventSub message without metadata.message_type or payload");
     return -1;
   }
@@ -51,7 +51,7 @@ int tw_envelope_decode_ws(tw_json *d, tw_msg *m, const char **kind, tw_error *er
   m->timestamp = tw_json_str(d, tw_json_get(d, md, "message_timestamp", 17), NULL);
   m->type = tw_json_str(d, tw_json_get(d, md, "subscription_type", 17), NULL);
   m->version = tw_json_str(d, tw_json_get(d, md, "subscription_version", 20), NULL);
-  if (tw_envelope_decode_body(d, tw_json_get(d, 0, "payload", 7), m, err) != 0) return -1;
+  if (tw_envelope_decode_body(d, payload, m, err) != 0) return -1;
   if (!m->id || !m->id_len || (notif && m->event == TW_JNONE)) {
     tw_err_set(err, "bad_message", 0, "notification without message_id, subscription type or event");
     return -1;
