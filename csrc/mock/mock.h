@@ -290,12 +290,24 @@ typedef struct hreq {
     struct lws *wsi;
     char client_id_hdr[128];
     char auth_hdr[256];
+    int processed;     /* handed to handle_request: a request is handled once */
+    int chunked;       /* Transfer-Encoding: chunked, de-chunked by the emulator */
+    int ck_state;      /* de-chunker: 0 size line, 1 data, 2 CRLF after data, 3 trailer */
+    size_t ck_left;    /* bytes left in the current chunk */
+    size_t body_left;  /* raw mode: Content-Length bytes still to read */
+    int close_after;   /* raw mode: close the connection once the response is written */
 } hreq_t;
 
 typedef struct pss {
     int kind; /* 0 unknown, 1 http, 2 ws */
     hreq_t *req;
     conn_t *conn;
+    /* Raw mode: libwebsockets 4.1 reads a POST/PATCH/PUT without Content-Length (a
+     * chunked one, too) as a 100 MB body and never de-chunks. From such a request on,
+     * the emulator parses the connection's bytes itself (main.c): the request's body
+     * and every request after it on the keep-alive connection. */
+    int raw;
+    buf_t in; /* raw mode: bytes received and not yet parsed */
 } pss_t;
 
 /* ---------- the emulator ---------- */

@@ -73,6 +73,21 @@ void ws_free(wsc_t *w);
 /* connect + read welcome; fills session_id */
 int ws_open_session(wsc_t *w, int port, const char *query);
 
+/* ---- raw HTTP/1.1 connection: requests written byte for byte ---- */
+typedef struct {
+    int fd;
+    char *buf; /* received, not yet returned */
+    size_t len, cap;
+    int eof;
+} rawc_t;
+int raw_open(rawc_t *c, int port);
+int raw_send(rawc_t *c, const char *bytes);
+/* next response on the connection (Content-Length bodies); 0 ok, -1 timeout or EOF */
+int raw_resp(rawc_t *c, resp_t *r, int timeout_ms);
+/* waits for the server to close the connection: 1 closed, 0 timeout or data */
+int raw_wait_eof(rawc_t *c, int timeout_ms);
+void raw_close(rawc_t *c);
+
 int64_t now_ms(void);
 /* waits until fn(arg) returns nonzero, polling every 20 ms */
 int wait_until(int (*fn)(void *), void *arg, int timeout_ms);
