@@ -738,6 +738,7 @@ int main(int argc, char **argv)
     wt_free_all();
     sessions_free_all();
     free_tokens();
+    users_free_all();
     reset_helix_state();
     free_route_counters();
     ledger_free_all();

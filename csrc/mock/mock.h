@@ -106,6 +106,7 @@ typedef struct sub {
     int cost;
     int wh_failures;
     uint64_t order;
+    char user_id[32]; /* websocket transport: the user whose token made it */
 } sub_t;
 #define M_CONDUIT 3
 
@@ -210,13 +211,45 @@ typedef struct stream {
 } stream_t;
 
 /* ---------- tokens and rate limit ---------- */
+struct user;
 typedef struct token {
     struct token *next;
     char tok[48];
     char client_id[128];
     double expires_at; /* emulator clock */
     int revoked;
+    /* user tokens (users.c); app tokens have user NULL */
+    struct user *user;
+    cJSON *scopes;     /* array of strings */
+    char refresh[56];  /* its refresh token, "" once used */
+    char code[40];     /* the authorization code of its grant, "" once exchanged */
 } token_t;
+
+/* A user who authorised an app (POST /_mock/users): one per (user_id, client_id). */
+typedef struct user {
+    struct user *next;
+    char id[32];
+    char login[64];
+    char client_id[128];
+    cJSON *scopes; /* of the latest authorisation */
+    double bucket; /* Helix rate-limit bucket of user tokens (client + user) */
+    int64_t bucket_us;
+} user_t;
+
+/* ---------- subscription types (types.c) ---------- */
+#define TY_MAX_COND 4
+enum { TY_CLIENT = 1, /* condition client_id must be the token's client */
+       TY_NO_WS = 2 /* not available over the websocket transport */ };
+typedef struct {
+    const char *type, *version;
+    const char *cond[TY_MAX_COND];     /* required fields; "a|b": exactly one of them */
+    const char *optional[TY_MAX_COND]; /* accepted, not required */
+    const char *scopes;   /* "a|b": any one of them authorises; NULL: none needed */
+    const char *auth_key; /* condition field of the user who must authorise (scopes) */
+    const char *route_key; /* condition field naming the channel */
+    int flags;
+    void (*gen)(cJSON *ev, const char *channel, uint64_t n);
+} evtype_t;
 
 typedef struct client {
     char id[128];
@@ -359,6 +392,7 @@ typedef struct mock {
     void *wh_multi;
     char *batch;
     size_t batch_cap;
+    user_t *users;
 } mock_t;
 
 extern mock_t *M;
@@ -439,6 +473,54 @@ void streams_stop_all(void);
 void blasts_free_all(void);
 void blast_delivered(blast_t *b, uint64_t n);
 void blast_dropped(blast_t *b, uint64_t n);
+
+/* types.c */
+const evtype_t *types_table(size_t *n);
+/* version NULL: the type's newest version */
+const evtype_t *type_find(const char *type, const char *version);
+int alt_has(const char *alts, const char *name);
+const char *cond_alt(const cJSON *cond, const char *alts, char *field, size_t fn);
+int type_check_condition(const evtype_t *t, const cJSON *cond, char *msg, size_t mn);
+
+/* events.c: one generator per type (types.c) */
+void ev_chat_message(cJSON *ev, const char *ch, uint64_t n);
+void ev_follow(cJSON *ev, const char *ch, uint64_t n);
+void ev_subscribe(cJSON *ev, const char *ch, uint64_t n);
+void ev_sub_gift(cJSON *ev, const char *ch, uint64_t n);
+void ev_sub_message(cJSON *ev, const char *ch, uint64_t n);
+void ev_cheer(cJSON *ev, const char *ch, uint64_t n);
+void ev_raid(cJSON *ev, const char *ch, uint64_t n);
+void ev_ban(cJSON *ev, const char *ch, uint64_t n);
+void ev_unban(cJSON *ev, const char *ch, uint64_t n);
+void ev_moderator(cJSON *ev, const char *ch, uint64_t n);
+void ev_stream_online(cJSON *ev, const char *ch, uint64_t n);
+void ev_stream_offline(cJSON *ev, const char *ch, uint64_t n);
+void ev_channel_update(cJSON *ev, const char *ch, uint64_t n);
+void ev_redemption(cJSON *ev, const char *ch, uint64_t n);
+void ev_poll_begin(cJSON *ev, const char *ch, uint64_t n);
+void ev_poll_progress(cJSON *ev, const char *ch, uint64_t n);
+void ev_poll_end(cJSON *ev, const char *ch, uint64_t n);
+void ev_prediction_begin(cJSON *ev, const char *ch, uint64_t n);
+void ev_prediction_progress(cJSON *ev, const char *ch, uint64_t n);
+void ev_prediction_lock(cJSON *ev, const char *ch, uint64_t n);
+void ev_prediction_end(cJSON *ev, const char *ch, uint64_t n);
+void ev_hype_begin_v1(cJSON *ev, const char *ch, uint64_t n);
+void ev_hype_begin(cJSON *ev, const char *ch, uint64_t n);
+void ev_hype_end_v1(cJSON *ev, const char *ch, uint64_t n);
+void ev_hype_end(cJSON *ev, const char *ch, uint64_t n);
+void ev_shoutout_create(cJSON *ev, const char *ch, uint64_t n);
+void ev_shoutout_receive(cJSON *ev, const char *ch, uint64_t n);
+void ev_ad_break(cJSON *ev, const char *ch, uint64_t n);
+void ev_user_update(cJSON *ev, const char *ch, uint64_t n);
+void ev_shard_disabled(cJSON *ev, const char *ch, uint64_t n);
+void ev_authorization(cJSON *ev, const char *ch, uint64_t n);
+
+/* users.c */
+user_t *user_find(const char *client_id, const char *user_id);
+/* a new access token (and refresh token) for u with scopes (copied) */
+token_t *user_token_issue(user_t *u, const cJSON *scopes);
+void c_users(hreq_t *r, cJSON *body); /* POST|GET /_mock/users */
+void users_free_all(void);
 
 /* webhook.c */
 void wh_start(void);

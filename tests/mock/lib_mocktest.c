@@ -281,6 +281,38 @@ int helix(mock_t *m, resp_t *r, const char *method, const char *path, const char
     return http(r, method, url, body, h);
 }
 
+int helix_as(mock_t *m, const char *token, resp_t *r, const char *method, const char *path,
+             const char *body)
+{
+    char url[1024], cid[200], auth[200];
+    snprintf(url, sizeof url, "%s/helix%s", m->base, path);
+    snprintf(cid, sizeof cid, "Client-Id: %s", m->client_id);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+    const char *h[] = {cid, auth, "Content-Type: application/json", NULL};
+    return http(r, method, url, body, h);
+}
+
+int mock_user(mock_t *m, const char *login, const char *user_id, const char *scopes_json,
+              char *token_out, size_t n, char *uid_out, size_t un)
+{
+    char body[1024], uid[64] = "";
+    if (user_id)
+        snprintf(uid, sizeof uid, ",\"user_id\":\"%s\"", user_id);
+    snprintf(body, sizeof body, "{\"login\":\"%s\",\"scopes\":%s%s}", login,
+             scopes_json ? scopes_json : "[]", uid);
+    resp_t r;
+    int rc = control(m, &r, "POST", "/users", body);
+    if (rc || r.status != 200 || !js(r.json, "access_token")) {
+        resp_free(&r);
+        return -1;
+    }
+    snprintf(token_out, n, "%s", js(r.json, "access_token"));
+    if (uid_out)
+        snprintf(uid_out, un, "%s", js(r.json, "user_id"));
+    resp_free(&r);
+    return 0;
+}
+
 int control(mock_t *m, resp_t *r, const char *method, const char *path, const char *body)
 {
     char url[1024];

@@ -42,6 +42,13 @@ const char *resp_header(resp_t *r, const char *name, char *out, size_t n);
 int helix(mock_t *m, resp_t *r, const char *method, const char *path, const char *body);
 int control(mock_t *m, resp_t *r, const char *method, const char *path, const char *body);
 int get_token(mock_t *m);
+/* helix call with another token (a user token) and the mock's client id */
+int helix_as(mock_t *m, const char *token, resp_t *r, const char *method, const char *path,
+             const char *body);
+/* POST /_mock/users: a user who authorised the app; user_id may be NULL, scopes a JSON
+ * array. Writes the user's access token (and user id when uid_out is given). */
+int mock_user(mock_t *m, const char *login, const char *user_id, const char *scopes_json,
+              char *token_out, size_t n, char *uid_out, size_t un);
 const char *js(const cJSON *o, const char *path); /* "a.b.0.c" string lookup */
 double jn(const cJSON *o, const char *path);
 const cJSON *jget(const cJSON *o, const char *path);
