@@ -519,8 +519,8 @@ void ev_user_update(cJSON *ev, const char *ch, uint64_t n)
     cJSON_AddStringToObject(ev, "description", "cool description");
 }
 
-/* The channel of conduit.shard.disabled and user.authorization.* subscriptions is
- * their condition's client_id (when the trigger names no channel). */
+/* conduit.shard.disabled: the first conduit's shard 0 (the emulator sends real ones
+ * itself when a shard goes down; this is the triggered kind) */
 void ev_shard_disabled(cJSON *ev, const char *ch, uint64_t n)
 {
     (void)ch;
@@ -541,10 +541,15 @@ void ev_shard_disabled(cJSON *ev, const char *ch, uint64_t n)
     add_time(t, "disconnected_at", 0);
 }
 
+/* user.authorization.grant / revoke: the channel names the client when it is one,
+ * else the first client; the user is one who authorised it (POST /_mock/users) */
 void ev_authorization(cJSON *ev, const char *ch, uint64_t n)
 {
     (void)n;
-    const char *cid = ch && strcmp(ch, "0") ? ch : M->clients[0].id;
+    const char *cid = M->clients[0].id;
+    for (int i = 0; i < M->nclients; i++)
+        if (!strcmp(M->clients[i].id, ch))
+            cid = M->clients[i].id;
     cJSON_AddStringToObject(ev, "client_id", cid);
     const user_t *u = NULL;
     for (const user_t *x = M->users; x && !u; x = x->next)
@@ -560,9 +565,17 @@ void ev_authorization(cJSON *ev, const char *ch, uint64_t n)
 
 cJSON *gen_event(const char *type, const char *channel, uint64_t n, const cJSON *merge)
 {
+    return gen_event_for(type, NULL, channel, n, merge);
+}
+
+cJSON *gen_event_for(const char *type, const char *version, const char *channel, uint64_t n,
+                     const cJSON *merge)
+{
     cJSON *ev = cJSON_CreateObject();
     const char *ch = channel ? channel : "0";
-    const evtype_t *t = type_find(type, NULL);
+    const evtype_t *t = type_find(type, version);
+    if (!t)
+        t = type_find(type, NULL);
     if (t)
         t->gen(ev, ch, n);
     else

@@ -463,6 +463,9 @@ void fire_shard_disabled(conduit_t *c, int i);
 conn_t *route_conduit(conduit_t *c, const char *key, lent_t *le, int *webhook_shard);
 const char *routing_value(sub_t *s, char *buf, size_t n);
 cJSON *gen_event(const char *type, const char *channel, uint64_t n, const cJSON *merge);
+/* the payload of that version (gen_event: the type's newest version) */
+cJSON *gen_event_for(const char *type, const char *version, const char *channel, uint64_t n,
+                     const cJSON *merge);
 void blast_gen_free(conn_t *c);
 void sessions_free_all(void);
 const char *match_value(sub_t *s);
