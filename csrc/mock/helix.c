@@ -1142,7 +1142,7 @@ static void h_sub_create(hreq_t *r, const token_t *tk, cJSON *body)
     }
     /* websocket: the token's user must be the condition's user and hold the scope */
     if (m == T_WS && ty->scopes) {
-        const char *who = jstr(cond, ty->auth_key);
+        const char *who = ty->auth_key ? jstr(cond, ty->auth_key) : NULL;
         if (!who || strcmp(who, tk->user->id) || !token_has_scope(tk, ty->scopes)) {
             herr(r, 403, "subscription missing proper authorization");
             return;
