@@ -1469,6 +1469,8 @@ void handle_control(hreq_t *r, const char *p, cJSON *body)
         ok_obj(r, o);
     } else if (post && !strcmp(p, "/faults"))
         c_faults(r, body);
+    else if ((post || get) && !strcmp(p, "/users"))
+        c_users(r, body);
     else if (post && !strcmp(p, "/tokens/revoke"))
         c_tokens_revoke(r, body);
     else if (post && !strcmp(p, "/clock"))

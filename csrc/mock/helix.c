@@ -157,6 +157,8 @@ void reset_helix_state(void)
     M->latency_ms = 0;
     M->duplicate_next = M->stale_next = 0;
     shard_patches_free();
+    for (user_t *u = M->users; u; u = u->next)
+        u->bucket = -1;
 }
 
 void free_route_counters(void)
@@ -176,6 +178,7 @@ void free_tokens(void)
     while (M->tokens) {
         token_t *t = M->tokens;
         M->tokens = t->next;
+        cJSON_Delete(t->scopes);
         free(t);
     }
 }
@@ -363,44 +366,82 @@ void apply_config(const cJSON *o, char *err, size_t errlen)
 
 /* ---------------- OAuth ---------------- */
 
+/* a parameter of the token request: query, form body or JSON body */
+static void oauth_param(hreq_t *r, const cJSON *json, const char *k, char *out, size_t n)
+{
+    out[0] = 0;
+    if (r->query && qparam(r->query, k, out, n, 0) && out[0])
+        return;
+    if (r->body.p && r->body.p[0] != '{' && qparam(r->body.p, k, out, n, 0) && out[0])
+        return;
+    if (json && jstr(json, k))
+        snprintf(out, n, "%s", jstr(json, k));
+}
+
+static void user_token_response(hreq_t *r, token_t *t)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "access_token", t->tok);
+    double left = t->expires_at - emu_now();
+    cJSON_AddNumberToObject(o, "expires_in", left > 0 ? floor(left) : 0);
+    cJSON_AddStringToObject(o, "refresh_token", t->refresh);
+    cJSON_AddItemToObject(o, "scope", cJSON_Duplicate(t->scopes, 1));
+    cJSON_AddStringToObject(o, "token_type", "bearer");
+    set_json(r, 200, o);
+}
+
 static void oauth_token(hreq_t *r)
 {
-    char cid[128] = "", sec[128] = "", gt[64] = "";
-    const char *srcs[2] = {r->query, r->body.p};
-    for (int i = 0; i < 2; i++) {
-        if (!srcs[i])
-            continue;
-        if (!cid[0])
-            qparam(srcs[i], "client_id", cid, sizeof cid, 0);
-        if (!sec[0])
-            qparam(srcs[i], "client_secret", sec, sizeof sec, 0);
-        if (!gt[0])
-            qparam(srcs[i], "grant_type", gt, sizeof gt, 0);
-    }
-    if (r->body.p && r->body.p[0] == '{') { /* tolerate a JSON body too */
-        cJSON *o = cJSON_Parse(r->body.p);
-        if (o) {
-            if (!cid[0] && jstr(o, "client_id"))
-                snprintf(cid, sizeof cid, "%s", jstr(o, "client_id"));
-            if (!sec[0] && jstr(o, "client_secret"))
-                snprintf(sec, sizeof sec, "%s", jstr(o, "client_secret"));
-            if (!gt[0] && jstr(o, "grant_type"))
-                snprintf(gt, sizeof gt, "%s", jstr(o, "grant_type"));
-            cJSON_Delete(o);
-        }
-    }
+    char cid[128], sec[128], gt[64];
+    cJSON *json = NULL;
+    if (r->body.p && r->body.p[0] == '{') /* tolerate a JSON body too */
+        json = cJSON_ParseWithLength(r->body.p, r->body.len);
+    oauth_param(r, json, "client_id", cid, sizeof cid);
+    oauth_param(r, json, "client_secret", sec, sizeof sec);
+    oauth_param(r, json, "grant_type", gt, sizeof gt);
     client_t *cl = find_client(cid);
     if (!cid[0] || !cl) {
         json_error(r, 400, NULL, "invalid client");
-        return;
+        goto out;
     }
     if (strcmp(sec, cl->secret)) {
         json_error(r, 403, NULL, "invalid client secret");
-        return;
+        goto out;
+    }
+    if (!strcmp(gt, "authorization_code")) {
+        /* redirect_uri is accepted and not checked: no browser was redirected */
+        char code[64];
+        oauth_param(r, json, "code", code, sizeof code);
+        token_t *g = NULL;
+        for (token_t *t = M->tokens; t && code[0]; t = t->next)
+            if (t->user && t->code[0] && !strcmp(t->code, code) && !strcmp(t->client_id, cl->id))
+                g = t;
+        if (!g) {
+            json_error(r, 400, NULL, "Invalid authorization code");
+            goto out;
+        }
+        g->code[0] = 0; /* a code is exchanged once */
+        user_token_response(r, user_token_issue(g->user, g->scopes));
+        goto out;
+    }
+    if (!strcmp(gt, "refresh_token")) {
+        char rt[128];
+        oauth_param(r, json, "refresh_token", rt, sizeof rt);
+        token_t *g = NULL;
+        for (token_t *t = M->tokens; t && rt[0]; t = t->next)
+            if (t->user && t->refresh[0] && !strcmp(t->refresh, rt) && !strcmp(t->client_id, cl->id))
+                g = t;
+        if (!g) {
+            json_error(r, 400, "Bad Request", "Invalid refresh token");
+            goto out;
+        }
+        g->refresh[0] = 0; /* rotated: the old refresh token is spent */
+        user_token_response(r, user_token_issue(g->user, g->scopes));
+        goto out;
     }
     if (strcmp(gt, "client_credentials")) {
         json_error(r, 400, NULL, "unsupported grant type");
-        return;
+        goto out;
     }
     token_t *t = xcalloc(1, sizeof *t);
     gen_token(t->tok, 31);
@@ -413,6 +454,8 @@ static void oauth_token(hreq_t *r)
     cJSON_AddNumberToObject(o, "expires_in", floor(M->cfg.token_ttl_s));
     cJSON_AddStringToObject(o, "token_type", "bearer");
     set_json(r, 200, o);
+out:
+    cJSON_Delete(json);
 }
 
 static const char *auth_token(const char *hdr)
@@ -434,7 +477,12 @@ static void oauth_validate(hreq_t *r)
     }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "client_id", t->client_id);
-    cJSON_AddArrayToObject(o, "scopes");
+    if (t->user) {
+        cJSON_AddStringToObject(o, "login", t->user->login);
+        cJSON_AddItemToObject(o, "scopes", cJSON_Duplicate(t->scopes, 1));
+        cJSON_AddStringToObject(o, "user_id", t->user->id);
+    } else
+        cJSON_AddArrayToObject(o, "scopes");
     double left = t->expires_at - emu_now();
     cJSON_AddNumberToObject(o, "expires_in", left > 0 ? floor(left) : 0);
     set_json(r, 200, o);
@@ -473,28 +521,45 @@ static void count_route(const char *method, const char *path)
     M->routes = rc;
 }
 
-static void bucket_refill(client_t *cl)
+/* A rate-limit bucket: a client's (app tokens) or a user's (user tokens of that
+ * client and user). level < 0: not used yet (full). */
+typedef struct {
+    double *level;
+    int64_t *us;
+} bucket_ref;
+
+static bucket_ref client_bucket(client_t *cl)
+{
+    bucket_ref k = {NULL, NULL};
+    if (cl) {
+        k.level = &cl->bucket;
+        k.us = &cl->bucket_us;
+    }
+    return k;
+}
+
+static void bucket_refill(bucket_ref k)
 {
     int64_t now = mono_us();
     double lim = M->cfg.rate_limit;
-    if (cl->bucket < 0) {
-        cl->bucket = lim;
-        cl->bucket_us = now;
+    if (*k.level < 0) {
+        *k.level = lim;
+        *k.us = now;
         return;
     }
-    cl->bucket += (double)(now - cl->bucket_us) / 1e6 * lim / 60.0;
-    if (cl->bucket > lim)
-        cl->bucket = lim;
-    cl->bucket_us = now;
+    *k.level += (double)(now - *k.us) / 1e6 * lim / 60.0;
+    if (*k.level > lim)
+        *k.level = lim;
+    *k.us = now;
 }
 
-static void rl_headers(hreq_t *r, client_t *cl, int force_empty)
+static void rl_headers(hreq_t *r, bucket_ref k, int force_empty)
 {
     double lim = M->cfg.rate_limit;
     double b = lim;
-    if (cl) {
-        bucket_refill(cl);
-        b = cl->bucket;
+    if (k.level) {
+        bucket_refill(k);
+        b = *k.level;
     }
     if (force_empty)
         b = 0;
@@ -935,20 +1000,6 @@ void shards_patch_answer(hreq_t *r, const char *cid, const char *conduit_id, con
 
 /* ---------------- subscriptions ---------------- */
 
-static const struct {
-    const char *type, *version, *need;
-} known_types[] = {
-    {"stream.online", "1", "broadcaster_user_id"},
-    {"stream.offline", "1", "broadcaster_user_id"},
-    {"channel.follow", "2", "broadcaster_user_id"},
-    {"channel.chat.message", "1", "broadcaster_user_id"},
-    {"channel.subscribe", "1", "broadcaster_user_id"},
-    {"channel.cheer", "1", "broadcaster_user_id"},
-    {"channel.raid", "1", NULL},
-    {"channel.update", "2", "broadcaster_user_id"},
-    {"conduit.shard.disabled", "1", "client_id"},
-};
-
 static int cond_equal(const cJSON *a, const cJSON *b) { return cJSON_Compare(a, b, 1); }
 
 static int sub_active(const sub_t *s)
@@ -957,17 +1008,77 @@ static int sub_active(const sub_t *s)
            !strcmp(s->status, "webhook_callback_verification_pending");
 }
 
-static int total_cost(const char *cid)
+/* What a token sees: an app token the client's webhook and conduit subscriptions, a
+ * user token the websocket subscriptions that user made for the client. */
+static int sub_visible(const sub_t *s, const token_t *t)
 {
-    int t = 0;
-    for (sub_t *s = M->subs; s; s = s->next)
-        if (!strcmp(s->client_id, cid) && sub_active(s))
-            t += s->cost;
-    return t;
+    if (strcmp(s->client_id, t->client_id))
+        return 0;
+    if (t->user)
+        return s->method == T_WS && !strcmp(s->user_id, t->user->id);
+    return s->method != T_WS;
 }
 
-static void h_sub_create(hreq_t *r, const char *cid, cJSON *body)
+static int total_cost(const token_t *t)
 {
+    int n = 0;
+    for (sub_t *s = M->subs; s; s = s->next)
+        if (sub_visible(s, t) && sub_active(s))
+            n += s->cost;
+    return n;
+}
+
+static int total_subs(const token_t *t)
+{
+    int n = 0;
+    for (sub_t *s = M->subs; s; s = s->next)
+        n += sub_visible(s, t);
+    return n;
+}
+
+/* websocket transport: max_total_cost per client and user (Twitch: 10) */
+#define WS_MAX_TOTAL_COST 10
+#define WS_MAX_SESSIONS 3   /* websocket connections with enabled subscriptions per user */
+#define WS_MAX_SESSION_SUBS 300
+
+static int max_total_cost(const token_t *t) { return t->user ? WS_MAX_TOTAL_COST : M->cfg.sub_max_cost; }
+
+/* cost 0 when the user named by the condition authorised the app, 1 otherwise */
+static int sub_cost(const evtype_t *ty, const cJSON *cond, const char *cid)
+{
+    const char *keys = ty->auth_key ? ty->auth_key : ty->route_key;
+    if (ty->flags & TY_CLIENT)
+        return 1;
+    for (const char *p = keys; p && *p;) {
+        const char *bar = strchr(p, '|');
+        size_t l = bar ? (size_t)(bar - p) : strlen(p);
+        char k[64];
+        if (l < sizeof k) {
+            memcpy(k, p, l);
+            k[l] = 0;
+            const char *v = jstr(cond, k);
+            if (v && user_find(cid, v))
+                return 0;
+        }
+        p = bar ? bar + 1 : NULL;
+    }
+    return 1;
+}
+
+static int token_has_scope(const token_t *t, const char *alts)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, t->scopes)
+    {
+        if (cJSON_IsString(it) && alt_has(alts, it->valuestring))
+            return 1;
+    }
+    return 0;
+}
+
+static void h_sub_create(hreq_t *r, const token_t *tk, cJSON *body)
+{
+    const char *cid = tk->client_id;
     if (!cJSON_IsObject(body)) {
         herr(r, 400, "Request body must be a JSON object");
         return;
@@ -996,29 +1107,15 @@ static void h_sub_create(hreq_t *r, const char *cid, cJSON *body)
         herr(r, 400, "Missing required parameter transport");
         return;
     }
-    for (size_t i = 0; i < sizeof known_types / sizeof known_types[0]; i++) {
-        if (strcmp(known_types[i].type, type))
-            continue;
-        if (strcmp(known_types[i].version, version)) {
-            herr(r, 400, "The version is not supported for this subscription type");
-            return;
-        }
-        if (known_types[i].need) {
-            const char *v = jstr(cond, known_types[i].need);
-            if (!v || !*v) {
-                char m[160];
-                snprintf(m, sizeof m, "The condition is missing %s", known_types[i].need);
-                herr(r, 400, m);
-                return;
-            }
-        } else if (!jstr(cond, "to_broadcaster_user_id") && !jstr(cond, "from_broadcaster_user_id")) {
-            herr(r, 400, "The condition needs from_broadcaster_user_id or to_broadcaster_user_id");
-            return;
-        }
-        if (!strcmp(type, "conduit.shard.disabled") && strcmp(jstr(cond, "client_id"), cid)) {
-            herr(r, 403, "The client_id in the condition must match the token's client");
-            return;
-        }
+    const evtype_t *ty = type_find(type, version);
+    if (!ty) {
+        herr(r, 400, "The combination of values in the version and type fields is not valid");
+        return;
+    }
+    char msg[256];
+    if (!type_check_condition(ty, cond, msg, sizeof msg)) {
+        herr(r, 400, msg);
+        return;
     }
     const char *method = jstr(tr, "method");
     if (!method) {
@@ -1033,11 +1130,6 @@ static void h_sub_create(hreq_t *r, const char *cid, cJSON *body)
         target = jstr(tr, "conduit_id");
         if (!target || !*target) {
             herr(r, 400, "Missing required parameter transport.conduit_id");
-            return;
-        }
-        conduit_t *c = find_conduit(target);
-        if (!c || strcmp(c->client_id, cid)) {
-            herr(r, 400, "The conduit does not exist");
             return;
         }
     } else if (!strcmp(method, "webhook")) {
@@ -1063,14 +1155,49 @@ static void h_sub_create(hreq_t *r, const char *cid, cJSON *body)
             herr(r, 400, "Missing required parameter transport.session_id");
             return;
         }
-        sess = find_session(target);
-        if (!session_live(sess)) {
-            herr(r, 400, "The websocket session is not connected.");
+        if (ty->flags & TY_NO_WS) {
+            herr(r, 400, "The subscription type is not supported by the websocket transport");
             return;
         }
     } else {
         herr(r, 400, "The transport method is invalid");
         return;
+    }
+    /* the token kind the transport needs (Twitch's servers answer 400 here) */
+    if (m == T_WS && !tk->user) {
+        herr(r, 400, "invalid transport and auth combination");
+        return;
+    }
+    if (m != T_WS && tk->user) {
+        herr(r, 400, m == T_WEBHOOK ? "auth must use app access token to create webhook subscription"
+                                    : "auth must use app access token to create conduit subscription");
+        return;
+    }
+    if ((ty->flags & TY_CLIENT) && strcmp(jstr(cond, "client_id"), cid)) {
+        herr(r, 403, "The client_id in the condition must match the token's client");
+        return;
+    }
+    /* websocket: the token's user must be the condition's user and hold the scope */
+    if (m == T_WS && ty->scopes) {
+        const char *who = ty->auth_key ? jstr(cond, ty->auth_key) : NULL;
+        if (!who || strcmp(who, tk->user->id) || !token_has_scope(tk, ty->scopes)) {
+            herr(r, 403, "subscription missing proper authorization");
+            return;
+        }
+    }
+    if (m == M_CONDUIT) {
+        conduit_t *c = find_conduit(target);
+        if (!c || strcmp(c->client_id, cid)) {
+            herr(r, 400, "The conduit does not exist");
+            return;
+        }
+    }
+    if (m == T_WS) {
+        sess = find_session(target);
+        if (!session_live(sess)) {
+            herr(r, 400, "The websocket session is not connected.");
+            return;
+        }
     }
     for (sub_t *s = M->subs; s; s = s->next) {
         if (strcmp(s->client_id, cid) || !sub_active(s) || strcmp(s->type, type) ||
@@ -1082,7 +1209,41 @@ static void h_sub_create(hreq_t *r, const char *cid, cJSON *body)
             return;
         }
     }
-    if (total_cost(cid) + 1 > M->cfg.sub_max_cost) {
+    if (m == T_WS) {
+        /* other connections of this user holding enabled subscriptions, and this one's count */
+        const char *seen[WS_MAX_SESSIONS];
+        int nseen = 0, on_session = 0;
+        for (sub_t *s = M->subs; s; s = s->next) {
+            if (s->method != T_WS || strcmp(s->status, "enabled"))
+                continue;
+            if (!strcmp(s->session_id, target)) {
+                on_session++;
+                continue;
+            }
+            if (strcmp(s->client_id, cid) || strcmp(s->user_id, tk->user->id))
+                continue;
+            int known = 0;
+            for (int i = 0; i < nseen && !known; i++)
+                known = !strcmp(seen[i], s->session_id);
+            if (!known) {
+                if (nseen == WS_MAX_SESSIONS) {
+                    nseen++;
+                    break;
+                }
+                seen[nseen++] = s->session_id;
+            }
+        }
+        if (nseen >= WS_MAX_SESSIONS) {
+            herr(r, 429, "number of websocket transports limit exceeded");
+            return;
+        }
+        if (on_session >= WS_MAX_SESSION_SUBS) {
+            herr(r, 429, "number of subscriptions per websocket transport limit exceeded");
+            return;
+        }
+    }
+    int cost = sub_cost(ty, cond, cid);
+    if (total_cost(tk) + cost > max_total_cost(tk)) {
         herr(r, 429, "The maximum total cost has been reached");
         return;
     }
@@ -1093,7 +1254,7 @@ static void h_sub_create(hreq_t *r, const char *cid, cJSON *body)
     s->version = xstrdup(version);
     s->condition = cJSON_Duplicate(cond, 1);
     s->method = m;
-    s->cost = 1;
+    s->cost = cost;
     s->order = ++M->sub_order;
     fmt_time(emu_now(), s->created_at);
     if (m == M_CONDUIT) {
@@ -1106,6 +1267,7 @@ static void h_sub_create(hreq_t *r, const char *cid, cJSON *body)
     } else {
         snprintf(s->session_id, sizeof s->session_id, "%s", target);
         snprintf(s->connected_at, sizeof s->connected_at, "%s", sess->connected_at);
+        snprintf(s->user_id, sizeof s->user_id, "%s", tk->user->id);
         strcpy(s->status, "enabled");
         sess->assigned = 1;
     }
@@ -1118,13 +1280,9 @@ static void h_sub_create(hreq_t *r, const char *cid, cJSON *body)
     cJSON *o = cJSON_CreateObject();
     cJSON *d = cJSON_AddArrayToObject(o, "data");
     cJSON_AddItemToArray(d, sub_json(s));
-    int n = 0;
-    for (sub_t *x = M->subs; x; x = x->next)
-        if (!strcmp(x->client_id, cid))
-            n++;
-    cJSON_AddNumberToObject(o, "total", n);
-    cJSON_AddNumberToObject(o, "total_cost", total_cost(cid));
-    cJSON_AddNumberToObject(o, "max_total_cost", M->cfg.sub_max_cost);
+    cJSON_AddNumberToObject(o, "total", total_subs(tk));
+    cJSON_AddNumberToObject(o, "total_cost", total_cost(tk));
+    cJSON_AddNumberToObject(o, "max_total_cost", max_total_cost(tk));
     set_json(r, 202, o);
 }
 
@@ -1137,7 +1295,7 @@ static int cond_has_user(const cJSON *cond, const char *uid)
     return 0;
 }
 
-static void h_sub_list(hreq_t *r, const char *cid)
+static void h_sub_list(hreq_t *r, const token_t *tk)
 {
     static const char *filters[] = {"status", "type", "user_id", "subscription_id", "conduit_id"};
     int which = -1, nf = 0;
@@ -1165,7 +1323,7 @@ static void h_sub_list(hreq_t *r, const char *cid)
     cJSON *d = cJSON_AddArrayToObject(o, "data");
     long idx = 0, n = 0, total = 0, next = -1;
     for (sub_t *s = M->subs; s; s = s->next) {
-        if (strcmp(s->client_id, cid))
+        if (!sub_visible(s, tk))
             continue;
         int match = 1;
         switch (which) {
@@ -1189,8 +1347,8 @@ static void h_sub_list(hreq_t *r, const char *cid)
         idx++;
     }
     cJSON_AddNumberToObject(o, "total", total);
-    cJSON_AddNumberToObject(o, "total_cost", total_cost(cid));
-    cJSON_AddNumberToObject(o, "max_total_cost", M->cfg.sub_max_cost);
+    cJSON_AddNumberToObject(o, "total_cost", total_cost(tk));
+    cJSON_AddNumberToObject(o, "max_total_cost", max_total_cost(tk));
     cJSON *pg = cJSON_AddObjectToObject(o, "pagination");
     if (next >= 0) {
         char cur[32];
@@ -1200,7 +1358,7 @@ static void h_sub_list(hreq_t *r, const char *cid)
     set_json(r, 200, o);
 }
 
-static void h_sub_delete(hreq_t *r, const char *cid)
+static void h_sub_delete(hreq_t *r, const token_t *tk)
 {
     char id[128];
     if (!qparam(r->query, "id", id, sizeof id, 0) || !id[0]) {
@@ -1209,7 +1367,7 @@ static void h_sub_delete(hreq_t *r, const char *cid)
     }
     for (sub_t **pp = &M->subs; *pp; pp = &(*pp)->next) {
         sub_t *s = *pp;
-        if (!strcmp(s->id, id) && !strcmp(s->client_id, cid)) {
+        if (!strcmp(s->id, id) && sub_visible(s, tk)) {
             *pp = s->next;
             free_sub(s);
             r->status = 204;
@@ -1250,7 +1408,7 @@ static void helix(hreq_t *r)
             free(f->path);
             free(f);
         }
-        rl_headers(r, hdr_client, st == 429);
+        rl_headers(r, client_bucket(hdr_client), st == 429);
         const char *msg = st == 401   ? "Invalid OAuth token"
                           : st == 429 ? "Too Many Requests"
                                       : "injected fault";
@@ -1259,43 +1417,47 @@ static void helix(hreq_t *r)
     }
     const char *tok = NULL;
     if (!r->auth_hdr[0]) {
-        rl_headers(r, hdr_client, 0);
+        rl_headers(r, client_bucket(hdr_client), 0);
         herr(r, 401, "OAuth token is missing");
         return;
     }
     if (strncasecmp(r->auth_hdr, "Bearer ", 7)) {
-        rl_headers(r, hdr_client, 0);
+        rl_headers(r, client_bucket(hdr_client), 0);
         herr(r, 401, "Invalid OAuth token");
         return;
     }
     tok = r->auth_hdr + 7;
     token_t *t = find_token(tok);
     if (!token_valid(t)) {
-        rl_headers(r, hdr_client, 0);
+        rl_headers(r, client_bucket(hdr_client), 0);
         herr(r, 401, "Invalid OAuth token");
         return;
     }
     if (!r->client_id_hdr[0]) {
-        rl_headers(r, find_client(t->client_id), 0);
+        rl_headers(r, client_bucket(find_client(t->client_id)), 0);
         herr(r, 401, "Client-Id header is missing");
         return;
     }
     if (strcmp(r->client_id_hdr, t->client_id)) {
-        rl_headers(r, hdr_client, 0);
+        rl_headers(r, client_bucket(hdr_client), 0);
         herr(r, 401, "Client ID and OAuth token do not match");
         return;
     }
-    client_t *cl = find_client(t->client_id);
-    if (cl) {
-        bucket_refill(cl);
-        if (cl->bucket < 1) {
-            rl_headers(r, cl, 0);
+    bucket_ref k = client_bucket(find_client(t->client_id));
+    if (t->user) {
+        k.level = &t->user->bucket;
+        k.us = &t->user->bucket_us;
+    }
+    if (k.level) {
+        bucket_refill(k);
+        if (*k.level < 1) {
+            rl_headers(r, k, 0);
             herr(r, 429, "Too Many Requests");
             return;
         }
-        cl->bucket -= 1;
+        *k.level -= 1;
     }
-    rl_headers(r, cl, 0);
+    rl_headers(r, k, 0);
     cJSON *body = NULL;
     if (r->body.len) {
         body = cJSON_ParseWithLength(r->body.p, r->body.len);
@@ -1305,17 +1467,20 @@ static void helix(hreq_t *r)
         }
     }
     const char *cid = t->client_id;
-    if (!strcmp(sub, "/eventsub/conduits"))
+    if (t->user && !strncmp(sub, "/eventsub/conduits", 18) &&
+        (!sub[18] || !strcmp(sub + 18, "/shards")))
+        herr(r, 401, "Must provide valid app token."); /* conduits are an app's */
+    else if (!strcmp(sub, "/eventsub/conduits"))
         h_conduits(r, cid, body);
     else if (!strcmp(sub, "/eventsub/conduits/shards"))
         h_shards(r, cid, body);
     else if (!strcmp(sub, "/eventsub/subscriptions")) {
         if (!strcmp(r->method, "POST"))
-            h_sub_create(r, cid, body);
+            h_sub_create(r, t, body);
         else if (!strcmp(r->method, "GET"))
-            h_sub_list(r, cid);
+            h_sub_list(r, t);
         else if (!strcmp(r->method, "DELETE"))
-            h_sub_delete(r, cid);
+            h_sub_delete(r, t);
         else
             herr(r, 405, "method not allowed");
     } else

@@ -46,6 +46,15 @@ static void resp_ready_cb(lws_sorted_usec_list_t *sul)
 
 static void process_request(hreq_t *r)
 {
+    if (r->processed)
+        return;
+    r->processed = 1;
+    if (r->too_big) {
+        json_error(r, 413, "Payload Too Large", "request body exceeds 1 MB");
+        r->ready = 1;
+        lws_callback_on_writable(r->wsi);
+        return;
+    }
     handle_request(r);
     if (r->deferred)
         return; /* answered when applied (held or delayed Update Conduit Shards) */
@@ -62,7 +71,9 @@ static void process_request(hreq_t *r)
     }
 }
 
-static int write_response(struct lws *wsi, hreq_t *r)
+/* raw: the connection is in raw mode (pss_t): the transaction is not handed back to
+ * libwebsockets, which would wait for the rest of a 100 MB body it expects. */
+static int write_response(struct lws *wsi, hreq_t *r, int raw)
 {
     unsigned char hb[LWS_PRE + 4096];
     unsigned char *start = hb + LWS_PRE, *p = start, *end = hb + sizeof hb - 1;
@@ -93,6 +104,10 @@ static int write_response(struct lws *wsi, hreq_t *r)
         }
         eh = nl + 1;
     }
+    if (raw && r->close_after &&
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"connection:",
+                                    (const unsigned char *)"close", 5, &p, end))
+        return -1;
     if (lws_finalize_write_http_header(wsi, start, &p, end))
         return -1;
     if (blen) {
@@ -104,6 +119,8 @@ static int write_response(struct lws *wsi, hreq_t *r)
             return -1;
     }
     r->written = 1;
+    if (raw)
+        return 0;
     if (lws_http_transaction_completed(wsi))
         return -1;
     return 0;
@@ -116,12 +133,244 @@ static void read_header(struct lws *wsi, enum lws_token_indexes t, char *out, si
         lws_hdr_copy(wsi, out, (int)n, t);
 }
 
-static int begin_http(struct lws *wsi, pss_t *p, const char *uri)
+/* "chunked" as the last transfer coding */
+static int te_chunked(const char *v)
+{
+    size_t n = strlen(v);
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    return n >= 7 && !strncasecmp(v + n - 7, "chunked", 7);
+}
+
+static int parse_length(const char *s, size_t *out)
+{
+    char *e = NULL;
+    errno = 0;
+    if (!*s || *s == '-')
+        return 0;
+    unsigned long long v = strtoull(s, &e, 10);
+    while (e && (*e == ' ' || *e == '\t'))
+        e++;
+    if (errno || e == s || *e)
+        return 0;
+    *out = (size_t)v;
+    return 1;
+}
+
+static hreq_t *hreq_new(struct lws *wsi)
 {
     hreq_t *r = xcalloc(1, sizeof *r);
+    r->wsi = wsi;
+    return r;
+}
+
+/* ---------------- raw mode (see pss_t) ---------------- */
+
+static void raw_consume(buf_t *b, size_t n)
+{
+    memmove(b->p, b->p + n, b->len - n);
+    b->len -= n;
+}
+
+static void raw_fail(hreq_t *r, int status, const char *msg)
+{
+    r->close_after = 1;
+    r->processed = 1;
+    json_error(r, status, status == 431 ? "Request Header Fields Too Large" : "Bad Request", msg);
+    r->ready = 1;
+    lws_callback_on_writable(r->wsi);
+}
+
+/* De-chunks what p->in holds into r->body: 1 body complete, 0 more bytes needed,
+ * -1 malformed. */
+static int dechunk(hreq_t *r, buf_t *in)
+{
+    for (;;) {
+        if (r->ck_state == 1) {
+            size_t take = r->ck_left < in->len ? r->ck_left : in->len;
+            if (!take)
+                return 0;
+            if (r->body.len + take > MAX_BODY)
+                r->too_big = 1;
+            else
+                buf_add(&r->body, in->p, take);
+            raw_consume(in, take);
+            r->ck_left -= take;
+            if (!r->ck_left)
+                r->ck_state = 2;
+            continue;
+        }
+        if (r->ck_state == 2) {
+            if (in->len < 2)
+                return 0;
+            if (in->p[0] != '\r' || in->p[1] != '\n')
+                return -1;
+            raw_consume(in, 2);
+            r->ck_state = 0;
+            continue;
+        }
+        char *nl = in->len ? memchr(in->p, '\n', in->len) : NULL;
+        if (!nl)
+            return in->len > 4096 ? -1 : 0;
+        size_t ll = (size_t)(nl - in->p) + 1;
+        if (ll < 2 || nl[-1] != '\r')
+            return -1;
+        if (r->ck_state == 3) { /* trailer fields, up to the empty line */
+            raw_consume(in, ll);
+            if (ll == 2)
+                return 1;
+            continue;
+        }
+        char line[64];
+        size_t cl = ll - 2 < sizeof line - 1 ? ll - 2 : sizeof line - 1;
+        memcpy(line, in->p, cl);
+        line[cl] = 0;
+        char *e = NULL;
+        errno = 0;
+        unsigned long long sz = strtoull(line, &e, 16);
+        if (errno || e == line || (*e && *e != ';' && *e != ' ' && *e != '\t') ||
+            sz > 0x7fffffffull)
+            return -1;
+        raw_consume(in, ll);
+        if (sz == 0)
+            r->ck_state = 3;
+        else {
+            r->ck_state = 1;
+            r->ck_left = (size_t)sz;
+        }
+    }
+}
+
+/* Parses one request head from p->in into a new p->req: 1 parsed, 0 more bytes needed. */
+static int raw_head(pss_t *p, struct lws *wsi)
+{
+    buf_t *in = &p->in;
+    while (in->len >= 2 && in->p[0] == '\r' && in->p[1] == '\n')
+        raw_consume(in, 2);
+    char *end = in->len >= 4 ? memmem(in->p, in->len, "\r\n\r\n", 4) : NULL;
+    hreq_t *r;
+    if (!end) {
+        if (in->len <= 16384)
+            return 0;
+        r = p->req = hreq_new(wsi);
+        raw_fail(r, 431, "request header block exceeds 16 KB");
+        return 1;
+    }
+    size_t hl = (size_t)(end - in->p) + 4;
+    r = p->req = hreq_new(wsi);
+    end[2] = 0; /* the head as one string; the two bytes after it are consumed below */
+    char *line = in->p, *nl = strstr(line, "\r\n");
+    *nl = 0;
+    char *sp1 = strchr(line, ' '), *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+    if (!sp1 || !sp2 || (size_t)(sp1 - line) >= sizeof r->method || strncmp(sp2 + 1, "HTTP/1.", 7)) {
+        raw_consume(in, in->len);
+        raw_fail(r, 400, "malformed request line");
+        return 1;
+    }
+    memcpy(r->method, line, (size_t)(sp1 - line));
+    r->method[sp1 - line] = 0;
+    *sp2 = 0;
+    char *target = sp1 + 1, *q = strchr(target, '?');
+    if (q)
+        *q = 0;
+    snprintf(r->path, sizeof r->path, "%s", target);
+    r->query = xstrdup(q ? q + 1 : "");
+    int chunked = 0, has_cl = 0, upgrade = 0;
+    size_t cl = 0;
+    for (char *h = nl + 2; *h;) {
+        char *e = strstr(h, "\r\n");
+        if (e)
+            *e = 0;
+        char *colon = strchr(h, ':');
+        if (colon) {
+            *colon = 0;
+            char *v = colon + 1;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            if (!strcasecmp(h, "content-length")) {
+                has_cl = 1;
+                if (!parse_length(v, &cl)) {
+                    raw_consume(in, in->len);
+                    raw_fail(r, 400, "malformed Content-Length");
+                    return 1;
+                }
+            } else if (!strcasecmp(h, "transfer-encoding"))
+                chunked = te_chunked(v);
+            else if (!strcasecmp(h, "authorization"))
+                snprintf(r->auth_hdr, sizeof r->auth_hdr, "%s", v);
+            else if (!strcasecmp(h, "client-id"))
+                snprintf(r->client_id_hdr, sizeof r->client_id_hdr, "%s", v);
+            else if (!strcasecmp(h, "upgrade"))
+                upgrade = 1;
+            else if (!strcasecmp(h, "connection") && strcasestr(v, "close"))
+                r->close_after = 1;
+            else if (!strcasecmp(h, "expect") && !strcasecmp(v, "100-continue")) {
+                static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                unsigned char cb[LWS_PRE + sizeof cont];
+                memcpy(cb + LWS_PRE, cont, sizeof cont - 1);
+                if (lws_write(wsi, cb + LWS_PRE, sizeof cont - 1, LWS_WRITE_HTTP) < 0)
+                    r->close_after = 1;
+            }
+        }
+        if (!e)
+            break;
+        h = e + 2;
+    }
+    raw_consume(in, hl);
+    if (upgrade) {
+        raw_fail(r, 400, "upgrade after a request without Content-Length on this connection");
+        return 1;
+    }
+    if (chunked)
+        r->chunked = 1;
+    else if (has_cl && cl > MAX_BODY) {
+        r->too_big = 1;
+        r->close_after = 1; /* the body is not read */
+    } else
+        r->body_left = cl;
+    return 1;
+}
+
+/* Runs the raw-mode connection as far as its bytes go: one request at a time, the
+ * next one parsed once the previous response is written. */
+static void raw_pump(pss_t *p, struct lws *wsi)
+{
+    for (;;) {
+        hreq_t *r = p->req;
+        if (r && r->processed)
+            return; /* its response is not written yet */
+        if (!r) {
+            if (!raw_head(p, wsi))
+                return;
+            continue;
+        }
+        if (r->chunked) {
+            int rc = dechunk(r, &p->in);
+            if (rc == 0)
+                return;
+            if (rc < 0) {
+                raw_fail(r, 400, "malformed chunked body");
+                return;
+            }
+        } else if (r->body_left && !r->too_big) {
+            size_t take = r->body_left < p->in.len ? r->body_left : p->in.len;
+            if (!take)
+                return;
+            buf_add(&r->body, p->in.p, take);
+            raw_consume(&p->in, take);
+            r->body_left -= take;
+            if (r->body_left)
+                return;
+        }
+        process_request(r);
+    }
+}
+
+static int begin_http(struct lws *wsi, pss_t *p, const char *uri)
+{
+    hreq_t *r = hreq_new(wsi);
     p->kind = 1;
     p->req = r;
-    r->wsi = wsi;
     static const struct {
         enum lws_token_indexes t;
         const char *m;
@@ -157,27 +406,29 @@ static int begin_http(struct lws *wsi, pss_t *p, const char *uri)
         if (cl > 0 && cl < (int)sizeof r->client_id_hdr)
             lws_hdr_custom_copy(wsi, r->client_id_hdr, sizeof r->client_id_hdr, "Client-Id:", 10);
     }
+    char te[128];
+    read_header(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING, te, sizeof te);
     char clen[32];
     read_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, clen, sizeof clen);
-    if (clen[0]) {
-        char *e = NULL;
-        errno = 0;
-        unsigned long long v = strtoull(clen, &e, 10);
-        if (errno || e == clen)
-            v = 0;
-        r->content_length = (size_t)v;
-        if (v > MAX_BODY)
-            r->too_big = 1;
+    int has_cl = clen[0] != 0;
+    if (has_cl && parse_length(clen, &r->content_length) && r->content_length > MAX_BODY)
+        r->too_big = 1;
+    /* libwebsockets expects a body of 100 MB from a POST, PATCH or PUT without
+     * Content-Length: from here on the emulator reads the connection itself */
+    int lws_body = !strcmp(r->method, "POST") || !strcmp(r->method, "PATCH") ||
+                   !strcmp(r->method, "PUT");
+    if (te[0] && te_chunked(te)) {
+        r->chunked = 1;
+        p->raw = 1;
+        return 0; /* the chunks come as LWS_CALLBACK_HTTP_BODY */
     }
-    if (r->content_length == 0 || r->too_big) {
-        if (r->too_big) {
-            json_error(r, 413, "Payload Too Large", "request body exceeds 1 MB");
-            r->ready = 1;
-            lws_callback_on_writable(wsi);
-            return 0;
-        }
+    if (!has_cl && lws_body)
+        p->raw = 1;
+    /* A body of 0 bytes (or none) is handled now. A POST with an explicit
+     * Content-Length: 0 also gets HTTP_BODY_COMPLETION afterwards, which then finds the
+     * request processed. */
+    if (r->content_length == 0 || r->too_big)
         process_request(r);
-    }
     return 0;
 }
 
@@ -205,7 +456,11 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
         }
         return begin_http(wsi, p, in);
     case LWS_CALLBACK_HTTP_BODY:
-        if (p && p->req) {
+        if (p && p->raw) {
+            if (len)
+                buf_add(&p->in, in, len);
+            raw_pump(p, wsi);
+        } else if (p && p->req && !p->req->processed && len) {
             hreq_t *r = p->req;
             if (r->body.len + len > MAX_BODY)
                 r->too_big = 1;
@@ -214,20 +469,20 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
         }
         return 0;
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-        if (p && p->req) {
-            hreq_t *r = p->req;
-            if (r->too_big) {
-                json_error(r, 413, "Payload Too Large", "request body exceeds 1 MB");
-                r->ready = 1;
-                lws_callback_on_writable(wsi);
-            } else
-                process_request(r);
-        }
+        if (p && p->raw)
+            return -1; /* the 100 MB libwebsockets allowed are used up */
+        if (p && p->req)
+            process_request(p->req);
         return 0;
     case LWS_CALLBACK_HTTP_WRITEABLE:
         if (p && p->req && p->req->ready && !p->req->written) {
-            int rc = write_response(wsi, p->req);
-            return rc;
+            if (!p->raw)
+                return write_response(wsi, p->req, 0);
+            if (write_response(wsi, p->req, 1) || p->req->close_after)
+                return -1;
+            hreq_free(p->req);
+            p->req = NULL;
+            raw_pump(p, wsi); /* requests that arrived meanwhile */
         }
         return 0;
     case LWS_CALLBACK_CLOSED_HTTP:
@@ -235,6 +490,10 @@ static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
         if (p && p->req) {
             hreq_free(p->req);
             p->req = NULL;
+        }
+        if (p && reason == LWS_CALLBACK_CLOSED_HTTP) {
+            buf_free(&p->in);
+            p->raw = 0;
         }
         return 0;
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
@@ -482,6 +741,7 @@ int main(int argc, char **argv)
     wt_free_all();
     sessions_free_all();
     free_tokens();
+    users_free_all();
     reset_helix_state();
     free_route_counters();
     ledger_free_all();

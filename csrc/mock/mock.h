@@ -106,6 +106,7 @@ typedef struct sub {
     int cost;
     int wh_failures;
     uint64_t order;
+    char user_id[32]; /* websocket transport: the user whose token made it */
 } sub_t;
 #define M_CONDUIT 3
 
@@ -223,13 +224,45 @@ typedef struct stream {
 } stream_t;
 
 /* ---------- tokens and rate limit ---------- */
+struct user;
 typedef struct token {
     struct token *next;
     char tok[48];
     char client_id[128];
     double expires_at; /* emulator clock */
     int revoked;
+    /* user tokens (users.c); app tokens have user NULL */
+    struct user *user;
+    cJSON *scopes;     /* array of strings */
+    char refresh[56];  /* its refresh token, "" once used */
+    char code[40];     /* the authorization code of its grant, "" once exchanged */
 } token_t;
+
+/* A user who authorised an app (POST /_mock/users): one per (user_id, client_id). */
+typedef struct user {
+    struct user *next;
+    char id[32];
+    char login[64];
+    char client_id[128];
+    cJSON *scopes; /* of the latest authorisation */
+    double bucket; /* Helix rate-limit bucket of user tokens (client + user) */
+    int64_t bucket_us;
+} user_t;
+
+/* ---------- subscription types (types.c) ---------- */
+#define TY_MAX_COND 4
+enum { TY_CLIENT = 1, /* condition client_id must be the token's client */
+       TY_NO_WS = 2 /* not available over the websocket transport */ };
+typedef struct {
+    const char *type, *version;
+    const char *cond[TY_MAX_COND];     /* required fields; "a|b": exactly one of them */
+    const char *optional[TY_MAX_COND]; /* accepted, not required */
+    const char *scopes;   /* "a|b": any one of them authorises; NULL: none needed */
+    const char *auth_key; /* condition field of the user who must authorise (scopes) */
+    const char *route_key; /* condition field naming the channel */
+    int flags;
+    void (*gen)(cJSON *ev, const char *channel, uint64_t n);
+} evtype_t;
 
 typedef struct client {
     char id[128];
@@ -305,6 +338,12 @@ typedef struct hreq {
     char auth_hdr[256];
     int deferred;        /* answered later (held or delayed Update Conduit Shards) */
     struct spatch *held; /* the deferred request's record, NULL otherwise */
+    int processed;     /* handed to handle_request: a request is handled once */
+    int chunked;       /* Transfer-Encoding: chunked, de-chunked by the emulator */
+    int ck_state;      /* de-chunker: 0 size line, 1 data, 2 CRLF after data, 3 trailer */
+    size_t ck_left;    /* bytes left in the current chunk */
+    size_t body_left;  /* raw mode: Content-Length bytes still to read */
+    int close_after;   /* raw mode: close the connection once the response is written */
 } hreq_t;
 
 /* ---------- Update Conduit Shards faults (control.c) ---------- */
@@ -337,6 +376,12 @@ typedef struct pss {
     int kind; /* 0 unknown, 1 http, 2 ws */
     hreq_t *req;
     conn_t *conn;
+    /* Raw mode: libwebsockets 4.1 reads a POST/PATCH/PUT without Content-Length (a
+     * chunked one, too) as a 100 MB body and never de-chunks. From such a request on,
+     * the emulator parses the connection's bytes itself (main.c): the request's body
+     * and every request after it on the keep-alive connection. */
+    int raw;
+    buf_t in; /* raw mode: bytes received and not yet parsed */
 } pss_t;
 
 /* ---------- the emulator ---------- */
@@ -394,6 +439,7 @@ typedef struct mock {
     int sp_hold;              /* the next N are held */
     int sp_delay_ms, sp_delay_count;
     sreject_t *sp_rejects;
+    user_t *users;
 } mock_t;
 
 extern mock_t *M;
@@ -469,6 +515,9 @@ void fire_shard_disabled(conduit_t *c, int i);
 conn_t *route_conduit(conduit_t *c, const char *key, lent_t *le, int *webhook_shard);
 const char *routing_value(sub_t *s, char *buf, size_t n);
 cJSON *gen_event(const char *type, const char *channel, uint64_t n, const cJSON *merge);
+/* the payload of that version (gen_event: the type's newest version) */
+cJSON *gen_event_for(const char *type, const char *version, const char *channel, uint64_t n,
+                     const cJSON *merge);
 void blast_gen_free(conn_t *c);
 void sessions_free_all(void);
 const char *match_value(sub_t *s);
@@ -484,6 +533,54 @@ int shard_patch_rejected(const char *conduit_id, const char *sid, const cJSON *t
                          char *message, size_t mlen, char *code, size_t clen);
 void shard_patch_detach(hreq_t *r);
 void shard_patches_free(void);
+
+/* types.c */
+const evtype_t *types_table(size_t *n);
+/* version NULL: the type's newest version */
+const evtype_t *type_find(const char *type, const char *version);
+int alt_has(const char *alts, const char *name);
+const char *cond_alt(const cJSON *cond, const char *alts, char *field, size_t fn);
+int type_check_condition(const evtype_t *t, const cJSON *cond, char *msg, size_t mn);
+
+/* events.c: one generator per type (types.c) */
+void ev_chat_message(cJSON *ev, const char *ch, uint64_t n);
+void ev_follow(cJSON *ev, const char *ch, uint64_t n);
+void ev_subscribe(cJSON *ev, const char *ch, uint64_t n);
+void ev_sub_gift(cJSON *ev, const char *ch, uint64_t n);
+void ev_sub_message(cJSON *ev, const char *ch, uint64_t n);
+void ev_cheer(cJSON *ev, const char *ch, uint64_t n);
+void ev_raid(cJSON *ev, const char *ch, uint64_t n);
+void ev_ban(cJSON *ev, const char *ch, uint64_t n);
+void ev_unban(cJSON *ev, const char *ch, uint64_t n);
+void ev_moderator(cJSON *ev, const char *ch, uint64_t n);
+void ev_stream_online(cJSON *ev, const char *ch, uint64_t n);
+void ev_stream_offline(cJSON *ev, const char *ch, uint64_t n);
+void ev_channel_update(cJSON *ev, const char *ch, uint64_t n);
+void ev_redemption(cJSON *ev, const char *ch, uint64_t n);
+void ev_poll_begin(cJSON *ev, const char *ch, uint64_t n);
+void ev_poll_progress(cJSON *ev, const char *ch, uint64_t n);
+void ev_poll_end(cJSON *ev, const char *ch, uint64_t n);
+void ev_prediction_begin(cJSON *ev, const char *ch, uint64_t n);
+void ev_prediction_progress(cJSON *ev, const char *ch, uint64_t n);
+void ev_prediction_lock(cJSON *ev, const char *ch, uint64_t n);
+void ev_prediction_end(cJSON *ev, const char *ch, uint64_t n);
+void ev_hype_begin_v1(cJSON *ev, const char *ch, uint64_t n);
+void ev_hype_begin(cJSON *ev, const char *ch, uint64_t n);
+void ev_hype_end_v1(cJSON *ev, const char *ch, uint64_t n);
+void ev_hype_end(cJSON *ev, const char *ch, uint64_t n);
+void ev_shoutout_create(cJSON *ev, const char *ch, uint64_t n);
+void ev_shoutout_receive(cJSON *ev, const char *ch, uint64_t n);
+void ev_ad_break(cJSON *ev, const char *ch, uint64_t n);
+void ev_user_update(cJSON *ev, const char *ch, uint64_t n);
+void ev_shard_disabled(cJSON *ev, const char *ch, uint64_t n);
+void ev_authorization(cJSON *ev, const char *ch, uint64_t n);
+
+/* users.c */
+user_t *user_find(const char *client_id, const char *user_id);
+/* a new access token (and refresh token) for u with scopes (copied) */
+token_t *user_token_issue(user_t *u, const cJSON *scopes);
+void c_users(hreq_t *r, cJSON *body); /* POST|GET /_mock/users */
+void users_free_all(void);
 
 /* webhook.c */
 void wh_start(void);

@@ -281,6 +281,38 @@ int helix(mock_t *m, resp_t *r, const char *method, const char *path, const char
     return http(r, method, url, body, h);
 }
 
+int helix_as(mock_t *m, const char *token, resp_t *r, const char *method, const char *path,
+             const char *body)
+{
+    char url[1024], cid[200], auth[200];
+    snprintf(url, sizeof url, "%s/helix%s", m->base, path);
+    snprintf(cid, sizeof cid, "Client-Id: %s", m->client_id);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+    const char *h[] = {cid, auth, "Content-Type: application/json", NULL};
+    return http(r, method, url, body, h);
+}
+
+int mock_user(mock_t *m, const char *login, const char *user_id, const char *scopes_json,
+              char *token_out, size_t n, char *uid_out, size_t un)
+{
+    char body[1024], uid[64] = "";
+    if (user_id)
+        snprintf(uid, sizeof uid, ",\"user_id\":\"%s\"", user_id);
+    snprintf(body, sizeof body, "{\"login\":\"%s\",\"scopes\":%s%s}", login,
+             scopes_json ? scopes_json : "[]", uid);
+    resp_t r;
+    int rc = control(m, &r, "POST", "/users", body);
+    if (rc || r.status != 200 || !js(r.json, "access_token")) {
+        resp_free(&r);
+        return -1;
+    }
+    snprintf(token_out, n, "%s", js(r.json, "access_token"));
+    if (uid_out)
+        snprintf(uid_out, un, "%s", js(r.json, "user_id"));
+    resp_free(&r);
+    return 0;
+}
+
 int control(mock_t *m, resp_t *r, const char *method, const char *path, const char *body)
 {
     char url[1024];
@@ -579,4 +611,119 @@ int ws_open_session(wsc_t *w, int port, const char *query)
         snprintf(w->session_id, sizeof w->session_id, "%s", id);
     cJSON_Delete(o);
     return ok ? 0 : -1;
+}
+
+/* ---------------- raw HTTP/1.1 ---------------- */
+
+int raw_open(rawc_t *c, int port)
+{
+    memset(c, 0, sizeof *c);
+    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (c->fd < 0)
+        return -1;
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa)) {
+        close(c->fd);
+        c->fd = -1;
+        return -1;
+    }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return 0;
+}
+
+int raw_send(rawc_t *c, const char *bytes)
+{
+    size_t n = strlen(bytes), off = 0;
+    while (off < n) {
+        ssize_t k = send(c->fd, bytes + off, n - off, MSG_NOSIGNAL);
+        if (k <= 0)
+            return -1;
+        off += (size_t)k;
+    }
+    return 0;
+}
+
+/* reads more bytes: 1 got some, 0 timeout, -1 EOF */
+static int raw_more(rawc_t *c, int64_t end)
+{
+    int left = (int)(end - now_ms());
+    if (left <= 0)
+        return 0;
+    struct pollfd p = {c->fd, POLLIN, 0};
+    if (poll(&p, 1, left) <= 0)
+        return 0;
+    if (c->len + 4096 + 1 > c->cap) {
+        c->cap = (c->len + 4096 + 1) * 2;
+        c->buf = realloc(c->buf, c->cap);
+    }
+    ssize_t k = recv(c->fd, c->buf + c->len, 4096, 0);
+    if (k <= 0) {
+        c->eof = 1;
+        return -1;
+    }
+    c->len += (size_t)k;
+    c->buf[c->len] = 0;
+    return 1;
+}
+
+int raw_resp(rawc_t *c, resp_t *r, int timeout_ms)
+{
+    memset(r, 0, sizeof *r);
+    int64_t end = now_ms() + timeout_ms;
+    char *he = NULL;
+    while (!c->buf || !(he = memmem(c->buf, c->len, "\r\n\r\n", 4)))
+        if (raw_more(c, end) <= 0)
+            return -1;
+    size_t hl = (size_t)(he - c->buf) + 4;
+    size_t cl = 0;
+    if (sscanf(c->buf, "HTTP/1.%*d %ld", &r->status) != 1)
+        return -1;
+    size_t cp = hl - 4 < sizeof r->headers - 1 ? hl - 4 : sizeof r->headers - 1;
+    memcpy(r->headers, c->buf, cp);
+    r->headers[cp] = 0;
+    char *q = strcasestr(r->headers, "\r\ncontent-length:");
+    if (q)
+        cl = (size_t)strtoul(q + 17, NULL, 10);
+    while (c->len < hl + cl)
+        if (raw_more(c, end) <= 0)
+            return -1;
+    r->body = malloc(cl + 1);
+    memcpy(r->body, c->buf + hl, cl);
+    r->body[cl] = 0;
+    r->len = cl;
+    r->json = cl ? cJSON_Parse(r->body) : NULL;
+    memmove(c->buf, c->buf + hl + cl, c->len - hl - cl);
+    c->len -= hl + cl;
+    c->buf[c->len] = 0;
+    return 0;
+}
+
+int raw_wait_eof(rawc_t *c, int timeout_ms)
+{
+    int64_t end = now_ms() + timeout_ms;
+    for (;;) {
+        if (c->eof)
+            return 1;
+        size_t before = c->len;
+        int k = raw_more(c, end);
+        if (k == 0)
+            return 0;
+        if (k > 0 && c->len != before)
+            return 0;
+    }
+}
+
+void raw_close(rawc_t *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    free(c->buf);
+    c->buf = NULL;
+    c->len = c->cap = 0;
 }

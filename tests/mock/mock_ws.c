@@ -52,6 +52,22 @@ static char *subscribe(const char *type, const char *version, const char *cond_j
     return id;
 }
 
+/* the same with a user token (websocket transport) */
+static char *subscribe_as(const char *token, const char *type, const char *version,
+                          const char *cond_json, const char *transport_json)
+{
+    char b[1024];
+    snprintf(b, sizeof b, "{\"type\":\"%s\",\"version\":\"%s\",\"condition\":%s,\"transport\":%s}",
+             type, version, cond_json, transport_json);
+    resp_t r;
+    helix_as(&m, token, &r, "POST", "/eventsub/subscriptions", b);
+    char *id = r.status == 202 && js(r.json, "data.0.id") ? strdup(js(r.json, "data.0.id")) : NULL;
+    if (!id)
+        t_diag("subscribe %s: %ld %s", type, r.status, r.body ? r.body : "");
+    resp_free(&r);
+    return id;
+}
+
 static cJSON *ctl(const char *method, const char *path, const char *body, long *status)
 {
     resp_t r;
@@ -534,7 +550,10 @@ static void test_close_codes(void)
     char cond[256], tr[256];
     snprintf(cond, sizeof cond, "{\"client_id\":\"%s\",\"conduit_id\":\"%s\"}", m.client_id, cid);
     snprintf(tr, sizeof tr, "{\"method\":\"websocket\",\"session_id\":\"%s\"}", watcher.session_id);
-    char *wsub = subscribe("conduit.shard.disabled", "1", cond, tr);
+    char utok[128];
+    t_ok(mock_user(&m, "shardwatcher", NULL, "[]", utok, sizeof utok, NULL, 0) == 0,
+         "a user token for the websocket subscription");
+    char *wsub = subscribe_as(utok, "conduit.shard.disabled", "1", cond, tr);
     t_ok(wsub != NULL, "conduit.shard.disabled subscription over a websocket session");
     free(wsub);
     for (int i = 0; i < 8; i++) {
@@ -755,7 +774,9 @@ static void test_faults_revoke(void)
     /* plain websocket subscription */
     char tr2[256];
     snprintf(tr2, sizeof tr2, "{\"method\":\"websocket\",\"session_id\":\"%s\"}", a.session_id);
-    char *wsub = subscribe("channel.raid", "1", "{\"to_broadcaster_user_id\":\"88\"}", tr2);
+    char utok[128];
+    mock_user(&m, "raidwatcher", NULL, "[]", utok, sizeof utok, NULL, 0);
+    char *wsub = subscribe_as(utok, "channel.raid", "1", "{\"to_broadcaster_user_id\":\"88\"}", tr2);
     cJSON_Delete(ctl("POST", "/trigger", "{\"type\":\"channel.raid\",\"channels\":[\"88\"]}", NULL));
     cJSON *o = ws_wait_type(&a, "notification", 3000);
     t_ok(wsub && o && !strcmp(js(o, "payload.subscription.transport.method"), "websocket") &&

@@ -42,6 +42,13 @@ const char *resp_header(resp_t *r, const char *name, char *out, size_t n);
 int helix(mock_t *m, resp_t *r, const char *method, const char *path, const char *body);
 int control(mock_t *m, resp_t *r, const char *method, const char *path, const char *body);
 int get_token(mock_t *m);
+/* helix call with another token (a user token) and the mock's client id */
+int helix_as(mock_t *m, const char *token, resp_t *r, const char *method, const char *path,
+             const char *body);
+/* POST /_mock/users: a user who authorised the app; user_id may be NULL, scopes a JSON
+ * array. Writes the user's access token (and user id when uid_out is given). */
+int mock_user(mock_t *m, const char *login, const char *user_id, const char *scopes_json,
+              char *token_out, size_t n, char *uid_out, size_t un);
 const char *js(const cJSON *o, const char *path); /* "a.b.0.c" string lookup */
 double jn(const cJSON *o, const char *path);
 const cJSON *jget(const cJSON *o, const char *path);
@@ -72,6 +79,21 @@ int ws_wait_close(wsc_t *w, int timeout_ms);
 void ws_free(wsc_t *w);
 /* connect + read welcome; fills session_id */
 int ws_open_session(wsc_t *w, int port, const char *query);
+
+/* ---- raw HTTP/1.1 connection: requests written byte for byte ---- */
+typedef struct {
+    int fd;
+    char *buf; /* received, not yet returned */
+    size_t len, cap;
+    int eof;
+} rawc_t;
+int raw_open(rawc_t *c, int port);
+int raw_send(rawc_t *c, const char *bytes);
+/* next response on the connection (Content-Length bodies); 0 ok, -1 timeout or EOF */
+int raw_resp(rawc_t *c, resp_t *r, int timeout_ms);
+/* waits for the server to close the connection: 1 closed, 0 timeout or data */
+int raw_wait_eof(rawc_t *c, int timeout_ms);
+void raw_close(rawc_t *c);
 
 int64_t now_ms(void);
 /* waits until fn(arg) returns nonzero, polling every 20 ms */
