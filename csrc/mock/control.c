@@ -112,7 +112,7 @@ static uint64_t trigger_one(const char *type, const char *version, const char *c
     for (size_t i = 0; i < cnt; i++) {
         sub_t *s = list[i];
         const char *ch = channel ? channel : match_value(s);
-        cJSON *ev = gen_event(type, ch, n, merge);
+        cJSON *ev = gen_event_for(type, s->version, ch, n, merge);
         char mid[ID_LEN];
         produce(s, ch, ev, 0, NULL, mid);
         cJSON_Delete(ev);
@@ -425,7 +425,7 @@ static void c_blast(hreq_t *r, cJSON *body)
             broute_t *rt = &b->routes[b->nroutes++];
             memset(rt, 0, sizeof *rt);
             rt->target = target;
-            cJSON *ev = gen_event(type, chv, 0, merge);
+            cJSON *ev = gen_event_for(type, s->version, chv, 0, merge);
             cJSON *sj = sub_json(s);
             char *evt = cJSON_PrintUnformatted(ev);
             char *sjt = cJSON_PrintUnformatted(sj);
