@@ -14,7 +14,7 @@ describe("shard lifecycle", function()
     return l.pending == 0 and (l.delivered + l.dropped) >= total, l
   end
 
-  it("adds 3 shards to a running 4-shard conduit and releases 2 under a 600/s stream, losing nothing", function()
+  it("adds 3 shards to a running 4-shard conduit, releases 2, under a 600/s stream: nothing lost", function()
     local client = H.client(m)
     local c = H.ready_conduit(client, { shards = 4 })
     local chans = H.channels(100, 5000)
@@ -195,7 +195,7 @@ describe("shard assignment against delayed, reordered and refused replies", func
     -- the held request is answered with a per-shard error for the old session
     assert(m:fault { shard_patch = { hold = 0, reject = { { shard = "0", session_id = first } } } })
     assert(m:call("POST", "/shard_patches/release", { order = "fifo" }))
-    H.wait_until(client, function() return s.state == "enabled" end, 10, "the shard enabled on its new session")
+    H.wait_until(client, function() return s.state == "enabled" end, 10, "the shard enabled anew")
     assert.are.equal(second, s.session_id)
     local live = session(second)
     assert.is_true(live.connected)
