@@ -101,32 +101,33 @@ describe("shard lifecycle", function()
   end)
 
   it("fires shard_disabled once for a 7 s server outage with repeated failed connects", function()
-    local uv = require "luv"
-    local probe = uv.new_tcp()
-    assert(probe:bind("127.0.0.1", 0))
-    local port = probe:getsockname().port
-    probe:close()
-    uv.run("nowait")
+    -- a TCP proxy in front of the emulator's websocket: stopping it is the outage
     local upstream = m.eventsub_ws:match("^ws://([^/]+)/")
+    local logf = os.tmpname()
+    local port, running = 0, nil
     local function proxy_up()
-      assert(os.execute(("socat TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork TCP:%s >/dev/null 2>&1 &")
-        :format(port, upstream)))
+      os.remove(logf)
+      running = ("TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork"):format(port)
+      assert(os.execute(("socat -d -d %s TCP:%s 2>%s &"):format(running, upstream, logf)))
     end
     local function proxy_down()
-      os.execute(("pkill -KILL -f 'socat TCP-LISTEN:%d,' >/dev/null 2>&1"):format(port))
+      os.execute(("pkill -KILL -f 'socat -d -d %s' >/dev/null 2>&1"):format(running))
     end
-    local function listening()
-      local t, up, done = uv.new_tcp(), false, false
-      t:connect("127.0.0.1", port, function(e) up, done = not e, true end)
-      local deadline = uv.now() + 2000
-      while not done and uv.now() < deadline do uv.run("once") end
-      t:close()
-      uv.run("nowait")
-      return up
+    local function listening() -- socat logs "listening on AF=2 127.0.0.1:PORT"
+      local f = io.open(logf)
+      local text = f and f:read("a") or ""
+      if f then f:close() end
+      local p = text:match("listening on [^\n]-:(%d+)")
+      return p and tonumber(p)
     end
+    local client = H.client(m)
     proxy_up()
-    local client = H.client(m, { eventsub_ws = ("ws://127.0.0.1:%d/ws"):format(port) })
-    H.wait_until(client, listening, 10, "the proxy to listen")
+    port = H.wait_until(client, listening, 10, "the proxy to listen")
+    proxy_down() -- it listened on a port the kernel chose: run it on that port for good
+    proxy_up()
+    H.wait_until(client, listening, 10, "the proxy to listen again")
+    client:close()
+    client = H.client(m, { eventsub_ws = ("ws://127.0.0.1:%d/ws"):format(port) })
     local c = H.ready_conduit(client, { shards = 2 })
     local disabled, states = {}, {}
     c:on("shard_disabled", function(s)
@@ -139,6 +140,7 @@ describe("shard lifecycle", function()
     local failed = 0
     for _, s in ipairs(c:shards()) do failed = failed + s:stats().failed_connects end
     proxy_up()
+    H.wait_until(client, listening, 10, "the proxy to come back")
     H.wait_until(client, function()
       for _, s in ipairs(c:shards()) do if s.state ~= "enabled" then return false end end
       return true
@@ -150,6 +152,7 @@ describe("shard lifecycle", function()
     for _, s in ipairs(c:shards()) do assert.are.equal(1, s:stats().outages) end
     client:close()
     proxy_down()
+    os.remove(logf)
   end)
 end)
 
