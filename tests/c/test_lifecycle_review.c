@@ -631,6 +631,48 @@ static void scenario_verify_mid_assignment(void) {
 }
 
 /* ====================================================================================== */
+/* KNOWN BUG (minor). Releasing a shard while a session_reconnect target is connecting:
+ * on_closed for `next` (closed by the release) takes the "the new socket failed, keeping
+ * the current one" path and emits TW_EV_ERROR reconnect_failed, although the socket was
+ * closed on purpose and nothing is kept. */
+static int error_code_seen;
+static char want_error_code[32];
+static void on_event_err(void *user, const tw_event *ev) {
+  if (ev->type == TW_EV_ERROR && strcmp(ev->error->code, want_error_code) == 0) error_code_seen++;
+  on_event(user, ev);
+}
+static uint64_t connects_target;
+static int connects_reached(void *a) {
+  tw_client_stats cs;
+  tw_client_get_stats(((rec *)a)->c, &cs);
+  return cs.ws_connects >= connects_target;
+}
+static void scenario_release_during_reconnect(void) {
+  rec r;
+  tw_client *c = new_client(&r, 0.05, 0.2);
+  tw_client_on_event(c, on_event_err, &r);
+  snprintf(want_error_code, sizeof want_error_code, "reconnect_failed");
+  tw_conduit *cd = open_ready(c, &r, 2);
+  check(cd != NULL, "a 2-shard conduit is ready");
+  if (!cd) return;
+  tw_shard *s1 = tw_conduit_find_shard(cd, "1");
+  r.watch = s1;
+  tw_client_stats cs;
+  tw_client_get_stats(c, &cs);
+  connects_target = cs.ws_connects + 1;
+  char path[256];
+  snprintf(path, sizeof path, "/sessions/%s/reconnect", tw_shard_session_id(s1));
+  ctl("POST", path, "{}");
+  check(wait_until(c, connects_reached, &r, 5), "the client opened a socket to reconnect_url");
+  tw_error err;
+  check(tw_shard_release(s1, on_op, &r, &err) == 0, "shard 1 released while its reconnect target connects");
+  check(wait_until(c, op_over, &r, 8) && r.ops_done == 1, "the release completed");
+  check(error_code_seen == 0, "no reconnect_failed error for a socket the release closed (KNOWN BUG: %d)",
+        error_code_seen);
+  tw_client_free(c);
+}
+
+/* ====================================================================================== */
 typedef struct scenario {
   const char *name;
   const char *what;
@@ -653,6 +695,8 @@ static const scenario scenarios[] = {
     {"reconnect_outage_disabled", "an outage during session_reconnect emits shard_disabled once (KNOWN BUG)",
      scenario_reconnect_outage_disabled},
     {"free_calls_back", "tw_client_free calls no Helix callback (KNOWN BUG)", scenario_free_calls_back},
+    {"release_during_reconnect", "a release during session_reconnect reports no reconnect failure (KNOWN BUG)",
+     scenario_release_during_reconnect},
     {"close_from_op_callbacks", "the conduit closed from each operation's callback", scenario_close_from_op_callbacks},
     {"close_from_handlers", "the conduit closed from shard_released / shard_lost handlers, release from shard_lost",
      scenario_close_from_handlers},
