@@ -242,8 +242,8 @@ static void close_session(const char *sid, int code) {
  * grows on Twitch, so the C API may act on them: tw_shard_reconnect opens a socket for
  * one. When Update Conduits then fails, on_add_resized frees the new shards with
  * shard_remove while that socket still reports to the freed shard (welcome, closed):
- * a use after free (ASan: heap-use-after-free in on_welcome / on_closed), and the socket
- * is left open (an orphan session the emulator closes 10 s later with 4003). */
+ * a use after free (ASan and valgrind: ws.c handle_message `*ss->bytes += n`, then
+ * on_welcome; the -O2 build crashes), and the socket is left open (an orphan session). */
 static void scenario_add_fails_with_socket(void) {
   rec r;
   tw_client *c = new_client(&r, 0.05, 0.2);
