@@ -189,6 +189,9 @@ void tw_client_free(tw_client *c) {
   /* close frames first, and a bounded moment for them to be written and answered, so
    * Twitch sees 1000 rather than a dropped connection */
   if (c->lws && !c->freeing) {
+    /* what the header promises: no callback of a pending request or timer from here */
+    while (c->timers) tw_timer_cancel(c->timers);
+    if (c->hx) tw_helix_state_closing(c->hx);
     tw_conduits_close_all(c);
     tw_ws_close_all(c, 1000);
     if (tw_ws_live(c)) drain_sessions(c, 1000);

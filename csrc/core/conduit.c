@@ -50,6 +50,7 @@ typedef struct tw_op {
   bool started;          /* add: shards connecting; verify: the running verification counts */
   bool in_helix;         /* a Helix request points at it: freed by the reply */
   bool done;             /* reported; waits for its Helix reply in cd->done_ops */
+  tw_transport target;   /* point: the transport the shard is to take */
   struct tw_op *next;    /* the conduit's ops */
 } tw_op;
 
@@ -68,7 +69,7 @@ struct tw_shard {
   bool held, releasing, pointed, outage, ever_enabled, reconnect_now, handing_over;
   bool next_is_reconnect;/* next came from session_reconnect (not a handover) */
   bool lost_pending;     /* set by verification, cleared by hold/release in a handler */
-  bool enabled_once;     /* for the add operation's completion */
+  bool enabled_when_lost;/* its socket ended while enabled, a replacement was on the way */
   unsigned attempt;
   uv_timer_t timer;
   tw_shard_stats stats;
@@ -116,6 +117,7 @@ static void verify_soon(tw_conduit *cd, uint64_t ms);
 static void on_shard_timer(uv_timer_t *t);
 static void add_check(tw_conduit *cd);
 static void shard_assigned(tw_shard *s);
+static void check_ready(tw_conduit *cd);
 static void conduit_error(tw_conduit *cd, tw_shard *s, const tw_error *e);
 
 /* ---- transports ---- */
@@ -254,14 +256,19 @@ static tw_op *op_new(tw_conduit *cd, int kind, tw_shard *s, tw_op_fn cb, void *u
   return op;
 }
 
+static void op_free(tw_op *op) {
+  tr_clear(&op->target);
+  free(op->shards);
+  free(op);
+}
+
 static void op_unlink_free(tw_op *op) {
   for (tw_op **pp = &op->cd->ops; *pp; pp = &(*pp)->next)
     if (*pp == op) {
       *pp = op->next;
       break;
     }
-  free(op->shards);
-  free(op);
+  op_free(op);
 }
 
 static void op_free_done(tw_op *op) {
@@ -270,8 +277,7 @@ static void op_free_done(tw_op *op) {
       *pp = op->next;
       break;
     }
-  free(op->shards);
-  free(op);
+  op_free(op);
 }
 
 /* Reports the operation's end (once) and frees it, or parks it until its Helix reply. */
@@ -303,10 +309,7 @@ static void op_finish(tw_op *op, const tw_error *err) {
   } else if (err && !cb && !cd->closing) {
     conduit_error(cd, r.shard, err); /* nobody waits on it: never silent */
   }
-  if (!op->in_helix) {
-    free(op->shards);
-    free(op);
-  }
+  if (!op->in_helix) op_free(op);
 }
 
 static void finish_all_ops(tw_conduit *cd, const char *why) {
@@ -367,11 +370,15 @@ static void swap_to_next(tw_shard *s) {
 
 static void on_welcome(void *owner, tw_session *ss, const char *sid) {
   tw_shard *s = owner;
+  if (s->releasing) return;
   if (ss == s->next) {
     if (s->next_is_reconnect && ((s->cur && tr_is_session(&s->want, s->cur)) || !s->cur) &&
         (tr_is_session(&s->want, ss) || tr_is_session(&s->assigned, ss))) {
       /* session_reconnect to the same session: its assignment carries over */
       swap_to_next(s);
+      s->enabled_when_lost = false;
+      if (strcmp(s->state, "enabled") != 0 && s->inflight.kind == TW_TRANSPORT_NONE && tr_eq(&s->want, &s->assigned))
+        s->state = "enabled"; /* the old socket had ended first: back on the same session */
       s->stats.reconnects++;
       emit_shard(s, TW_EV_RECONNECT, NULL, NULL);
       return;
@@ -383,6 +390,7 @@ static void on_welcome(void *owner, tw_session *ss, const char *sid) {
     return;
   }
   if (ss != s->cur) return;
+  if (s->op && s->op->kind == OP_POINT) return; /* it is to take another transport: its own waits */
   s->state = "welcomed";
   tr_set_ws(&s->want, sid);
   want_changed(s);
@@ -479,6 +487,18 @@ static void shard_remove(tw_shard *s) {
     memmove(cd->shards + pos, cd->shards + pos + 1, (size_t)(cd->nshards - pos - 1) * sizeof *cd->shards);
     cd->nshards--;
   }
+  tw_session *ss[3] = {s->cur, s->next, s->old};
+  for (int k = 0; k < 3; k++)
+    if (ss[k]) { /* nothing reports to a freed shard */
+      tw_ws_close(ss[k], 1000);
+      tw_ws_set_owner(ss[k], NULL, NULL, NULL);
+    }
+  s->cur = s->next = s->old = NULL;
+  if (s->op && !cd->free_scheduled) {
+    tw_error e;
+    tw_err_set(&e, "closed", 0, "shard %s was removed", s->id);
+    op_finish(s->op, &e);
+  }
   for (tw_op *op = cd->ops; op; op = op->next) {
     if (op->kind == OP_ADD)
       for (size_t i = 0; i < op->n; i++)
@@ -506,12 +526,14 @@ static void try_finish_release(tw_shard *s) {
   tw_conduit *cd = s->cd;
   s->releasing = false;
   s->state = "closed";
-  emit_shard(s, TW_EV_SHARD_RELEASED, s->status, NULL);
   tw_op *op = s->op;
   if (op && op->kind == OP_RELEASE) op_finish(op, NULL);
   if (cd->free_scheduled) return; /* freed with the conduit */
+  emit_shard(s, TW_EV_SHARD_RELEASED, s->status, NULL);
+  if (cd->free_scheduled) return;
   shard_remove(s);
   add_check(cd);
+  check_ready(cd);
 }
 
 static void on_shard_timer(uv_timer_t *t) {
@@ -525,7 +547,8 @@ static void on_shard_timer(uv_timer_t *t) {
     shard_connect(s);
     return;
   }
-  if (s->op && s->op->kind == OP_POINT && s->inflight.kind == TW_TRANSPORT_NONE && tr_eq(&s->want, &s->assigned)) {
+  if (s->op && s->op->kind == OP_POINT && s->inflight.kind == TW_TRANSPORT_NONE &&
+      tr_eq(&s->op->target, &s->assigned)) {
     shard_assigned(s); /* pointed where Twitch already had it */
     return;
   }
@@ -553,6 +576,10 @@ static void on_closed(void *owner, tw_session *ss, int code, const char *why) {
   }
   if (ss == s->next) {
     s->next = NULL;
+    if (s->releasing) {
+      try_finish_release(s);
+      return;
+    }
     bool was_target = tr_is_session(&s->want, ss);
     if (s->cur) { /* the new socket failed: the current one goes on */
       tw_error e;
@@ -573,7 +600,10 @@ static void on_closed(void *owner, tw_session *ss, int code, const char *why) {
     return;
   } else if (s->next) { /* the current socket ended first: the new one takes over */
     s->cur = NULL;
-    if (strcmp(s->state, "enabled") == 0) s->state = "connecting";
+    if (strcmp(s->state, "enabled") == 0) {
+      s->state = "connecting";
+      s->enabled_when_lost = true;
+    }
     return;
   } else {
     s->cur = NULL;
@@ -587,8 +617,9 @@ static void on_closed(void *owner, tw_session *ss, int code, const char *why) {
     try_finish_release(s);
     return;
   }
-  bool was_enabled = strcmp(s->state, "enabled") == 0;
-  if (!s->pointed && s->want.kind == TW_TRANSPORT_WEBSOCKET) tr_clear(&s->want); /* nothing to point at */
+  bool was_enabled = strcmp(s->state, "enabled") == 0 || s->enabled_when_lost;
+  s->enabled_when_lost = false;
+  if (!s->pointed && tr_is_session(&s->want, ss)) tr_clear(&s->want); /* nothing to point at */
   if (s->op && s->op->kind == OP_HANDOVER) {
     tw_error he;
     tw_err_set(&he, "handover_failed", code, "the shard's socket closed during the handover");
@@ -654,12 +685,16 @@ static void check_ready(tw_conduit *cd) {
 static void shard_assigned(tw_shard *s) {
   tw_conduit *cd = s->cd;
   s->attempt = 0;
-  bool reconnected = false;
+  bool reconnected = false, swapped = false;
   if (s->next && tr_is_session(&s->want, s->next)) {
     reconnected = s->next_is_reconnect;
     swap_to_next(s);
+    swapped = true;
   }
   tw_op *op = s->op;
+  if (op && op->kind == OP_POINT && !tr_eq(&s->assigned, &op->target)) op = NULL; /* not yet there */
+  if (op && op->kind == OP_HANDOVER && !swapped) op = NULL;
+  s->enabled_when_lost = false;
   if (op && op->kind == OP_POINT) {
     s->pointed = true;
     if (s->cur) {
@@ -680,7 +715,7 @@ static void shard_assigned(tw_shard *s) {
   }
   emit_shard(s, TW_EV_SHARD_ENABLED, NULL, NULL);
   if (cd->closing) return;
-  if (op && op == s->op && (op->kind == OP_POINT || op->kind == OP_HANDOVER)) op_finish(op, NULL);
+  if (op && op == s->op) op_finish(op, NULL);
   if (cd->closing) return;
   add_check(cd);
   if (cd->ready_emitted) verify_soon(cd, 2000);
@@ -696,7 +731,13 @@ static void assign_refused(tw_shard *s, bool request_failed, const tw_error *err
     else tr_clear(&s->want);
     s->held = op->count;
     op_finish(op, err);
-    if (!cd->closing) want_changed(s);
+    if (cd->closing || s->releasing || s->op) return;
+    if (!s->cur && !s->next && !s->held && !s->pointed) {
+      s->state = "idle";
+      schedule_reconnect(s);
+    } else {
+      want_changed(s);
+    }
     return;
   }
   if (op && op->kind == OP_HANDOVER && s->next && tr_is_session(&s->want, s->next)) {
@@ -795,13 +836,16 @@ static void on_patch(void *user, const tw_response *r) {
   check_ready(cd);
 }
 
+static int batch_size(const tw_client *c) { return c->patch_batch < 1 ? 1 : c->patch_batch > 1000 ? 1000 : c->patch_batch; }
+
 static void flush_batch(tw_conduit *cd) {
   tw_client *c = cd->c;
+  const int batch = batch_size(c);
   patch_ctx *p = calloc(1, sizeof *p);
   cJSON *root = cJSON_CreateObject();
   if (p) {
-    p->shards = calloc((size_t)c->patch_batch, sizeof *p->shards);
-    p->sent = calloc((size_t)c->patch_batch, sizeof *p->sent);
+    p->shards = calloc((size_t)batch, sizeof *p->shards);
+    p->sent = calloc((size_t)batch, sizeof *p->sent);
   }
   if (!p || !root || !p->shards || !p->sent) {
     if (p) {
@@ -818,7 +862,7 @@ static void flush_batch(tw_conduit *cd) {
   p->cd = cd;
   cJSON_AddStringToObject(root, "conduit_id", cd->id);
   cJSON *arr = cJSON_AddArrayToObject(root, "shards");
-  for (int i = 0; i < cd->nshards && p->n < c->patch_batch; i++) {
+  for (int i = 0; i < cd->nshards && p->n < batch; i++) {
     tw_shard *s = cd->shards[i];
     if (!s->queued) continue;
     s->queued = false;
@@ -875,9 +919,9 @@ static void on_batch_timer(uv_timer_t *t) {
   uint64_t now = uv_now(cd->c->loop);
   /* full batches go at once; a partial batch waits (up to 1 s) for shards still
    * connecting, so a bring-up takes as few PATCHes as possible */
-  while (waiting >= cd->c->patch_batch) {
+  while (waiting >= batch_size(cd->c)) {
     flush_batch(cd);
-    waiting -= cd->c->patch_batch;
+    waiting -= batch_size(cd->c);
   }
   if (waiting > 0) {
     if (connecting == 0 || now - cd->batch_since >= 1000) {
@@ -1131,6 +1175,7 @@ static void on_add_resized(void *user, const tw_response *r) {
     op_finish(op, &e);
     for (size_t i = 0; i < n && !cd->free_scheduled; i++) shard_remove(list[i]);
     free(list);
+    if (!cd->free_scheduled) check_ready(cd);
     return;
   }
   cd->shard_count = (int)tw_json_num(r->body, sc);
@@ -1149,9 +1194,18 @@ static int resize_request(tw_op *op, int count, tw_error *err) {
   return 0;
 }
 
+/* one change of the conduit's size at a time: two Update Conduits applied out of order
+ * could shrink it */
+static bool sizing(const tw_conduit *cd) {
+  for (const tw_op *op = cd->ops; op; op = op->next)
+    if ((op->kind == OP_ADD && !op->started) || op->kind == OP_RESIZE) return true;
+  return false;
+}
+
 int tw_conduit_add_shards(tw_conduit *cd, int n, tw_op_fn cb, void *user, size_t *first, tw_error *err) {
   if (!cd || cd->closing) return op_refuse(err, TW_ECLOSED, "closed", "the conduit is closed");
   if (!cd->started) return op_refuse(err, TW_EINVAL, "busy", "the conduit is still opening");
+  if (sizing(cd)) return op_refuse(err, TW_EINVAL, "busy", "the conduit is being resized");
   long top = cd->nshards ? cd->shards[cd->nshards - 1]->idn : cd->offset - 1;
   if (n < 1 || top + 1 + n > 20000)
     return op_refuse(err, TW_EINVAL, "invalid_argument", "a conduit has at most 20000 shards; n must be >= 1");
@@ -1188,6 +1242,7 @@ int tw_conduit_resize(tw_conduit *cd, int count, tw_op_fn cb, void *user, tw_err
   if (!cd || cd->closing) return op_refuse(err, TW_ECLOSED, "closed", "the conduit is closed");
   if (!cd->id) return op_refuse(err, TW_EINVAL, "busy", "the conduit is still opening");
   if (count < 1 || count > 20000) return op_refuse(err, TW_EINVAL, "invalid_argument", "shard_count must be 1..20000");
+  if (sizing(cd)) return op_refuse(err, TW_EINVAL, "busy", "the conduit is being resized");
   tw_op *op = op_new(cd, OP_RESIZE, NULL, cb, user);
   if (!op) return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
   if (resize_request(op, count, err) != 0) {
@@ -1222,8 +1277,14 @@ int tw_shard_point_at(tw_shard *s, tw_shard *target, tw_op_fn cb, void *user, tw
   tw_op *op = op_new(s->cd, OP_POINT, s, cb, user);
   if (!op) return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
   op->count = s->held;
+  tr_copy(&op->target, &target->want);
+  if (op->target.kind == TW_TRANSPORT_NONE) {
+    op_unlink_free(op);
+    s->op = NULL;
+    return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
+  }
   s->held = true; /* its own socket is no longer cared for */
-  tr_copy(&s->want, &target->want);
+  tr_copy(&s->want, &op->target);
   want_changed(s);
   if (tr_eq(&s->want, &s->assigned) && s->inflight.kind == TW_TRANSPORT_NONE)
     uv_timer_start(&s->timer, on_shard_timer, 0, 0); /* already there: completes from the loop */

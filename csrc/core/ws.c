@@ -203,6 +203,9 @@ static void handle_message(tw_session *ss, const char *p, size_t n) {
     tw_jnode ka = tw_json_get(d, sess, "keepalive_timeout_seconds", 25);
     if (!id || !idn) {
       bad_message(ss, "bad_message", "%s", "session_welcome without a session id");
+    } else if (ss->st != ST_OPEN) {
+      /* closing already (a release before the welcome): nothing to report, the close
+       * handshake's deadline stays */
     } else if (!ss->welcomed) {
       ss->session_id = tw_strndup(id, idn);
       ss->welcomed = true;

@@ -4,7 +4,7 @@
  *
  * Each scenario runs in a child process with its own emulator and client, so that a
  * sanitizer abort in one is reported as that scenario's failure and the others still
- * run. A scenario marked "KNOWN BUG" fails until the core is fixed.
+ * run. Each one was a defect of the lifecycle rewrite, fixed since.
  * TW_LCR_ONLY=<name> runs one scenario; TW_LCR_DEBUG=1 logs the events. */
 #include <stdint.h>
 
@@ -238,7 +238,7 @@ static void close_session(const char *sid, int code) {
 }
 
 /* ====================================================================================== */
-/* KNOWN BUG. add_shards: the new shards exist at once (state "idle") while the conduit
+/* add_shards: the new shards exist at once (state "idle") while the conduit
  * grows on Twitch, so the C API may act on them: tw_shard_reconnect opens a socket for
  * one. When Update Conduits then fails, on_add_resized frees the new shards with
  * shard_remove while that socket still reports to the freed shard (welcome, closed):
@@ -266,7 +266,7 @@ static void scenario_add_fails_with_socket(void) {
 }
 
 /* ====================================================================================== */
-/* KNOWN BUG. The last shard that never got enabled is released: check_ready runs only
+/* The last shard that never got enabled is released: check_ready runs only
  * from on_patch (and from start_shards for an empty conduit), never after a release, so
  * every remaining shard is enabled but TW_EV_READY never comes, the conduit stays
  * "starting", and verification (armed by check_ready) never starts. */
@@ -302,7 +302,7 @@ static void scenario_ready_after_release(void) {
 }
 
 /* ====================================================================================== */
-/* KNOWN BUG. point_at(s, t) with the PATCH in flight, and s's own socket closes: on_closed
+/* point_at(s, t) with the PATCH in flight, and s's own socket closes: on_closed
  * clears s->want (it is a websocket transport: t's session) although the shard is not
  * pointed yet; the reply then is "for a transport the shard no longer uses" and neither
  * shard_assigned nor assign_refused runs. The operation never completes, s->op stays set
@@ -327,7 +327,7 @@ static void scenario_point_own_socket_closes(void) {
   check(wait_until(c, watch_disabled, &r, 5), "shard 1's own socket closed meanwhile");
   ctl("POST", "/shard_patches/release", "{}");
   int over = wait_until(c, op_over, &r, 5);
-  check(over, "point_at completes (KNOWN BUG: never; done %d failed %d)", r.ops_done, r.ops_failed);
+  check(over, "point_at completes", r.ops_done, r.ops_failed);
   char on1[128];
   mock_shard_session(tw_conduit_id(cd), "1", on1, sizeof on1);
   check(strcmp(on1, t0) == 0, "Twitch points shard 1 at shard 0's session");
@@ -337,7 +337,7 @@ static void scenario_point_own_socket_closes(void) {
 }
 
 /* ====================================================================================== */
-/* KNOWN BUG. point_at on a shard that has no socket (waiting for its reconnect backoff):
+/* point_at on a shard that has no socket (waiting for its reconnect backoff):
  * it is held for the operation, so the backoff timer connects nothing; Twitch refuses the
  * PATCH; assign_refused restores `held` (false) and clears want (no socket), but arms no
  * timer: the shard is neither held nor connecting, and nothing ever reconnects it. */
@@ -366,12 +366,12 @@ static void scenario_point_refused_idle(void) {
   check(wait_until(c, op_over, &r, 5) && r.ops_failed == 1, "point_at fails (refused by Twitch): %s", r.op_error);
   check(!tw_shard_held(s1), "shard 1 is not held any more");
   int back = wait_until(c, watch_enabled_state, &r, 6);
-  check(back, "shard 1 reconnects and is enabled again (KNOWN BUG: state '%s')", tw_shard_state(s1));
+  check(back, "shard 1 reconnects and is enabled again", tw_shard_state(s1));
   tw_client_free(c);
 }
 
 /* ====================================================================================== */
-/* KNOWN BUG. point_at on a shard whose socket is connecting: its welcome (on_welcome,
+/* point_at on a shard whose socket is connecting: its welcome (on_welcome,
  * ss == s->cur) overwrites s->want with its own session, so the request sent points the
  * shard at its own session; shard_assigned then treats that as the point operation
  * (pointed, the own socket closed) and reports success. Twitch is left pointing the shard
@@ -402,14 +402,14 @@ static void scenario_point_while_connecting(void) {
   snprintf(t0, sizeof t0, "%s", tw_shard_session_id(s0) ? tw_shard_session_id(s0) : "");
   mock_shard_session(tw_conduit_id(cd), "1", on1, sizeof on1);
   check(strcmp(on1, t0) == 0,
-        "Twitch points shard 1 at shard 0's session %s (KNOWN BUG: at %s)", t0, on1);
-  check(session_connected(on1) == 1, "the session Twitch points shard 1 at is connected (KNOWN BUG: %s is %s)", on1,
+        "Twitch points shard 1 at shard 0's session %s", t0, on1);
+  check(session_connected(on1) == 1, "the session Twitch points shard 1 at is connected", on1,
         session_connected(on1) == 0 ? "closed" : "unknown");
   tw_client_free(c);
 }
 
 /* ====================================================================================== */
-/* KNOWN BUG. handover while an assignment of the current socket is in flight: its reply
+/* handover while an assignment of the current socket is in flight: its reply
  * reaches shard_assigned, which finishes any OP_HANDOVER of the shard, so the handover
  * reports success while the shard is still on its old socket (the new one is not even
  * welcomed yet); the real switch happens later, unreported. */
@@ -433,7 +433,7 @@ static void scenario_handover_premature(void) {
   ctl("POST", "/shard_patches/release", "{}"); /* answered before the new socket's welcome */
   check(wait_until(c, op_over, &r, 5) && r.ops_done == 1, "handover reports success");
   check(strcmp(r.op_session, before) != 0,
-        "when it reports success the shard is on a new session (KNOWN BUG: still on %s)", r.op_session);
+        "when it reports success the shard is on a new session", r.op_session);
   run_for(c, 1.0);
   char on1[128];
   mock_shard_session(tw_conduit_id(cd), "1", on1, sizeof on1);
@@ -443,7 +443,7 @@ static void scenario_handover_premature(void) {
 }
 
 /* ====================================================================================== */
-/* KNOWN BUG. session_reconnect, then the old socket ends before the new one is welcomed,
+/* session_reconnect, then the old socket ends before the new one is welcomed,
  * then the new one fails (the emulator refuses an abandoned reconnect_url with 4007):
  * on_closed for the old socket sets the state to "connecting" and returns, so the close
  * of the new one finds no "enabled" state: no TW_EV_SHARD_DISABLED for this outage at
@@ -473,13 +473,13 @@ static void scenario_reconnect_outage_disabled(void) {
   tw_shard_stats st;
   tw_shard_get_stats(s, &st);
   check(r.watch_disabled == 1 && st.outages == 1,
-        "one shard_disabled for the outage (KNOWN BUG: %d events, stats.outages %llu)", r.watch_disabled,
+        "one shard_disabled for the outage", r.watch_disabled,
         (unsigned long long)st.outages);
   tw_client_free(c);
 }
 
 /* ====================================================================================== */
-/* KNOWN BUG. tw_client_free says "Callbacks of pending requests are not called", but it
+/* tw_client_free says "Callbacks of pending requests are not called", but it
  * now runs the loop (drain_sessions, up to 1 s) before cancelling Helix requests: a reply
  * that arrives meanwhile is handed to its callback from inside tw_client_free, whose
  * user data the caller may already have released. */
@@ -508,7 +508,7 @@ static void scenario_free_calls_back(void) {
     tw_client_free(c);
     calls += f.called;
   }
-  check(calls == 0, "no Helix callback is called from inside tw_client_free (KNOWN BUG: %d calls in 5 rounds)", calls);
+  check(calls == 0, "no Helix callback is called from inside tw_client_free", calls);
 }
 
 
@@ -631,7 +631,7 @@ static void scenario_verify_mid_assignment(void) {
 }
 
 /* ====================================================================================== */
-/* KNOWN BUG (minor). Releasing a shard while a session_reconnect target is connecting:
+/* Releasing a shard while a session_reconnect target is connecting:
  * on_closed for `next` (closed by the release) takes the "the new socket failed, keeping
  * the current one" path and emits TW_EV_ERROR reconnect_failed, although the socket was
  * closed on purpose and nothing is kept. */
@@ -667,7 +667,7 @@ static void scenario_release_during_reconnect(void) {
   tw_error err;
   check(tw_shard_release(s1, on_op, &r, &err) == 0, "shard 1 released while its reconnect target connects");
   check(wait_until(c, op_over, &r, 8) && r.ops_done == 1, "the release completed");
-  check(error_code_seen == 0, "no reconnect_failed error for a socket the release closed (KNOWN BUG: %d)",
+  check(error_code_seen == 0, "no reconnect_failed error for a socket the release closed",
         error_code_seen);
   tw_client_free(c);
 }
@@ -680,22 +680,22 @@ typedef struct scenario {
 } scenario;
 
 static const scenario scenarios[] = {
-    {"add_fails_with_socket", "add_shards fails while a new shard has a socket: no use after free (KNOWN BUG)",
+    {"add_fails_with_socket", "add_shards fails while a new shard has a socket: no use after free",
      scenario_add_fails_with_socket},
-    {"ready_after_release", "releasing the last unenabled shard makes the conduit ready (KNOWN BUG)",
+    {"ready_after_release", "releasing the last unenabled shard makes the conduit ready",
      scenario_ready_after_release},
-    {"point_own_socket_closes", "point_at completes when the shard's own socket closes mid-PATCH (KNOWN BUG)",
+    {"point_own_socket_closes", "point_at completes when the shard's own socket closes mid-PATCH",
      scenario_point_own_socket_closes},
-    {"point_refused_idle", "a refused point_at on a socketless shard leaves it reconnecting (KNOWN BUG)",
+    {"point_refused_idle", "a refused point_at on a socketless shard leaves it reconnecting",
      scenario_point_refused_idle},
-    {"point_while_connecting", "point_at on a connecting shard points it at the target (KNOWN BUG)",
+    {"point_while_connecting", "point_at on a connecting shard points it at the target",
      scenario_point_while_connecting},
-    {"handover_premature", "handover reports success only once on the new socket (KNOWN BUG)",
+    {"handover_premature", "handover reports success only once on the new socket",
      scenario_handover_premature},
-    {"reconnect_outage_disabled", "an outage during session_reconnect emits shard_disabled once (KNOWN BUG)",
+    {"reconnect_outage_disabled", "an outage during session_reconnect emits shard_disabled once",
      scenario_reconnect_outage_disabled},
-    {"free_calls_back", "tw_client_free calls no Helix callback (KNOWN BUG)", scenario_free_calls_back},
-    {"release_during_reconnect", "a release during session_reconnect reports no reconnect failure (KNOWN BUG)",
+    {"free_calls_back", "tw_client_free calls no Helix callback", scenario_free_calls_back},
+    {"release_during_reconnect", "a release during session_reconnect reports no reconnect failure",
      scenario_release_during_reconnect},
     {"close_from_op_callbacks", "the conduit closed from each operation's callback", scenario_close_from_op_callbacks},
     {"close_from_handlers", "the conduit closed from shard_released / shard_lost handlers, release from shard_lost",
