@@ -143,6 +143,7 @@ static int cd_close(lua_State *L) {
   twl_frame_begin(b->cl, L, 2, &saved);
   tw_conduit_close(b->obj);
   twl_frame_end(b->cl, &saved);
+  twl_close_if_requested(b->cl, L, 2);
   return 0;
 }
 

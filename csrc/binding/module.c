@@ -146,7 +146,6 @@ __attribute__((visibility("default"))) int luaopen_twconduit_core(lua_State *L) 
                                  {"set_log_level", mod_set_log_level},
                                  {NULL, NULL}};
   luaL_checkversion(L);
-  tw_set_lws_log_level(0); /* libwebsockets prints notices by default; twconduit.set_log_level changes it */
   lua_newtable(L);
   int mod = lua_gettop(L);
   luaL_setfuncs(L, fns, 0);

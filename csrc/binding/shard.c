@@ -106,6 +106,7 @@ static int sh_reconnect(lua_State *L) {
   twl_frame_begin(b->cl, L, 2, &saved);
   int rc = tw_shard_reconnect(b->obj);
   twl_frame_end(b->cl, &saved);
+  twl_close_if_requested(b->cl, L, 2);
   if (rc != TW_OK) {
     luaL_pushfail(L);
     twl_push_errorf(L, rc == TW_ECLOSED ? "closed" : "invalid_argument", 0,

@@ -56,8 +56,6 @@ typedef struct twl_client {
   int sweep;          /* some anchored objects were freed: sweep OBJS */
   lua_Integer next_id;/* ids of pending callbacks */
   twl_req *reqs;      /* pending requests and timers (freed on close) */
-  lua_State *mainL;   /* the state's main thread, for host-driven loops */
-  void *host;         /* saved frame of a host-driven entry */
 } twl_client;
 
 /* A conduit or shard box. */
@@ -88,13 +86,16 @@ int twl_msgh(lua_State *L); /* message handler: adds a traceback */
 int twl_pcall(twl_client *cl, lua_State *L, int nargs);
 
 /* Entering Lua from a core callback. Returns the frame to use, or NULL when Lua cannot be
- * entered (client torn down, or no Lua state available). twl_enter_end must follow a
- * non-NULL twl_enter with the value it returned in *top. */
+ * entered (client torn down, or no frame). twl_enter_end must follow a non-NULL
+ * twl_enter with the value it returned in *top. */
 twl_frame *twl_enter(twl_client *cl, int *top);
 void twl_enter_end(twl_client *cl, int top);
 /* Sets up cl->fr on L with the client userdata at index ud (used by step/run). */
 void twl_frame_begin(twl_client *cl, lua_State *L, int ud, twl_frame *saved);
 void twl_frame_end(twl_client *cl, twl_frame *saved);
+/* After a method that set up a frame outside step/run: finishes a close() a handler
+ * asked for meanwhile (client userdata at ud). */
+void twl_close_if_requested(twl_client *cl, lua_State *L, int ud);
 
 /* anchoring */
 void twl_client_update_anchor(twl_client *cl, lua_State *L, int client_ud);

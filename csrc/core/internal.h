@@ -113,9 +113,9 @@ struct tw_client {
   double keepalive_slack_s, max_age_s, backoff_min_s, backoff_max_s, http_timeout_s;
   double wall_base;    /* wall clock minus loop time, for the replay guard */
   uint64_t wall_at_ms; /* loop time wall_base was taken at (0: never) */
-  double validate_interval_s;
+  double validate_interval_s, verify_interval_s, dedupe_window_s;
   int http_retries, http_max_inflight, patch_batch;
-  size_t max_message_bytes;
+  size_t max_message_bytes, dedupe_max;
 
   tw_event_fn on_event;
   void *on_event_user;

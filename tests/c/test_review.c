@@ -206,15 +206,18 @@ static void reset_emulator(void) {
 
 static tw_client *new_client(rec *r, double backoff_min, int keepalive_s, double slack) {
   tw_error err;
-  tw_client_opts o = {.client_id = M.client_id,
-                      .client_secret = M.client_secret,
-                      .api_base = M.api_base,
-                      .auth_base = M.auth_base,
-                      .eventsub_ws = M.eventsub_ws,
-                      .backoff_min_s = backoff_min,
-                      .backoff_max_s = backoff_min > 0 ? backoff_min * 4 : 0,
-                      .keepalive_s = keepalive_s,
-                      .keepalive_slack_s = slack};
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = M.client_id;
+  o.client_secret = M.client_secret;
+  o.api_base = M.api_base;
+  o.auth_base = M.auth_base;
+  o.eventsub_ws = M.eventsub_ws;
+  o.keepalive_s = keepalive_s;
+  if (backoff_min > 0) { /* 0: the defaults */
+    o.backoff_min_s = backoff_min;
+    o.backoff_max_s = backoff_min * 4;
+  }
+  if (slack > 0) o.keepalive_slack_s = slack;
   tw_client *c = tw_client_new(&o, &err);
   if (!c) {
     fprintf(stderr, "# tw_client_new: %s %s\n", err.code, err.message);
@@ -900,11 +903,12 @@ static void scenario_secrets(void) {
   rec r;
   tw_error err;
   static const char wrong[] = "wrong-secret-8c1f0b6e";
-  tw_client_opts o = {.client_id = M.client_id,
-                      .client_secret = wrong,
-                      .api_base = M.api_base,
-                      .auth_base = M.auth_base,
-                      .eventsub_ws = M.eventsub_ws};
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = M.client_id;
+  o.client_secret = wrong;
+  o.api_base = M.api_base;
+  o.auth_base = M.auth_base;
+  o.eventsub_ws = M.eventsub_ws;
   tw_client *c = tw_client_new(&o, &err);
   memset(&r, 0, sizeof r);
   r.c = c;
@@ -916,11 +920,12 @@ static void scenario_secrets(void) {
   end_client(c, &r);
 
   static const char badtok[] = "notarealtoken0123456789abcdef";
-  tw_client_opts o2 = {.client_id = M.client_id,
-                       .access_token = badtok,
-                       .api_base = M.api_base,
-                       .auth_base = M.auth_base,
-                       .eventsub_ws = M.eventsub_ws};
+  tw_client_opts o2 = TW_CLIENT_OPTS_INIT;
+  o2.client_id = M.client_id;
+  o2.access_token = badtok;
+  o2.api_base = M.api_base;
+  o2.auth_base = M.auth_base;
+  o2.eventsub_ws = M.eventsub_ws;
   c = tw_client_new(&o2, &err);
   memset(&r, 0, sizeof r);
   r.c = c;
