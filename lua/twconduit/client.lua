@@ -582,6 +582,7 @@ end
 --- Updates shards ({ {id=, transport={...}}, ... }) in batches of patch_batch.
 -- Returns { data = {...}, errors = {...} } or nil, err.
 function Client:update_shards(conduit_id, shards)
+  check_open(self)
   check_id(conduit_id, 1, "update_shards")
   if type(shards) ~= "table" then
     errors.argerror(2, "update_shards", ("table expected, got %s"):format(type(shards)))
