@@ -39,7 +39,10 @@ local function num(v) if type(v) ~= "number" or v ~= v then return "must be a nu
 local OPTIONS = {
   client_id = str, client_secret = str, access_token = str,
   api_base = str, auth_base = str, eventsub_ws = str,
-  keepalive = int_range(10, 600), keepalive_slack = num_min(0),
+  keepalive = function(v)
+    if v ~= 0 then return int_range(10, 600)(v) end
+  end,
+  keepalive_slack = num_min(0),
   dedupe_window = num_min(0, true), dedupe_max = int_range(1),
   max_age = num, backoff_min = num_min(0, true), backoff_max = num_min(0, true),
   http_timeout = num_min(0, true), http_retries = int_range(0),
