@@ -58,11 +58,24 @@ typedef struct twl_client {
   twl_req *reqs;      /* pending requests and timers (freed on close) */
 } twl_client;
 
-/* A conduit or shard box. */
+/* A conduit or shard box: a userdata of metatable TWL_CONDUIT_MT or TWL_SHARD_MT whose
+ * user value 1 is the bound Lua object and user value 2 the client userdata. */
 typedef struct twl_obj {
   void *obj;          /* tw_conduit* or tw_shard*; NULL once freed */
   twl_client *cl;     /* owning client box (valid while obj != NULL) */
 } twl_obj;
+enum { TWL_BOX_BOUND = 1, TWL_BOX_CLIENT = 2 };
+
+/* Pushes a new box of metatable mt over obj, anchored in objs (keyed by obj). */
+twl_obj *twl_box_push(lua_State *L, twl_client *cl, int objs, int client_ud, void *obj, const char *mt);
+/* The box at i; raises "<what> is closed" when its object or its client is gone. */
+twl_obj *twl_box_check(lua_State *L, int i, const char *mt, const char *what);
+int twl_box_closed(const twl_obj *b);
+/* The box methods bind(obj), bound() and closed(), for metatable mt. */
+int twl_box_bind(lua_State *L, const char *mt);
+int twl_box_bound(lua_State *L, const char *mt);
+int twl_box_is_closed(lua_State *L, const char *mt);
+void twl_push_opt_string(lua_State *L, const char *s); /* s or nil */
 
 struct twl_req {
   twl_client *cl;
@@ -112,7 +125,7 @@ void twl_shard_open(lua_State *L);
 void twl_message_open(lua_State *L);
 /* Pushes the message of ev; the caller sets user value 1 (the shard object). */
 void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int conduit_obj);
-tw_json *twl_message_doc(lua_State *L, int idx); /* the message's copy at idx (a message) */
+tw_json *twl_message_doc(lua_State *L, int idx); /* the document the message at idx holds a reference on */
 
 /* conduit userdata creation (client.c calls it after tw_conduit_open) */
 void twl_push_conduit_ud(lua_State *L, twl_client *cl, int objs, int client_ud, tw_conduit *cd);

@@ -65,7 +65,6 @@ void tw_http_free(tw_http *h); /* cancels requests without calling back */
  * http until completion) or NULL. */
 tw_http_req *tw_http_start(tw_http *h, const char *method, const char *url, const char *const *headers,
                            const char *body, size_t body_len, long timeout_ms, tw_http_fn cb, void *user);
-int tw_http_pending(const tw_http *h);
 
 /* ---- Helix + OAuth (helix.c) ---- */
 typedef struct tw_helix_state tw_helix_state;

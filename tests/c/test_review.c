@@ -1,10 +1,9 @@
 /* The core's state machine, reentrancy, teardown and Helix logic under the emulator.
  *
  * Each scenario starts from an emulator reset, runs its own client and is bounded in
- * time (every wait has a deadline). A scenario marked "KNOWN BUG" fails until the core is
- * fixed; "regression" marks scenarios of bugs already fixed. TW_REVIEW_ONLY=<name> runs
- * one scenario, TW_REVIEW_QUICK=1 skips the two slow ones (about 90 s together),
- * TW_REVIEW_DEBUG=1 logs the events. */
+ * time (every wait has a deadline). "Regression" marks scenarios of bugs already fixed.
+ * TW_REVIEW_ONLY=<name> runs one scenario, TW_REVIEW_QUICK=1 skips the two slow ones
+ * (about 90 s together), TW_REVIEW_DEBUG=1 logs the events. */
 #include <stdint.h>
 
 #include "support.h"
@@ -374,7 +373,7 @@ static void scenario_close_from_shard_enabled(void) {
 }
 
 /* ====================================================================================== */
-/* KNOWN BUG: tw_client_free while a shard PATCH is queued or in flight leaks the PATCH
+/* Regression: tw_client_free while a shard PATCH is queued or in flight leaked the PATCH
  * context (visible under ASan/LeakSanitizer and valgrind --leak-check=full).             */
 static int any_assigning(void *a) {
   tw_conduit *cd = a;
@@ -398,9 +397,9 @@ static void scenario_free_with_patch_in_flight(void) {
 #ifdef HAVE_LSAN
   int leaks = __lsan_do_recoverable_leak_check();
   leak_reported = leaks != 0;
-  ok(leaks == 0, "free with PATCH in flight: nothing leaks (KNOWN BUG: LeakSanitizer found leaks)");
+  ok(leaks == 0, "free with PATCH in flight: nothing leaks (regression: LeakSanitizer found leaks)");
 #else
-  ok(1, "free with PATCH in flight: freed (the leak, KNOWN BUG, shows under valgrind or the ASan build)");
+  ok(1, "free with PATCH in flight: freed (a leak would show under valgrind or the ASan build)");
 #endif
 }
 
