@@ -104,7 +104,7 @@ valgrind: $(BUILD)/tests/test_core mock mock-tests
 rock: module mock
 
 lint:
-	luacheck --std lua54 lua spec examples bench
+	luacheck --std lua54 lua spec examples bench scripts/docs-check
 
 # luarocks (build.type = "make") calls `make` then `make install` with these set.
 INST_LIBDIR ?= $(BUILD)/install/lib

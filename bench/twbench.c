@@ -61,11 +61,12 @@ static void on_event(void *user, const tw_event *ev) {
 
 static tw_client *new_client(bstate *st) {
   tw_error err;
-  tw_client_opts o = {.client_id = E.client_id,
-                      .client_secret = E.client_secret,
-                      .api_base = E.api,
-                      .auth_base = E.auth,
-                      .eventsub_ws = E.ws};
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = E.client_id;
+  o.client_secret = E.client_secret;
+  o.api_base = E.api;
+  o.auth_base = E.auth;
+  o.eventsub_ws = E.ws;
   tw_client *c = tw_client_new(&o, &err);
   if (!c) {
     fprintf(stderr, "twbench: client: %s %s\n", err.code, err.message);

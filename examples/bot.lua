@@ -8,6 +8,7 @@
 --
 --   LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/lib/?.so;;" lua5.4 examples/bot.lua
 local twconduit = require "twconduit"
+twconduit.set_log_level(0) -- libwebsockets: errors only
 
 local client_id = os.getenv "TWITCH_CLIENT_ID"
 local client_secret = os.getenv "TWITCH_CLIENT_SECRET"
@@ -56,9 +57,11 @@ conduit:on("channel.chat.message", function(event, msg)
     event.chatter_user_login, event.message.text))
 end)
 conduit:on("stream.online", function(event, msg)
+  -- handlers may call async functions: count the app's stream.online subscriptions
+  local subs = client:subscriptions { type = "stream.online" }
   handled = handled + 1
-  print(("[shard %s] %s went live (%s)"):format(msg.shard.id, event.broadcaster_user_login,
-    event.type))
+  print(("[shard %s] %s went live (%s; %s subscription(s))"):format(msg.shard.id,
+    event.broadcaster_user_login, event.type, subs and #subs or "?"))
 end)
 
 local channels = live and { os.getenv "TWITCH_BROADCASTER_ID" } or { "1001", "1002", "1003" }

@@ -1,6 +1,7 @@
 -- The Lua side of examples/host.c: sets up a client against the bundled emulator and
 -- hands it to the C host, which drives it from its own poll loop.
 local twconduit = require "twconduit"
+twconduit.set_log_level(0) -- libwebsockets: errors only
 local mock = require "twconduit.mock"
 
 local m = mock.start {}

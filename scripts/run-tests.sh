@@ -1,5 +1,6 @@
 #!/bin/sh
-# Runs every test (C tests of the core, the emulator's own tests, the busted specs)
+# Runs every test (C tests of the core, the emulator's own tests, the examples, luacheck,
+# scripts/docs-check, the busted specs)
 # and ends with one line "N passed, N failed". Exit status is non-zero on any failure.
 # Every runner speaks TAP ("ok N ..." / "not ok N ..."); a runner that exits non-zero
 # without reporting a failure counts as one failure.
@@ -66,15 +67,17 @@ examples() {
   fi
 }
 lint() {
-  if luacheck --std lua54 lua spec examples bench >/tmp/twconduit-luacheck.log 2>&1; then
-    echo "ok 1 - luacheck: no warnings in lua, spec, examples, bench"
+  if luacheck --std lua54 lua spec examples bench scripts/docs-check >/tmp/twconduit-luacheck.log 2>&1; then
+    echo "ok 1 - luacheck: no warnings in lua, spec, examples, bench, scripts/docs-check"
   else
-    echo "not ok 1 - luacheck: no warnings in lua, spec, examples, bench"; grep -v ' OK' /tmp/twconduit-luacheck.log | tail -20
+    echo "not ok 1 - luacheck: no warnings in lua, spec, examples, bench, scripts/docs-check"; grep -v ' OK' /tmp/twconduit-luacheck.log | tail -20
   fi
 }
 if [ -z "$SANITIZED" ]; then # the sanitized pass runs the same code through the specs
   echo "# examples"
   run examples examples
+  echo "# docs-check: docs/api.md and README.md against the code"
+  run docs-check "$LUA" scripts/docs-check --self-test
   if command -v luacheck >/dev/null; then
     echo "# luacheck"
     run luacheck lint

@@ -1,9 +1,12 @@
 /* client.c - twconduit.client: the loop, event dispatch into Lua, Helix and timers.
  *
  * Every event of the core reaches Lua through one dispatcher function installed by the
- * Lua layer (set_dispatcher). Lua is entered on the thread that called step/run, or on
- * the main thread when a host drives the loop without a Lua frame (shared libuv loop).
+ * Lua layer (set_dispatcher). The core only calls back from inside a method that set up
+ * a frame (step, run, open_conduit, conduit:close, shard:reconnect), so Lua is entered
+ * on the thread that called that method.
  */
+#include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,42 +46,22 @@ void twl_frame_end(twl_client *cl, twl_frame *saved) {
   cl->fr = *saved;
 }
 
-/* Saved frame of a host-driven entry (no step/run on the stack). */
-typedef struct {
-  twl_frame saved;
-} host_frame;
-
 twl_frame *twl_enter(twl_client *cl, int *top) {
   if (cl->dispatch_off || cl->c == NULL || cl->close_requested) return NULL;
-  if (cl->fr.L != NULL) {
-    lua_State *L = cl->fr.L;
-    if (!lua_checkstack(L, 16)) return NULL;
-    *top = lua_gettop(L);
-    return &cl->fr;
+  lua_State *L = cl->fr.L;
+  if (L == NULL) { /* no frame: cannot happen while every entry sets one; say so if it does */
+    fprintf(stderr, "twconduit: an event arrived outside step/run and was dropped\n");
+    return NULL;
   }
-  /* No frame: a host drives the loop. Use the main thread, with the anchored client. */
-  lua_State *L = cl->mainL;
-  if (L == NULL || cl->self_ref == LUA_NOREF || !lua_checkstack(L, 24)) return NULL;
+  if (!lua_checkstack(L, 16)) {
+    fprintf(stderr, "twconduit: no Lua stack left for an event; it was dropped\n");
+    return NULL;
+  }
   *top = lua_gettop(L);
-  host_frame *h = malloc(sizeof *h);
-  if (h == NULL) return NULL;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, cl->self_ref);
-  /* cannot raise: the stack was checked above */
-  twl_frame_begin(cl, L, lua_gettop(L), &h->saved);
-  cl->host = h;
   return &cl->fr;
 }
 
 void twl_enter_end(twl_client *cl, int top) {
-  host_frame *h = cl->host;
-  if (h != NULL && cl->fr.L == cl->mainL && cl->depth == 0) {
-    lua_State *L = cl->fr.L;
-    cl->host = NULL;
-    twl_frame_end(cl, &h->saved);
-    free(h);
-    lua_settop(L, top);
-    return;
-  }
   if (cl->fr.L != NULL) lua_settop(cl->fr.L, top);
 }
 
@@ -524,17 +507,6 @@ static const char *opt_string(lua_State *L, int t, const char *k) {
   return s;
 }
 
-static lua_Number opt_number(lua_State *L, int t, const char *k, lua_Number dflt) {
-  int ty = lua_getfield(L, t, k);
-  lua_Number v = dflt;
-  if (ty == LUA_TNUMBER)
-    v = lua_tonumber(L, -1);
-  else if (ty != LUA_TNIL)
-    luaL_error(L, "%s must be a number", k);
-  lua_pop(L, 1);
-  return v;
-}
-
 static lua_Integer opt_integer(lua_State *L, int t, const char *k, lua_Integer dflt) {
   int ty = lua_getfield(L, t, k);
   lua_Integer v = dflt;
@@ -547,12 +519,100 @@ static lua_Integer opt_integer(lua_State *L, int t, const char *k, lua_Integer d
   return v;
 }
 
+/* The numeric client options: their Lua names and their fields. The defaults are the
+ * core's (TW_CLIENT_OPTS_INIT); nothing here repeats them. */
+enum { OPT_INT, OPT_SIZE, OPT_NUM };
+static const struct {
+  const char *name;
+  int kind;
+  size_t off;
+} NUM_OPTS[] = {
+    {"keepalive", OPT_INT, offsetof(tw_client_opts, keepalive_s)},
+    {"keepalive_slack", OPT_NUM, offsetof(tw_client_opts, keepalive_slack_s)},
+    {"dedupe_window", OPT_NUM, offsetof(tw_client_opts, dedupe_window_s)},
+    {"dedupe_max", OPT_SIZE, offsetof(tw_client_opts, dedupe_max)},
+    {"max_age", OPT_NUM, offsetof(tw_client_opts, max_age_s)},
+    {"backoff_min", OPT_NUM, offsetof(tw_client_opts, backoff_min_s)},
+    {"backoff_max", OPT_NUM, offsetof(tw_client_opts, backoff_max_s)},
+    {"http_timeout", OPT_NUM, offsetof(tw_client_opts, http_timeout_s)},
+    {"http_retries", OPT_INT, offsetof(tw_client_opts, http_retries)},
+    {"http_max_inflight", OPT_INT, offsetof(tw_client_opts, http_max_inflight)},
+    {"patch_batch", OPT_INT, offsetof(tw_client_opts, patch_batch)},
+    {"validate_interval", OPT_NUM, offsetof(tw_client_opts, validate_interval_s)},
+    {"verify_interval", OPT_NUM, offsetof(tw_client_opts, verify_interval_s)},
+    {"max_message_bytes", OPT_SIZE, offsetof(tw_client_opts, max_message_bytes)},
+};
+#define N_NUM_OPTS (sizeof NUM_OPTS / sizeof NUM_OPTS[0])
+
+/* reads opts[name] into its field when present (types only; the core checks ranges) */
+static void read_num_opt(lua_State *L, int t, size_t i, tw_client_opts *o) {
+  char *f = (char *)o + NUM_OPTS[i].off;
+  int ty = lua_getfield(L, t, NUM_OPTS[i].name);
+  lua_pop(L, 1);
+  if (ty == LUA_TNIL) return;
+  if (NUM_OPTS[i].kind == OPT_NUM) {
+    lua_getfield(L, t, NUM_OPTS[i].name);
+    if (ty != LUA_TNUMBER) luaL_error(L, "%s must be a number", NUM_OPTS[i].name);
+    *(double *)(void *)f = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return;
+  }
+  lua_Integer v = opt_integer(L, t, NUM_OPTS[i].name, 0);
+  if (NUM_OPTS[i].kind == OPT_INT) {
+    if (v < INT_MIN || v > INT_MAX) luaL_error(L, "%s is out of range", NUM_OPTS[i].name);
+    *(int *)(void *)f = (int)v;
+  } else {
+    if (v < 0) luaL_error(L, "%s must not be negative", NUM_OPTS[i].name);
+    *(size_t *)(void *)f = (size_t)v;
+  }
+}
+
+/* pushes a table of the numeric options of o, by their Lua names */
+static void push_num_opts(lua_State *L, const tw_client_opts *o) {
+  lua_createtable(L, 0, (int)N_NUM_OPTS);
+  for (size_t i = 0; i < N_NUM_OPTS; i++) {
+    const char *f = (const char *)o + NUM_OPTS[i].off;
+    if (NUM_OPTS[i].kind == OPT_NUM)
+      lua_pushnumber(L, *(const double *)(const void *)f);
+    else if (NUM_OPTS[i].kind == OPT_INT)
+      lua_pushinteger(L, *(const int *)(const void *)f);
+    else
+      lua_pushinteger(L, (lua_Integer) * (const size_t *)(const void *)f);
+    lua_setfield(L, -2, NUM_OPTS[i].name);
+  }
+}
+
+/* core.defaults() -> the client options' defaults */
+static int cl_defaults(lua_State *L) {
+  tw_client_opts o;
+  tw_client_opts_init(&o);
+  push_num_opts(L, &o);
+  return 1;
+}
+
+/* client:options() -> the options in effect (no secrets) */
+static int cl_options(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  tw_client_opts o;
+  tw_client_get_options(cl->c, &o);
+  push_num_opts(L, &o);
+  lua_pushstring(L, o.client_id);
+  lua_setfield(L, -2, "client_id");
+  lua_pushstring(L, o.api_base);
+  lua_setfield(L, -2, "api_base");
+  lua_pushstring(L, o.auth_base);
+  lua_setfield(L, -2, "auth_base");
+  lua_pushstring(L, o.eventsub_ws);
+  lua_setfield(L, -2, "eventsub_ws");
+  return 1;
+}
+
 /* core.client(opts) -> client userdata | nil, err  (options are checked by the Lua
- * layer; here only types are checked again). */
+ * layer; here only types, the core checks ranges). */
 static int cl_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   tw_client_opts o;
-  memset(&o, 0, sizeof o);
+  tw_client_opts_init(&o);
   o.client_id = opt_string(L, 1, "client_id");
   if (o.client_id == NULL) luaL_error(L, "client_id must be a string");
   o.client_secret = opt_string(L, 1, "client_secret");
@@ -560,20 +620,7 @@ static int cl_new(lua_State *L) {
   o.api_base = opt_string(L, 1, "api_base");
   o.auth_base = opt_string(L, 1, "auth_base");
   o.eventsub_ws = opt_string(L, 1, "eventsub_ws");
-  o.keepalive_s = (int)opt_integer(L, 1, "keepalive", 0);
-  o.keepalive_slack_s = opt_number(L, 1, "keepalive_slack", 0);
-  o.dedupe_window_s = opt_number(L, 1, "dedupe_window", 0);
-  o.dedupe_max = (size_t)opt_integer(L, 1, "dedupe_max", 0);
-  o.max_age_s = opt_number(L, 1, "max_age", 0);
-  o.backoff_min_s = opt_number(L, 1, "backoff_min", 0);
-  o.backoff_max_s = opt_number(L, 1, "backoff_max", 0);
-  o.http_timeout_s = opt_number(L, 1, "http_timeout", 0);
-  o.http_retries = (int)opt_integer(L, 1, "http_retries", -1);
-  o.http_max_inflight = (int)opt_integer(L, 1, "http_max_inflight", 0);
-  o.patch_batch = (int)opt_integer(L, 1, "patch_batch", 0);
-  o.validate_interval_s = opt_number(L, 1, "validate_interval", 0);
-  o.max_message_bytes = (size_t)opt_integer(L, 1, "max_message_bytes", 0);
-  if (o.http_retries < 0) o.http_retries = 4;
+  for (size_t i = 0; i < N_NUM_OPTS; i++) read_num_opt(L, 1, i, &o);
 
   twl_client *cl = lua_newuserdatauv(L, sizeof *cl, TWL_UV_CLIENT_N);
   memset(cl, 0, sizeof *cl);
@@ -585,9 +632,6 @@ static int cl_new(lua_State *L) {
   lua_setiuservalue(L, -2, TWL_UV_OBJS);
   lua_newtable(L);
   lua_setiuservalue(L, -2, TWL_UV_PENDING);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  cl->mainL = lua_tothread(L, -1);
-  lua_pop(L, 1);
 
   tw_error err;
   memset(&err, 0, sizeof err);
@@ -600,7 +644,12 @@ static int cl_new(lua_State *L) {
 static void finish_close(twl_client *cl, lua_State *L, int ud) {
   if (cl->c == NULL) return;
   cl->dispatch_off = 1;
-  tw_client_free(cl->c);
+  if (tw_client_free(cl->c) != TW_OK) { /* inside a core callback after all: later */
+    cl->dispatch_off = 0;
+    cl->close_requested = 1;
+    tw_client_stop(cl->c);
+    return;
+  }
   cl->c = NULL;
   /* every box still anchored loses its object */
   lua_getiuservalue(L, ud, TWL_UV_OBJS);
@@ -621,15 +670,23 @@ static void finish_close(twl_client *cl, lua_State *L, int ud) {
     free(r); /* timers were freed with the client */
   }
   cl->npending = cl->nconduits = 0;
-  free(cl->host);
-  cl->host = NULL;
   twl_client_update_anchor(cl, L, ud);
 }
 
+void twl_close_if_requested(twl_client *cl, lua_State *L, int ud) {
+  if (cl->close_requested && !cl->running && cl->depth == 0) {
+    cl->close_requested = 0;
+    finish_close(cl, L, lua_absindex(L, ud));
+  }
+}
+
+/* Closing never frees the core under its own callback: inside step/run, or inside a
+ * handler of an event that another method produced (depth > 0), the close is finished
+ * when that step/run or method returns. */
 static int cl_close(lua_State *L) {
   twl_client *cl = luaL_checkudata(L, 1, TWL_CLIENT_MT);
   if (cl->c == NULL) return 0;
-  if (cl->running) { /* from a callback: finished when step/run returns */
+  if (cl->running || cl->depth > 0) {
     cl->close_requested = 1;
     tw_client_stop(cl->c);
     return 0;
@@ -769,6 +826,7 @@ static int cl_stats(lua_State *L) {
   SET_U(helix_retries);
   SET_U(helix_rate_waits);
   SET_U(token_fetches);
+  SET_U(token_validations);
   SET_U(ws_connects);
   SET_U(ratelimit_remaining);
   return 1;
@@ -808,6 +866,15 @@ static int cl_open_conduit(lua_State *L) {
   twl_frame_begin(cl, L, 1, &saved);
   tw_conduit *cd = tw_conduit_open(cl->c, &o, &err);
   twl_frame_end(cl, &saved);
+  if (cl->close_requested) { /* a handler closed the client meanwhile */
+    twl_close_if_requested(cl, L, 1);
+    if (cd == NULL) return twl_fail(L, &err);
+    tw_error ce;
+    memset(&ce, 0, sizeof ce);
+    snprintf(ce.code, sizeof ce.code, "closed");
+    snprintf(ce.message, sizeof ce.message, "the client was closed while the conduit was opened");
+    return twl_fail(L, &ce);
+  }
   if (cd == NULL) return twl_fail(L, &err);
   cl->nconduits++;
   lua_getiuservalue(L, 1, TWL_UV_OBJS);
@@ -848,6 +915,7 @@ void twl_client_open(lua_State *L, int modidx) {
       {"now", cl_now},
       {"token", cl_token},
       {"stats", cl_stats},
+      {"options", cl_options},
       {"helix", cl_helix},
       {"timer", cl_timer},
       {"cancel_timer", cl_cancel_timer},
@@ -858,4 +926,6 @@ void twl_client_open(lua_State *L, int modidx) {
   twl_newclass(L, TWL_CLIENT_MT, methods, meta);
   lua_pushcfunction(L, cl_new);
   lua_setfield(L, modidx, "client");
+  lua_pushcfunction(L, cl_defaults);
+  lua_setfield(L, modidx, "defaults");
 }

@@ -1,74 +1,36 @@
 /* conduit.c - twconduit.conduit: a box over a tw_conduit owned by its client.
  *
- * Uservalue 1 holds the Lua object bound to it (ud:bind(obj)), which events carry;
- * uservalue 2 holds the client userdata. The client anchors the userdata (by the core
- * pointer) until the core frees the conduit.
+ * A box (twl.h): user value 1 holds the Lua object bound to it (ud:bind(obj)), which
+ * events carry; user value 2 the client userdata. The client anchors the userdata (by
+ * the core pointer) until the core frees the conduit.
  */
 #include <string.h>
 
 #include "twl.h"
 
-enum { UV_BOUND = 1, UV_CLIENT = 2 };
+enum { UV_CLIENT = TWL_BOX_CLIENT };
 
 void twl_push_conduit_ud(lua_State *L, twl_client *cl, int objs, int client_ud, tw_conduit *cd) {
-  objs = lua_absindex(L, objs);
-  client_ud = lua_absindex(L, client_ud);
-  twl_obj *b = lua_newuserdatauv(L, sizeof *b, 2);
-  b->obj = cd;
-  b->cl = cl;
-  luaL_setmetatable(L, TWL_CONDUIT_MT);
-  lua_pushvalue(L, client_ud);
-  lua_setiuservalue(L, -2, UV_CLIENT);
-  lua_pushvalue(L, -1);
-  lua_rawsetp(L, objs, cd);
-  tw_conduit_set_user(cd, b);
+  tw_conduit_set_user(cd, twl_box_push(L, cl, objs, client_ud, cd, TWL_CONDUIT_MT));
 }
 
-static twl_obj *check_box(lua_State *L, int i) {
-  twl_obj *b = luaL_checkudata(L, i, TWL_CONDUIT_MT);
-  if (b->obj == NULL || b->cl->c == NULL) luaL_error(L, "conduit is closed");
-  return b;
-}
-
+static twl_obj *check_box(lua_State *L, int i) { return twl_box_check(L, i, TWL_CONDUIT_MT, "conduit"); }
 static tw_conduit *check_conduit(lua_State *L, int i) { return check_box(L, i)->obj; }
-
-static void push_opt_string(lua_State *L, const char *s) {
-  if (s)
-    lua_pushstring(L, s);
-  else
-    lua_pushnil(L);
-}
-
-static int cd_bind(lua_State *L) {
-  luaL_checkudata(L, 1, TWL_CONDUIT_MT);
-  lua_settop(L, 2);
-  lua_setiuservalue(L, 1, UV_BOUND);
-  return 0;
-}
-
-static int cd_bound(lua_State *L) {
-  luaL_checkudata(L, 1, TWL_CONDUIT_MT);
-  lua_getiuservalue(L, 1, UV_BOUND);
-  return 1;
-}
-
-static int cd_closed(lua_State *L) {
-  twl_obj *b = luaL_checkudata(L, 1, TWL_CONDUIT_MT);
-  lua_pushboolean(L, b->obj == NULL || b->cl->c == NULL);
-  return 1;
-}
+static int cd_bind(lua_State *L) { return twl_box_bind(L, TWL_CONDUIT_MT); }
+static int cd_bound(lua_State *L) { return twl_box_bound(L, TWL_CONDUIT_MT); }
+static int cd_closed(lua_State *L) { return twl_box_is_closed(L, TWL_CONDUIT_MT); }
 
 static int cd_id(lua_State *L) {
-  push_opt_string(L, tw_conduit_id(check_conduit(L, 1)));
+  twl_push_opt_string(L, tw_conduit_id(check_conduit(L, 1)));
   return 1;
 }
 
 static int cd_state(lua_State *L) {
   twl_obj *b = luaL_checkudata(L, 1, TWL_CONDUIT_MT);
-  if (b->obj == NULL || b->cl->c == NULL)
+  if (twl_box_closed(b))
     lua_pushliteral(L, "closed");
   else
-    push_opt_string(L, tw_conduit_state(b->obj));
+    twl_push_opt_string(L, tw_conduit_state(b->obj));
   return 1;
 }
 
@@ -136,19 +98,20 @@ static int cd_client(lua_State *L) {
 
 static int cd_close(lua_State *L) {
   twl_obj *b = luaL_checkudata(L, 1, TWL_CONDUIT_MT);
-  if (b->obj == NULL || b->cl->c == NULL) return 0;
+  if (twl_box_closed(b)) return 0;
   lua_settop(L, 1);
   lua_getiuservalue(L, 1, UV_CLIENT);
   twl_frame saved;
   twl_frame_begin(b->cl, L, 2, &saved);
   tw_conduit_close(b->obj);
   twl_frame_end(b->cl, &saved);
+  twl_close_if_requested(b->cl, L, 2);
   return 0;
 }
 
 static int cd_tostring(lua_State *L) {
   twl_obj *b = luaL_checkudata(L, 1, TWL_CONDUIT_MT);
-  if (b->obj == NULL || b->cl->c == NULL) {
+  if (twl_box_closed(b)) {
     lua_pushliteral(L, "twconduit.conduit{state=\"closed\"}");
   } else {
     const char *id = tw_conduit_id(b->obj);

@@ -93,6 +93,55 @@ static void open_error(lua_State *L, int modidx) {
   lua_setfield(L, modidx, "Error");
 }
 
+/* ---- conduit and shard boxes ------------------------------------------------------------ */
+
+twl_obj *twl_box_push(lua_State *L, twl_client *cl, int objs, int client_ud, void *obj, const char *mt) {
+  objs = lua_absindex(L, objs);
+  client_ud = lua_absindex(L, client_ud);
+  twl_obj *b = lua_newuserdatauv(L, sizeof *b, 2);
+  b->obj = obj;
+  b->cl = cl;
+  luaL_setmetatable(L, mt);
+  lua_pushvalue(L, client_ud);
+  lua_setiuservalue(L, -2, TWL_BOX_CLIENT);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, objs, obj);
+  return b;
+}
+
+int twl_box_closed(const twl_obj *b) { return b->obj == NULL || b->cl->c == NULL; }
+
+twl_obj *twl_box_check(lua_State *L, int i, const char *mt, const char *what) {
+  twl_obj *b = luaL_checkudata(L, i, mt);
+  if (twl_box_closed(b)) luaL_error(L, "%s is closed", what);
+  return b;
+}
+
+int twl_box_bind(lua_State *L, const char *mt) {
+  luaL_checkudata(L, 1, mt);
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, TWL_BOX_BOUND);
+  return 0;
+}
+
+int twl_box_bound(lua_State *L, const char *mt) {
+  luaL_checkudata(L, 1, mt);
+  lua_getiuservalue(L, 1, TWL_BOX_BOUND);
+  return 1;
+}
+
+int twl_box_is_closed(lua_State *L, const char *mt) {
+  lua_pushboolean(L, twl_box_closed(luaL_checkudata(L, 1, mt)));
+  return 1;
+}
+
+void twl_push_opt_string(lua_State *L, const char *s) {
+  if (s)
+    lua_pushstring(L, s);
+  else
+    lua_pushnil(L);
+}
+
 /* ---- calling Lua ---------------------------------------------------------------------- */
 
 int twl_msgh(lua_State *L) {
@@ -146,7 +195,6 @@ __attribute__((visibility("default"))) int luaopen_twconduit_core(lua_State *L) 
                                  {"set_log_level", mod_set_log_level},
                                  {NULL, NULL}};
   luaL_checkversion(L);
-  tw_set_lws_log_level(0); /* libwebsockets prints notices by default; twconduit.set_log_level changes it */
   lua_newtable(L);
   int mod = lua_gettop(L);
   luaL_setfuncs(L, fns, 0);

@@ -1,82 +1,45 @@
 /* shard.c - twconduit.shard: a box over a tw_shard owned by its conduit.
  *
- * Uservalue 1 holds the bound Lua object, uservalue 2 the client userdata.
+ * A box (twl.h): user value 1 holds the bound Lua object, user value 2 the client
+ * userdata.
  */
 #include <string.h>
 
 #include "twl.h"
 
-enum { UV_BOUND = 1, UV_CLIENT = 2 };
+enum { UV_CLIENT = TWL_BOX_CLIENT };
 
 void twl_push_shard_ud(lua_State *L, twl_client *cl, int objs, int client_ud, tw_shard *s) {
-  objs = lua_absindex(L, objs);
-  client_ud = lua_absindex(L, client_ud);
-  twl_obj *b = lua_newuserdatauv(L, sizeof *b, 2);
-  b->obj = s;
-  b->cl = cl;
-  luaL_setmetatable(L, TWL_SHARD_MT);
-  lua_pushvalue(L, client_ud);
-  lua_setiuservalue(L, -2, UV_CLIENT);
-  lua_pushvalue(L, -1);
-  lua_rawsetp(L, objs, s);
-  tw_shard_set_user(s, b);
+  tw_shard_set_user(s, twl_box_push(L, cl, objs, client_ud, s, TWL_SHARD_MT));
 }
 
-static twl_obj *check_box(lua_State *L, int i) {
-  twl_obj *b = luaL_checkudata(L, i, TWL_SHARD_MT);
-  if (b->obj == NULL || b->cl->c == NULL) luaL_error(L, "shard is closed");
-  return b;
-}
-
+static twl_obj *check_box(lua_State *L, int i) { return twl_box_check(L, i, TWL_SHARD_MT, "shard"); }
 static tw_shard *check_shard(lua_State *L, int i) { return check_box(L, i)->obj; }
-
-static void push_opt_string(lua_State *L, const char *s) {
-  if (s)
-    lua_pushstring(L, s);
-  else
-    lua_pushnil(L);
-}
-
-static int sh_bind(lua_State *L) {
-  luaL_checkudata(L, 1, TWL_SHARD_MT);
-  lua_settop(L, 2);
-  lua_setiuservalue(L, 1, UV_BOUND);
-  return 0;
-}
-
-static int sh_bound(lua_State *L) {
-  luaL_checkudata(L, 1, TWL_SHARD_MT);
-  lua_getiuservalue(L, 1, UV_BOUND);
-  return 1;
-}
-
-static int sh_closed(lua_State *L) {
-  twl_obj *b = luaL_checkudata(L, 1, TWL_SHARD_MT);
-  lua_pushboolean(L, b->obj == NULL || b->cl->c == NULL);
-  return 1;
-}
+static int sh_bind(lua_State *L) { return twl_box_bind(L, TWL_SHARD_MT); }
+static int sh_bound(lua_State *L) { return twl_box_bound(L, TWL_SHARD_MT); }
+static int sh_closed(lua_State *L) { return twl_box_is_closed(L, TWL_SHARD_MT); }
 
 static int sh_id(lua_State *L) {
-  push_opt_string(L, tw_shard_id(check_shard(L, 1)));
+  twl_push_opt_string(L, tw_shard_id(check_shard(L, 1)));
   return 1;
 }
 
 static int sh_state(lua_State *L) {
   twl_obj *b = luaL_checkudata(L, 1, TWL_SHARD_MT);
-  if (b->obj == NULL || b->cl->c == NULL)
+  if (twl_box_closed(b))
     lua_pushliteral(L, "closed");
   else
-    push_opt_string(L, tw_shard_state(b->obj));
+    twl_push_opt_string(L, tw_shard_state(b->obj));
   return 1;
 }
 
 static int sh_status(lua_State *L) {
-  push_opt_string(L, tw_shard_status(check_shard(L, 1)));
+  twl_push_opt_string(L, tw_shard_status(check_shard(L, 1)));
   return 1;
 }
 
 static int sh_session_id(lua_State *L) {
-  push_opt_string(L, tw_shard_session_id(check_shard(L, 1)));
+  twl_push_opt_string(L, tw_shard_session_id(check_shard(L, 1)));
   return 1;
 }
 
@@ -110,6 +73,7 @@ static int sh_reconnect(lua_State *L) {
   twl_frame_begin(b->cl, L, 2, &saved);
   int rc = tw_shard_reconnect(b->obj);
   twl_frame_end(b->cl, &saved);
+  twl_close_if_requested(b->cl, L, 2);
   if (rc != TW_OK) {
     luaL_pushfail(L);
     twl_push_errorf(L, rc == TW_ECLOSED ? "closed" : "invalid_argument", 0,
@@ -132,7 +96,7 @@ static int sh_conduit(lua_State *L) {
 
 static int sh_tostring(lua_State *L) {
   twl_obj *b = luaL_checkudata(L, 1, TWL_SHARD_MT);
-  if (b->obj == NULL || b->cl->c == NULL) {
+  if (twl_box_closed(b)) {
     lua_pushliteral(L, "twconduit.shard{state=\"closed\"}");
   } else {
     const char *id = tw_shard_id(b->obj);

@@ -56,15 +56,26 @@ typedef struct twl_client {
   int sweep;          /* some anchored objects were freed: sweep OBJS */
   lua_Integer next_id;/* ids of pending callbacks */
   twl_req *reqs;      /* pending requests and timers (freed on close) */
-  lua_State *mainL;   /* the state's main thread, for host-driven loops */
-  void *host;         /* saved frame of a host-driven entry */
 } twl_client;
 
-/* A conduit or shard box. */
+/* A conduit or shard box: a userdata of metatable TWL_CONDUIT_MT or TWL_SHARD_MT whose
+ * user value 1 is the bound Lua object and user value 2 the client userdata. */
 typedef struct twl_obj {
   void *obj;          /* tw_conduit* or tw_shard*; NULL once freed */
   twl_client *cl;     /* owning client box (valid while obj != NULL) */
 } twl_obj;
+enum { TWL_BOX_BOUND = 1, TWL_BOX_CLIENT = 2 };
+
+/* Pushes a new box of metatable mt over obj, anchored in objs (keyed by obj). */
+twl_obj *twl_box_push(lua_State *L, twl_client *cl, int objs, int client_ud, void *obj, const char *mt);
+/* The box at i; raises "<what> is closed" when its object or its client is gone. */
+twl_obj *twl_box_check(lua_State *L, int i, const char *mt, const char *what);
+int twl_box_closed(const twl_obj *b);
+/* The box methods bind(obj), bound() and closed(), for metatable mt. */
+int twl_box_bind(lua_State *L, const char *mt);
+int twl_box_bound(lua_State *L, const char *mt);
+int twl_box_is_closed(lua_State *L, const char *mt);
+void twl_push_opt_string(lua_State *L, const char *s); /* s or nil */
 
 struct twl_req {
   twl_client *cl;
@@ -88,14 +99,17 @@ int twl_msgh(lua_State *L); /* message handler: adds a traceback */
 int twl_pcall(twl_client *cl, lua_State *L, int nargs);
 
 /* Entering Lua from a core callback. Returns the frame to use, or NULL when Lua cannot be
- * entered (client torn down, or no Lua state available). twl_enter_end must follow a
- * non-NULL twl_enter with the value it returned in *top. */
+ * entered (client torn down, or no frame). twl_enter_end must follow a non-NULL
+ * twl_enter with the value it returned in *top. */
 twl_frame *twl_enter(twl_client *cl, int *top);
 void twl_enter_end(twl_client *cl, int top);
 /* Sets up cl->fr on L with the client userdata at index ud (used by step/run). */
 void twl_lifecycle_open(lua_State *L); /* lifecycle.c: shard-set verbs of conduits and shards */
 void twl_frame_begin(twl_client *cl, lua_State *L, int ud, twl_frame *saved);
 void twl_frame_end(twl_client *cl, twl_frame *saved);
+/* After a method that set up a frame outside step/run: finishes a close() a handler
+ * asked for meanwhile (client userdata at ud). */
+void twl_close_if_requested(twl_client *cl, lua_State *L, int ud);
 
 /* anchoring */
 void twl_client_update_anchor(twl_client *cl, lua_State *L, int client_ud);
@@ -112,7 +126,7 @@ void twl_shard_open(lua_State *L);
 void twl_message_open(lua_State *L);
 /* Pushes the message of ev; the caller sets user value 1 (the shard object). */
 void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int conduit_obj);
-tw_json *twl_message_doc(lua_State *L, int idx); /* the message's copy at idx (a message) */
+tw_json *twl_message_doc(lua_State *L, int idx); /* the document the message at idx holds a reference on */
 
 /* conduit userdata creation (client.c calls it after tw_conduit_open) */
 void twl_push_conduit_ud(lua_State *L, twl_client *cl, int objs, int client_ud, tw_conduit *cd);

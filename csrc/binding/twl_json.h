@@ -39,7 +39,6 @@ void twl_json_push_table(lua_State *L, const tw_json *d, tw_jnode n);
 void twl_json_encode(lua_State *L, int idx);
 
 void twl_push_null(lua_State *L);          /* pushes the null sentinel */
-int twl_is_null(lua_State *L, int idx);    /* 1 if the value at idx is null */
 int twl_isview(lua_State *L, int idx);     /* 1 if the value at idx is a view */
 
 /* The document and node behind the view at idx (borrowed: valid while the view

@@ -3,8 +3,8 @@
  *
  * A view is a 24-byte userdata {document, node, anchor} whose one user value is the
  * document's anchor: the Lua object that owns the document's memory (for a
- * notification, the message, which carries a copy of the document; for json_view,
- * a holder with a finalizer). Views have no finalizer of their own, so a handler that
+ * notification, the message, which holds one reference on the parsed document; for
+ * json_view, a holder with a finalizer). Views have no finalizer of their own, so a handler that
  * touches a few nested objects creates a few small userdata and nothing more for the
  * collector to call. __index, __len and __pairs decode only what is touched. The
  * metamethods that push values carry the view metatable and the null sentinel as
@@ -37,14 +37,6 @@ enum { UV_MT = 1, UV_NULL = 2 }; /* upvalues of __index / __pairs */
 
 void twl_push_null(lua_State *L) { lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key); }
 
-int twl_is_null(lua_State *L, int idx) {
-  if (lua_type(L, idx) != LUA_TUSERDATA) return 0;
-  idx = lua_absindex(L, idx);
-  twl_push_null(L);
-  int r = lua_rawequal(L, idx, -1);
-  lua_pop(L, 1);
-  return r;
-}
 
 /* An anchor is a userdata whose first field is its document pointer, set to NULL by its
  * finalizer (doc_holder here, the message in message.c). A finalizer of the user's can
@@ -78,37 +70,42 @@ tw_json *twl_view_get(lua_State *L, int idx, tw_jnode *n) {
  * the anchor itself as user value 1: found at idx (ANCHOR_AT), or as user value 1 of
  * the view at idx (ANCHOR_OF_VIEW). */
 enum { ANCHOR_AT, ANCHOR_OF_VIEW };
-static void push_node(lua_State *L, tw_json *d, tw_jnode n, int mtidx, int nullidx, tw_json *const *anchor,
-                      int how, int idx) {
+
+/* Pushes a scalar node (string, number, boolean, null) and returns 1; returns 0 and
+ * pushes nothing for an array or object. */
+static int push_scalar(lua_State *L, const tw_json *d, tw_jnode n, int nullidx) {
   switch (tw_json_type(d, n)) {
   case TW_JSON_STR: {
     size_t l;
     const char *s = tw_json_str(d, n, &l);
     lua_pushlstring(L, s, l);
-    return;
+    return 1;
   }
-  case TW_JSON_INT: lua_pushinteger(L, (lua_Integer)tw_json_int(d, n)); return;
-  case TW_JSON_NUM: lua_pushnumber(L, (lua_Number)tw_json_num(d, n)); return;
-  case TW_JSON_TRUE: lua_pushboolean(L, 1); return;
-  case TW_JSON_FALSE: lua_pushboolean(L, 0); return;
-  case TW_JSON_NULL: lua_pushvalue(L, nullidx); return;
+  case TW_JSON_INT: lua_pushinteger(L, (lua_Integer)tw_json_int(d, n)); return 1;
+  case TW_JSON_NUM: lua_pushnumber(L, (lua_Number)tw_json_num(d, n)); return 1;
+  case TW_JSON_TRUE: lua_pushboolean(L, 1); return 1;
+  case TW_JSON_FALSE: lua_pushboolean(L, 0); return 1;
+  case TW_JSON_NULL: lua_pushvalue(L, nullidx); return 1;
   case TW_JSON_ARR:
-  case TW_JSON_OBJ: {
-    view_box *b = lua_newuserdatauv(L, sizeof *b, 1);
-    b->d = d;
-    b->n = n;
-    b->anchor = anchor;
-    lua_pushvalue(L, mtidx);
-    lua_setmetatable(L, -2);
-    if (how == ANCHOR_AT)
-      lua_pushvalue(L, idx);
-    else
-      lua_getiuservalue(L, idx, 1);
-    lua_setiuservalue(L, -2, 1);
-    return;
+  case TW_JSON_OBJ: return 0;
+  default: lua_pushnil(L); return 1;
   }
-  default: lua_pushnil(L); return;
-  }
+}
+
+static void push_node(lua_State *L, tw_json *d, tw_jnode n, int mtidx, int nullidx, tw_json *const *anchor,
+                      int how, int idx) {
+  if (push_scalar(L, d, n, nullidx)) return;
+  view_box *b = lua_newuserdatauv(L, sizeof *b, 1);
+  b->d = d;
+  b->n = n;
+  b->anchor = anchor;
+  lua_pushvalue(L, mtidx);
+  lua_setmetatable(L, -2);
+  if (how == ANCHOR_AT)
+    lua_pushvalue(L, idx);
+  else
+    lua_getiuservalue(L, idx, 1);
+  lua_setiuservalue(L, -2, 1);
 }
 
 void twl_view_push(lua_State *L, tw_json *d, tw_jnode n, int anchor) {
@@ -259,18 +256,7 @@ static void push_plain(lua_State *L, const tw_json *d, tw_jnode n, int nullidx) 
     }
     return;
   }
-  case TW_JSON_STR: {
-    size_t l;
-    const char *s = tw_json_str(d, n, &l);
-    lua_pushlstring(L, s, l);
-    return;
-  }
-  case TW_JSON_INT: lua_pushinteger(L, (lua_Integer)tw_json_int(d, n)); return;
-  case TW_JSON_NUM: lua_pushnumber(L, (lua_Number)tw_json_num(d, n)); return;
-  case TW_JSON_TRUE: lua_pushboolean(L, 1); return;
-  case TW_JSON_FALSE: lua_pushboolean(L, 0); return;
-  case TW_JSON_NULL: lua_pushvalue(L, nullidx); return;
-  default: lua_pushnil(L); return;
+  default: push_scalar(L, d, n, nullidx); return;
   }
 }
 

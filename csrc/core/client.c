@@ -6,7 +6,28 @@
 
 #include "internal.h"
 
-#define DEF(v, d) ((v) > 0 ? (v) : (d))
+void tw_client_opts_init(tw_client_opts *o) { *o = (tw_client_opts)TW_CLIENT_OPTS_INIT; }
+
+/* The first numeric option out of range, as a message; NULL when all are in range. NaN
+ * fails every comparison, so it is refused too. */
+static const char *check_numbers(const tw_client_opts *o) {
+  if (o->keepalive_s != 0 && (o->keepalive_s < 10 || o->keepalive_s > 600))
+    return "keepalive must be between 10 and 600 seconds (0: the server's default)";
+  if (!(o->keepalive_slack_s >= 0)) return "keepalive_slack must be >= 0";
+  if (!(o->dedupe_window_s > 0)) return "dedupe_window must be > 0";
+  if (o->dedupe_max < 1) return "dedupe_max must be >= 1";
+  if (o->max_age_s != o->max_age_s) return "max_age must be a number";
+  if (!(o->backoff_min_s > 0)) return "backoff_min must be > 0";
+  if (!(o->backoff_max_s >= o->backoff_min_s)) return "backoff_max must be >= backoff_min";
+  if (!(o->http_timeout_s > 0)) return "http_timeout must be > 0";
+  if (o->http_retries < 0) return "http_retries must be >= 0";
+  if (o->http_max_inflight < 1) return "http_max_inflight must be >= 1";
+  if (o->patch_batch < 1 || o->patch_batch > 100) return "patch_batch must be between 1 and 100";
+  if (!(o->validate_interval_s >= 0)) return "validate_interval must be >= 0";
+  if (!(o->verify_interval_s >= 0)) return "verify_interval must be >= 0";
+  if (o->max_message_bytes < 1024) return "max_message_bytes must be >= 1024";
+  return NULL;
+}
 
 static int check_base(const char *name, const char *v, const char *const *schemes, tw_error *err) {
   for (size_t i = 0; schemes[i]; i++)
@@ -40,8 +61,9 @@ tw_client *tw_client_new(const tw_client_opts *o, tw_error *err) {
   if (check_base("api_base", api, http, err) || check_base("auth_base", auth, http, err) ||
       check_base("eventsub_ws", wsu, ws, err))
     return NULL;
-  if (o->keepalive_s && (o->keepalive_s < 10 || o->keepalive_s > 600)) {
-    tw_err_set(err, "invalid_argument", 0, "keepalive must be between 10 and 600 seconds");
+  const char *bad = check_numbers(o);
+  if (bad) {
+    tw_err_set(err, "invalid_argument", 0, "%s (start from TW_CLIENT_OPTS_INIT or tw_client_opts_init)", bad);
     return NULL;
   }
   tw_client *c = calloc(1, sizeof *c);
@@ -57,18 +79,19 @@ tw_client *tw_client_new(const tw_client_opts *o, tw_error *err) {
   c->auth_base = dup_base(auth);
   c->eventsub_ws = tw_strdup(wsu);
   c->keepalive_s = o->keepalive_s;
-  c->keepalive_slack_s = o->keepalive_slack_s > 0 ? o->keepalive_slack_s : 5;
-  c->max_age_s = o->max_age_s != 0 ? o->max_age_s : 600;
-  c->backoff_min_s = DEF(o->backoff_min_s, 0.25);
-  c->backoff_max_s = DEF(o->backoff_max_s, 30);
-  if (c->backoff_max_s < c->backoff_min_s) c->backoff_max_s = c->backoff_min_s;
-  c->http_timeout_s = DEF(o->http_timeout_s, 15);
-  c->http_retries = o->http_retries > 0 ? o->http_retries : (o->http_retries < 0 ? 0 : 4);
-  c->http_max_inflight = DEF(o->http_max_inflight, 16);
-  c->patch_batch = DEF(o->patch_batch, 100);
-  c->validate_interval_s = o->validate_interval_s != 0 ? o->validate_interval_s : 3600;
-  c->verify_interval_s = 300;
-  c->max_message_bytes = DEF(o->max_message_bytes, (size_t)1 << 20);
+  c->keepalive_slack_s = o->keepalive_slack_s;
+  c->max_age_s = o->max_age_s;
+  c->backoff_min_s = o->backoff_min_s;
+  c->backoff_max_s = o->backoff_max_s;
+  c->http_timeout_s = o->http_timeout_s;
+  c->http_retries = o->http_retries;
+  c->http_max_inflight = o->http_max_inflight;
+  c->patch_batch = o->patch_batch;
+  c->validate_interval_s = o->validate_interval_s;
+  c->verify_interval_s = o->verify_interval_s;
+  c->max_message_bytes = o->max_message_bytes;
+  c->dedupe_window_s = o->dedupe_window_s;
+  c->dedupe_max = o->dedupe_max;
   c->stats.ratelimit_remaining = -1;
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -83,8 +106,7 @@ tw_client *tw_client_new(const tw_client_opts *o, tw_error *err) {
     c->owns_loop = true;
   }
   uv_update_time(c->loop);
-  c->dedupe = tw_dedupe_new(o->dedupe_max ? o->dedupe_max : 1000000,
-                            (uint64_t)((o->dedupe_window_s > 0 ? o->dedupe_window_s : 600) * 1000));
+  c->dedupe = tw_dedupe_new(o->dedupe_max, (uint64_t)(o->dedupe_window_s * 1000));
   c->http = tw_http_new(c->loop);
   c->doc_pool = tw_json_pool_new(4u << 20, 64u << 10); /* at most 4 MB waiting */
   if (!c->dedupe || !c->http || !c->doc_pool) goto nomem;
@@ -184,8 +206,9 @@ static void drain_sessions(tw_client *c, uint64_t max_ms) {
   uv_run(c->loop, UV_RUN_NOWAIT);
 }
 
-void tw_client_free(tw_client *c) {
-  if (!c) return;
+int tw_client_free(tw_client *c) {
+  if (!c) return TW_OK;
+  if (c->running || c->depth > 0) return TW_EBUSY;
   /* close frames first, and a bounded moment for them to be written and answered, so
    * Twitch sees 1000 rather than a dropped connection */
   if (c->lws && !c->freeing) {
@@ -227,6 +250,7 @@ void tw_client_free(tw_client *c) {
   free(c->auth_base);
   free(c->eventsub_ws);
   free(c);
+  return TW_OK;
 }
 
 int tw_client_run(tw_client *c) {
@@ -278,6 +302,29 @@ int tw_client_timeout_ms(tw_client *c) {
 
 void *tw_client_loop(tw_client *c) { return c->loop; }
 
+void tw_client_get_options(const tw_client *c, tw_client_opts *o) {
+  tw_client_opts_init(o);
+  o->client_id = c->client_id;
+  o->api_base = c->api_base;
+  o->auth_base = c->auth_base;
+  o->eventsub_ws = c->eventsub_ws;
+  o->uv_loop = c->owns_loop ? NULL : c->loop;
+  o->keepalive_s = c->keepalive_s;
+  o->keepalive_slack_s = c->keepalive_slack_s;
+  o->dedupe_window_s = c->dedupe_window_s;
+  o->dedupe_max = c->dedupe_max;
+  o->max_age_s = c->max_age_s;
+  o->backoff_min_s = c->backoff_min_s;
+  o->backoff_max_s = c->backoff_max_s;
+  o->http_timeout_s = c->http_timeout_s;
+  o->http_retries = c->http_retries;
+  o->http_max_inflight = c->http_max_inflight;
+  o->patch_batch = c->patch_batch;
+  o->validate_interval_s = c->validate_interval_s;
+  o->verify_interval_s = c->verify_interval_s;
+  o->max_message_bytes = c->max_message_bytes;
+}
+
 void tw_client_get_stats(const tw_client *c, tw_client_stats *out) { *out = c->stats; }
 
 void tw_client_on_event(tw_client *c, tw_event_fn fn, void *user) {
@@ -322,7 +369,7 @@ bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *
     return false;
   }
   double t;
-  if (c->max_age_s > 0 && m->timestamp && tw_parse_rfc3339(m->timestamp, &t) &&
+  if (c->max_age_s >= 0 && m->timestamp && tw_parse_rfc3339(m->timestamp, &t) &&
       guard_wall_now(c) - t > c->max_age_s) {
     c->stats.stale++;
     tw_error e;

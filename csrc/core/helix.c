@@ -35,6 +35,7 @@ struct tw_helix_state {
   double token_margin;  /* renew this long before expiry: a tenth of the lifetime, at most 60 s */
   int tstate;
   unsigned token_fails;
+  unsigned validate_401s; /* validations refused in a row */
   tw_error token_err;
   bool token_failed;    /* last fetch failed for good: requests fail at once until retried */
   hreq *head, *tail;    /* queued */
@@ -51,6 +52,7 @@ struct tw_helix_state {
 
 static void pump(tw_helix_state *hx);
 static void fetch_token(tw_helix_state *hx);
+static void validate(tw_helix_state *hx);
 
 static uint64_t now_ms(tw_client *c) { return uv_now(c->loop); }
 
@@ -145,6 +147,7 @@ static void on_token(void *user, const tw_http_result *r) {
       double exp = ei != TW_JNONE ? tw_json_num(d, ei) : 0;
       set_token(hx, tok, n, exp);
       tw_json_unref(d);
+      validate(hx); /* each new token once (requests do not wait for it), then every validate_interval */
       tw_event ev = {.type = TW_EV_TOKEN};
       tw_emit(c, &ev);
       pump(hx);
@@ -209,7 +212,9 @@ static void fetch_token(tw_helix_state *hx) {
   tw_buf_free(&body);
 }
 
-/* hourly validation (and at start for a given token) */
+/* Validation: a given token at start (requests wait for the answer), every token fetched
+ * with the client secret as soon as it arrives, and the token in use every
+ * validate_interval_s (0: never again). */
 static void on_validate(void *user, const tw_http_result *r) {
   tw_helix_state *hx = user;
   if (hx->closing || r->status < 0) return;
@@ -219,11 +224,22 @@ static void on_validate(void *user, const tw_http_result *r) {
       free(hx->token);
       hx->token = NULL;
       hx->tstate = TOK_NONE;
-      fetch_token(hx);
+      if (++hx->validate_401s > 1) { /* a fresh token refused too: stop asking */
+        tw_error err;
+        tw_err_set(&err, "auth_failed", 401, "token validation refused a freshly issued token");
+        hx->token_failed = true;
+        hx->token_err = err;
+        hx->validate_401s = 0;
+        tw_emit_error(hx->c, NULL, NULL, &err);
+        fail_all_queued(hx, &err);
+      } else {
+        fetch_token(hx);
+      }
     }
     return;
   }
   if (r->status == 200) {
+    hx->validate_401s = 0;
     tw_json *d = tw_json_parse(r->body, r->body_len, NULL, 0);
     if (d) {
       tw_jnode ei = tw_json_get(d, 0, "expires_in", 10);
@@ -252,7 +268,13 @@ static void validate(tw_helix_state *hx) {
   snprintf(url, sizeof url, "%s/validate", c->auth_base);
   snprintf(auth, sizeof auth, "Authorization: OAuth %s", hx->token);
   const char *hdrs[] = {auth, NULL};
-  tw_http_start(c->http, "GET", url, hdrs, NULL, 0, (long)(c->http_timeout_s * 1000), on_validate, hx);
+  c->stats.token_validations++;
+  if (!tw_http_start(c->http, "GET", url, hdrs, NULL, 0, (long)(c->http_timeout_s * 1000), on_validate, hx)) {
+    tw_error err;
+    tw_err_set(&err, "network", 0, "could not start the token validation");
+    if (hx->tstate == TOK_VALIDATING) hx->tstate = TOK_OK;
+    tw_emit_error(c, NULL, NULL, &err);
+  }
   memset(auth, 0, sizeof auth);
 }
 

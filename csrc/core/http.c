@@ -37,7 +37,6 @@ struct tw_http {
   uv_timer_t timer;
   tw_http_req *reqs;
   sock *socks;
-  int pending;
   bool in_check;
 };
 
@@ -142,7 +141,6 @@ static void req_free(tw_http_req *r) {
   curl_slist_free_all(r->headers);
   free(r->body);
   tw_buf_free(&r->resp);
-  h->pending--;
   free(r);
 }
 
@@ -164,7 +162,6 @@ void tw_http_free(tw_http *h) {
   uv_close((uv_handle_t *)&h->timer, free_http);
 }
 
-int tw_http_pending(const tw_http *h) { return h->pending; }
 
 static size_t on_write(char *p, size_t sz, size_t n, void *ud) {
   tw_http_req *r = ud;
@@ -253,7 +250,6 @@ tw_http_req *tw_http_start(tw_http *h, const char *method, const char *url, cons
   r->next = h->reqs;
   if (h->reqs) h->reqs->prev = r;
   h->reqs = r;
-  h->pending++;
   if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
     req_free(r);
     return NULL;

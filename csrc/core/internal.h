@@ -65,7 +65,6 @@ void tw_http_free(tw_http *h); /* cancels requests without calling back */
  * http until completion) or NULL. */
 tw_http_req *tw_http_start(tw_http *h, const char *method, const char *url, const char *const *headers,
                            const char *body, size_t body_len, long timeout_ms, tw_http_fn cb, void *user);
-int tw_http_pending(const tw_http *h);
 
 /* ---- Helix + OAuth (helix.c) ---- */
 typedef struct tw_helix_state tw_helix_state;
@@ -128,10 +127,9 @@ struct tw_client {
   double keepalive_slack_s, max_age_s, backoff_min_s, backoff_max_s, http_timeout_s;
   double wall_base;    /* wall clock minus loop time, for the replay guard */
   uint64_t wall_at_ms; /* loop time wall_base was taken at (0: never) */
-  double validate_interval_s;
-  double verify_interval_s; /* conduit verification period (0: only after changes) */
+  double validate_interval_s, verify_interval_s, dedupe_window_s;
   int http_retries, http_max_inflight, patch_batch;
-  size_t max_message_bytes;
+  size_t max_message_bytes, dedupe_max;
 
   tw_event_fn on_event;
   void *on_event_user;

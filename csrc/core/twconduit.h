@@ -55,36 +55,57 @@ typedef struct tw_shard tw_shard;
 /* ------------------------------------------------------------------------------------ */
 /* Client                                                                               */
 
+/* Options. Start from TW_CLIENT_OPTS_INIT (or tw_client_opts_init), which holds every
+ * default, then set what differs: a field is taken as it is, so 0 means 0 where 0 is a
+ * value (http_retries, keepalive_slack_s, max_age_s, the intervals) and is refused where
+ * it is not (timeouts, sizes, counts). */
 typedef struct tw_client_opts {
   const char *client_id;     /* required */
   const char *client_secret; /* for client-credentials app tokens; may be NULL */
   const char *access_token;  /* a given app token; may be NULL when a secret is given */
-  const char *api_base;      /* default "https://api.twitch.tv/helix" */
-  const char *auth_base;     /* default "https://id.twitch.tv/oauth2" */
-  const char *eventsub_ws;   /* default "wss://eventsub.wss.twitch.tv/ws" */
+  const char *api_base;      /* NULL: "https://api.twitch.tv/helix" */
+  const char *auth_base;     /* NULL: "https://id.twitch.tv/oauth2" */
+  const char *eventsub_ws;   /* NULL: "wss://eventsub.wss.twitch.tv/ws" */
   void *uv_loop;             /* a host's uv_loop_t to run on; NULL: the client owns one */
   int keepalive_s;           /* keepalive_timeout_seconds asked for (10..600); 0: server default */
-  double keepalive_slack_s;  /* extra silence tolerated past the keepalive; default 5 */
-  double dedupe_window_s;    /* how long message ids are remembered; default 600 */
-  size_t dedupe_max;         /* most ids remembered at once; default 1,000,000 */
+  double keepalive_slack_s;  /* extra silence tolerated past the keepalive (>= 0) */
+  double dedupe_window_s;    /* how long message ids are remembered (> 0) */
+  size_t dedupe_max;         /* most ids remembered at once (>= 1) */
   double max_age_s;          /* notifications older than this are reported, not delivered
-                                (replay guard); default 600; < 0 disables */
-  double backoff_min_s;      /* shard reconnect backoff floor; default 0.25 */
-  double backoff_max_s;      /* and cap; default 30 */
-  double http_timeout_s;     /* per HTTP attempt; default 15 */
-  int http_retries;          /* retries of 5xx / network failures; default 4 */
-  int http_max_inflight;     /* concurrent Helix requests; default 16 */
-  int patch_batch;           /* shards per Update Conduit Shards call; default 100 */
-  double validate_interval_s;/* token validation period; default 3600 */
-  size_t max_message_bytes;  /* largest websocket message accepted; default 1 MiB */
+                                (replay guard); < 0 disables */
+  double backoff_min_s;      /* shard reconnect backoff floor (> 0) */
+  double backoff_max_s;      /* and cap (>= backoff_min_s) */
+  double http_timeout_s;     /* per HTTP attempt (> 0) */
+  int http_retries;          /* retries of 5xx / network failures (>= 0) */
+  int http_max_inflight;     /* concurrent Helix requests (>= 1) */
+  int patch_batch;           /* shards per Update Conduit Shards call (1..100) */
+  double validate_interval_s;/* token validation period (>= 0; 0: only at start) */
+  double verify_interval_s;  /* period of the check of the conduit's shards on Twitch (>= 0; 0: never) */
+  size_t max_message_bytes;  /* largest websocket message accepted (>= 1024) */
 } tw_client_opts;
+
+/* Every default, in one place. */
+#define TW_CLIENT_OPTS_INIT                                                                  \
+  {                                                                                          \
+    .keepalive_s = 0, .keepalive_slack_s = 5, .dedupe_window_s = 600, .dedupe_max = 1000000, \
+    .max_age_s = 600, .backoff_min_s = 0.25, .backoff_max_s = 30, .http_timeout_s = 15,      \
+    .http_retries = 4, .http_max_inflight = 16, .patch_batch = 100,                          \
+    .validate_interval_s = 3600, .verify_interval_s = 300, .max_message_bytes = 1u << 20     \
+  }
+/* Fills *o with TW_CLIENT_OPTS_INIT. */
+TW_API void tw_client_opts_init(tw_client_opts *o);
+
+/* The options in effect (secrets and tokens left NULL; strings borrowed from c). */
+TW_API void tw_client_get_options(const tw_client *c, tw_client_opts *out);
 
 /* Returns a new client, or NULL with err filled. Free with tw_client_free. */
 TW_API tw_client *tw_client_new(const tw_client_opts *opts, tw_error *err);
-/* Closes every connection and frees the client. Must not be called from inside a core
- * callback (use tw_client_stop there, then free after step/run returns). Callbacks of
- * pending requests are not called. */
-TW_API void tw_client_free(tw_client *c);
+/* Closes every connection and frees the client; callbacks of pending requests are not
+ * called. Returns TW_OK, or TW_EBUSY (and does nothing) when called while the client's
+ * loop runs (inside step/run) or from inside any of its callbacks: there, call
+ * tw_client_stop and free the client after step/run (or the call that produced the
+ * event) has returned. */
+TW_API int tw_client_free(tw_client *c);
 
 /* Runs the loop until tw_client_stop. Returns TW_EBUSY when already running. */
 TW_API int tw_client_run(tw_client *c);
@@ -110,6 +131,7 @@ typedef struct tw_client_stats {
   uint64_t helix_retries;
   uint64_t helix_rate_waits;/* times a request waited for the rate-limit bucket */
   uint64_t token_fetches;
+  uint64_t token_validations; /* /validate requests sent */
   uint64_t ws_connects;
   int ratelimit_remaining;  /* last seen, -1 before any */
 } tw_client_stats;

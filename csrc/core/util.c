@@ -63,9 +63,8 @@ const char *tw_http_code(int status) {
   default: break;
   }
   if (status >= 500) return "server_error";
-  if (status >= 400) return "http_error";
   if (status == 0) return "network";
-  return "ok";
+  return "http_error"; /* any other 4xx, and a 1xx/3xx where an answer was expected */
 }
 
 const char *tw_close_status(int code) {

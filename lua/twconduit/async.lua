@@ -1,9 +1,11 @@
 --- Coroutine helpers: `spawn`, and the one way every async call waits.
 --
--- Inside a coroutine started by `spawn`, an async call yields until the C core's
--- callback resumes it. At top level with the loop not running, it steps the loop
--- until done (a blocking convenience for scripts). From a plain callback (the loop
--- is running, not in a spawned coroutine) it raises.
+-- Inside a coroutine started by `spawn`, or a handler (handlers run in coroutines of
+-- their own, see client.lua), an async call yields until the C core's callback resumes
+-- it. At top level with the loop not running, it steps the loop until done (a blocking
+-- convenience for scripts). From a plain callback of the loop that is neither (a
+-- function given to the C core directly) it raises. When the client is closed, every
+-- call still waiting returns nil, err (`closed`).
 local errors = require "twconduit.errors"
 
 local M = {}
@@ -33,7 +35,10 @@ local function resume(co, ...)
     spawned[co] = nil
   end
 end
-M.resume = resume
+
+--- Marks co (a handler runner of client) as a coroutine async calls may yield in.
+function M.adopt(co, client) spawned[co] = client end
+function M.disown(co) spawned[co] = nil end
 
 --- Runs fn(...) in a new coroutine at once; async calls inside it yield.
 -- Returns the coroutine. Errors are reported through the client's "error" event.
@@ -47,12 +52,6 @@ function M.spawn(fn, ...)
   return co
 end
 
---- True when running inside a coroutine started by spawn.
-function M.in_spawned()
-  local co = coroutine.running()
-  return spawned[co] ~= nil
-end
-
 --- Waits for an operation. start(done) begins it; done(...) is called once with
 -- its results (possibly before start returns). Returns those results.
 function M.await(client, start, level)
@@ -60,16 +59,20 @@ function M.await(client, start, level)
   if spawned[co] then
     spawned[co] = client
     local state, res = "starting", nil
-    start(function(...)
+    local waiting = client._waiting
+    local function done(...)
       if state == "starting" then
         state, res = "done", pack(...)
       elseif state == "waiting" then
         state = "resumed"
+        waiting[done] = nil
         resume(co, ...)
       end
-    end)
+    end
+    start(done)
     if state == "done" then return unpack(res, 1, res.n) end
     state = "waiting"
+    waiting[done] = true
     return coroutine.yield()
   end
   local core = client._core
@@ -87,6 +90,13 @@ function M.await(client, start, level)
     if not ok then return nil, err end
   end
   return unpack(res, 1, res.n)
+end
+
+--- Ends every call of client still waiting with nil, err (`closed`).
+function M.close_waiting(client)
+  local list = {}
+  for done in pairs(client._waiting) do list[#list + 1] = done end
+  for _, done in ipairs(list) do done(nil, errors.new("closed", "client is closed")) end
 end
 
 return M

@@ -9,6 +9,7 @@ local Shard = require "twconduit.shard"
 local Subscription = require "twconduit.subscription"
 
 local traceback = debug.traceback
+local resume = coroutine.resume
 local xpcall, type, tostring = xpcall, type, tostring
 
 local Client = {}
@@ -33,18 +34,22 @@ local function num_min(lo, strict)
 end
 local function num(v) if type(v) ~= "number" or v ~= v then return "must be a number" end end
 
+-- The options and their checks. Their defaults are the core's (core.defaults(), from
+-- TW_CLIENT_OPTS_INIT): nothing here repeats them.
 local OPTIONS = {
   client_id = str, client_secret = str, access_token = str,
   api_base = str, auth_base = str, eventsub_ws = str,
-  keepalive = int_range(10, 600), keepalive_slack = num_min(0),
+  keepalive = function(v)
+    if v ~= 0 then return int_range(10, 600)(v) end
+  end,
+  keepalive_slack = num_min(0),
   dedupe_window = num_min(0, true), dedupe_max = int_range(1),
   max_age = num, backoff_min = num_min(0, true), backoff_max = num_min(0, true),
   http_timeout = num_min(0, true), http_retries = int_range(0),
   http_max_inflight = int_range(1), patch_batch = int_range(1, 100),
-  validate_interval = num_min(0, true), max_message_bytes = int_range(1024),
+  validate_interval = num_min(0), verify_interval = num_min(0),
+  max_message_bytes = int_range(1024),
 }
-
-local DEFAULTS = { http_timeout = 15, patch_batch = 100 }
 
 local function check_options(opts)
   if type(opts) ~= "table" then
@@ -103,16 +108,24 @@ end
 
 -- ---------------------------------------------------------------------------------
 -- dispatch: the one function the C binding calls for every event
+--
+-- Handlers run in a coroutine, so that they may call async functions (helix, the
+-- endpoint wrappers, sleep, subscribe...). One runner coroutine per client is reused
+-- from event to event: a handler that returns without yielding costs one resume for
+-- all the handlers of an event. A handler that yields keeps the runner (it is resumed
+-- by its async call, as a spawned coroutine is) and the next handler, and every later
+-- event, get a new runner; handlers that do not yield therefore run in event order.
 
-local function emit(client, list, obj, conduit, ...)
+local DONE = {} -- what a runner yields once the handlers it was given have returned
+
+-- The handlers to run for one event, flattened as {fn, obj, fn, obj, ...}.
+local function list_plan(list, obj)
+  local p = {}
   for i = 1, #list do
-    local ok, err = xpcall(list[i], traceback, ...)
-    if not ok then
-      client:_report(errors.new("callback_error", tostring(err)), obj, conduit)
-    end
-    if client._closed then return false end
+    p[#p + 1] = list[i]
+    p[#p + 1] = obj
   end
-  return true
+  return p
 end
 
 local function wrap_shard(client, s)
@@ -147,6 +160,54 @@ end
 
 local function make_dispatcher(client)
   local plans = setmetatable({}, { __mode = "k" }) -- holder (shard, conduit or client) -> type -> plan
+  local runner, rstate = nil, nil -- the idle runner and its state { i =, detached = }
+
+  -- A runner: runs p[i](a1, a2[, a3]) for i = i, i + 2, ... then yields DONE and waits
+  -- for the next plan. st.i is the handler running; st.detached is set once one has
+  -- yielded, so that when it returns the runner ends instead of going on.
+  local function new_runner()
+    local st = { i = 0, detached = false }
+    local co = coroutine.create(function(p, i, a1, a2, a3)
+      while true do
+        local n = #p
+        while i <= n do
+          st.i = i
+          if a3 == nil then p[i](a1, a2) else p[i](a1, a2, a3) end
+          if st.detached then return end
+          if client._closed then break end
+          i = i + 2
+        end
+        p, i, a1, a2, a3 = coroutine.yield(DONE)
+      end
+    end)
+    async.adopt(co, client)
+    return co, st
+  end
+
+  -- Runs the handlers of plan p from index i; conduit: for error reports.
+  local function run(p, i, conduit, a1, a2, a3)
+    local n = #p
+    while i <= n do
+      local co, st = runner, rstate
+      if co then runner = nil else co, st = new_runner() end
+      local ok, r = resume(co, p, i, a1, a2, a3)
+      if ok and r == DONE then
+        runner, rstate = co, st
+        return
+      end
+      i = st.i
+      if not ok then -- the handler raised; the runner is dead
+        async.disown(co)
+        client:_report(errors.new("callback_error", traceback(co, tostring(r))), p[i + 1], conduit)
+      else -- the handler yielded: the runner is its coroutine from now on
+        st.detached = true
+      end
+      if client._closed then return end
+      i = i + 2
+    end
+  end
+  client._run = run
+
   -- kind, conduit; for notifications a: subscription type, b: message, c: event view,
   -- d: shard.
   return function(kind, conduit, a, b, c, d, e)
@@ -166,13 +227,7 @@ local function make_dispatcher(client)
         p = build_plan(client, conduit, d, key)
         byt[key] = p
       end
-      for i = 1, #p, 2 do
-        local ok, err = xpcall(p[i], traceback, c, b)
-        if not ok then
-          client:_report(errors.new("callback_error", tostring(err)), p[i + 1], conduit)
-        end
-        if client._closed then break end
-      end
+      if p[1] then run(p, 1, conduit, c, b) end
     else
       client:_event(kind, conduit, a, b, c, d, e)
     end
@@ -180,18 +235,22 @@ local function make_dispatcher(client)
   end
 end
 
-local function chain(client, obj, conduit, name, ...)
+-- Runs the handlers of `name` of obj (a shard or subscription), of conduit, then of the
+-- client, with up to three arguments.
+local function chain(client, obj, conduit, name, a1, a2, a3)
+  local run = client._run
   if obj and type(obj) == "table" and obj._h and obj ~= conduit then
     local l = obj._h[name]
-    if l and not emit(client, l, obj, conduit, ...) then return false end
+    if l then run(list_plan(l, obj), 1, conduit, a1, a2, a3) end
+    if client._closed then return end
   end
   if conduit then
     local l = conduit._h[name]
-    if l and not emit(client, l, conduit, conduit, ...) then return false end
+    if l then run(list_plan(l, conduit), 1, conduit, a1, a2, a3) end
+    if client._closed then return end
   end
   local l = client._h[name]
-  if l and not emit(client, l, obj or conduit, conduit, ...) then return false end
-  return true
+  if l then run(list_plan(l, obj or conduit), 1, conduit, a1, a2, a3) end
 end
 
 function Client:_event(kind, conduit, a, b, c, _, e)
@@ -203,7 +262,8 @@ function Client:_event(kind, conduit, a, b, c, _, e)
     if sub then
       sub.status = e or (c and c.status) or "revoked"
       local l = sub._h.revocation
-      if l and not emit(self, l, sub, conduit, sub, sub.status) then return end
+      if l then self._run(list_plan(l, sub), 1, conduit, sub, sub.status) end
+      if self._closed then return end
     end
     chain(self, nil, conduit, "revocation", c, b)
   elseif kind == "ready" or kind == "started" then
@@ -226,14 +286,10 @@ function Client:_event(kind, conduit, a, b, c, _, e)
     local s = wrap_shard(self, b)
     if conduit then conduit._last_error = a end
     local obj = s or conduit
-    local lists = 0
-    if s and s._h.error then lists = lists + 1 end
-    if conduit and conduit._h.error then lists = lists + 1 end
-    if self._h.error then lists = lists + 1 end
-    if lists == 0 then
-      if not self._quiet_errors then write_stderr("", a) end
-    else
+    if (s and s._h.error) or (conduit and conduit._h.error) or self._h.error then
       chain(self, s, conduit, "error", a, obj)
+    else
+      write_stderr("", a)
     end
   elseif kind == "token" then
     chain(self, nil, nil, "token")
@@ -246,28 +302,17 @@ end
 
 function Client.new(opts)
   check_options(opts)
-  local o = {}
-  for k, v in pairs(opts) do o[k] = v end
-  for k, v in pairs(DEFAULTS) do if o[k] == nil then o[k] = v end end
-  local ud, err = core.client(o)
+  local ud, err = core.client(opts)
   if not ud then return nil, err end
   local self = setmetatable({
-    _core = ud, _h = {}, _opts = o, _conduits = {}, _subs = {}, _closed = false,
+    _core = ud, _h = {}, _opts = ud:options(), _conduits = {}, _subs = {}, _closed = false,
+    _waiting = {},
   }, Client)
   ud:set_dispatcher(make_dispatcher(self))
   return self
 end
 
-function Client:on(name, fn)
-  events.check(name, fn, "on", nil, true)
-  events.on(self._h, name, fn)
-  return self
-end
-
-function Client:off(name, fn)
-  events.check(name, fn, "off")
-  return events.off(self._h, name, fn)
-end
+events.methods(Client)
 
 local function check_open(self)
   if self._closed then error("client is closed", 3) end
@@ -294,19 +339,28 @@ function Client:stop()
 end
 
 function Client:pollfd() check_open(self); return self._core:pollfd() end
-function Client.events() return "r" end
+function Client:events() check_open(self); return "r" end
 function Client:timeout() check_open(self); return self._core:timeout() end
 function Client:stats() check_open(self); return self._core:stats() end
 function Client:now() check_open(self); return self._core:now() end
+
+--- The options in effect, defaults included (no secrets).
+function Client:options()
+  check_open(self)
+  local o = {}
+  for k, v in pairs(self._opts) do o[k] = v end
+  return o
+end
 function Client:is_running() return not self._closed and self._core:running() end
 function Client:closed() return self._closed end
 
 --- Closes every connection; idempotent. Inside a callback it takes effect when the
--- current step returns.
+-- current step returns. Async calls still waiting return nil, err (`closed`).
 function Client:close()
   if self._closed then return end
   self._closed = true
   self._core:close()
+  async.close_waiting(self)
 end
 Client.__close = Client.close
 
@@ -359,6 +413,7 @@ end
 
 --- The conduit objects opened by this client.
 function Client:open_conduits()
+  check_open(self)
   local out = {}
   for i, c in ipairs(self._conduits) do out[i] = c end
   return out
@@ -471,9 +526,11 @@ local function all_pages(self, path, query)
   return out, last
 end
 
-local function first_data(body)
-  if type(body) == "table" and type(body.data) == "table" then return body.data[1] end
-  return nil
+-- the first element of body.data, or nil, err (bad_response) when there is none
+local function first_data(body, what)
+  local d = type(body) == "table" and type(body.data) == "table" and body.data[1]
+  if type(d) == "table" then return d end
+  return nil, errors.new("bad_response", what)
 end
 
 local function check_id(v, n, fname)
@@ -499,7 +556,7 @@ function Client:create_conduit(n)
   check_count(n, 1, "create_conduit")
   local body, err = self:helix("POST", "/eventsub/conduits", { body = { shard_count = n } })
   if not body then return nil, err end
-  return first_data(body) or errors.new("bad_response", "no conduit in the response")
+  return first_data(body, "no conduit in the response")
 end
 
 function Client:update_conduit(id, n)
@@ -507,7 +564,7 @@ function Client:update_conduit(id, n)
   check_count(n, 2, "update_conduit")
   local body, err = self:helix("PATCH", "/eventsub/conduits", { body = { id = id, shard_count = n } })
   if not body then return nil, err end
-  return first_data(body) or errors.new("bad_response", "no conduit in the response")
+  return first_data(body, "no conduit in the response")
 end
 
 function Client:delete_conduit(id)
@@ -536,11 +593,12 @@ end
 --- Updates shards ({ {id=, transport={...}}, ... }) in batches of patch_batch.
 -- Returns { data = {...}, errors = {...} } or nil, err.
 function Client:update_shards(conduit_id, shards)
+  check_open(self)
   check_id(conduit_id, 1, "update_shards")
   if type(shards) ~= "table" then
     errors.argerror(2, "update_shards", ("table expected, got %s"):format(type(shards)))
   end
-  local batch = self._opts.patch_batch or 100
+  local batch = self._opts.patch_batch
   local result = { data = {}, errors = {} }
   for i = 1, #shards, batch do
     local slice = {}
@@ -620,7 +678,7 @@ function Client:create_subscription(spec)
     type = spec.type, version = spec.version or "1", condition = spec.condition,
     transport = spec.transport } })
   if not body then return nil, err end
-  return first_data(body) or errors.new("bad_response", "no subscription in the response")
+  return first_data(body, "no subscription in the response")
 end
 
 function Client:delete_subscription(id)
@@ -649,6 +707,7 @@ end
 
 --- Waits `s` seconds on the client's loop (async).
 function Client:sleep(s)
+  check_open(self)
   if type(s) ~= "number" or s < 0 then
     errors.argerror(1, "sleep", "non-negative number expected")
   end

@@ -23,17 +23,15 @@ local getters = {
   client = function(self) return self._client end,
 }
 
-function Conduit.__index(self, k)
-  local m = Conduit[k]
-  if m ~= nil then return m end
-  local g = getters[k]
-  if g then return g(self) end
-  return nil
+Conduit.__index = events.index(Conduit, getters)
+events.methods(Conduit)
+
+local function check_open(self)
+  if self._ud:closed() then error("conduit is closed", 3) end
 end
 
 function Conduit.wrap(client, ud)
-  local self = setmetatable({ _client = client, _ud = ud, _h = {}, _shards = {},
-    _watchers = {} }, Conduit)
+  local self = setmetatable({ _client = client, _ud = ud, _h = {}, _watchers = {} }, Conduit)
   ud:bind(self)
   for _, s in ipairs(ud:shards()) do
     if type(s) == "userdata" then Shard.wrap(client, self, s) end
@@ -45,20 +43,9 @@ function Conduit:__tostring()
   return ("twconduit.conduit{id=%q,state=%q}"):format(self.id or "?", self.state)
 end
 
-function Conduit:on(name, fn)
-  events.check(name, fn, "on", nil, true)
-  events.on(self._h, name, fn)
-  return self
-end
-
-function Conduit:off(name, fn)
-  events.check(name, fn, "off")
-  return events.off(self._h, name, fn)
-end
-
 --- The shards run here, in id order.
 function Conduit:shards()
-  if self._ud:closed() then return {} end
+  check_open(self)
   local list = self._ud:shards()
   for i, s in ipairs(list) do
     if type(s) == "userdata" then list[i] = Shard.wrap(self._client, self, s) end
@@ -77,7 +64,7 @@ function Conduit:shard(id)
   if type(id) ~= "string" then
     errors.argerror(1, "shard", ("string expected, got %s"):format(type(id)))
   end
-  if self._ud:closed() then return nil end
+  check_open(self)
   local s = self._ud:shard(id)
   if type(s) == "userdata" then s = Shard.wrap(self._client, self, s) end
   return s
@@ -140,6 +127,7 @@ end
 
 --- Waits until every shard run here is enabled. Returns true | nil, err (async).
 function Conduit:wait_ready(timeout)
+  check_open(self)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
     errors.argerror(1, "wait_ready", "non-negative number expected")
   end
@@ -175,6 +163,7 @@ end
 --- Subscribes this conduit to an EventSub type. A 409 (already subscribed) resolves to
 -- the existing subscription. Returns a subscription object | nil, err (async).
 function Conduit:subscribe(spec)
+  check_open(self)
   local client = self._client
   client:_check_sub_spec(spec, "subscribe", false)
   local id, err = self:_wait_id()
@@ -203,6 +192,7 @@ end
 
 --- This conduit's subscriptions, as subscription objects (async).
 function Conduit:subscriptions()
+  check_open(self)
   local id, err = self:_wait_id()
   if not id then return nil, err end
   local list
@@ -222,7 +212,7 @@ function Conduit:close()
 end
 Conduit.__close = Conduit.close
 
---- Closes the sockets and deletes the conduit on Twitch (async).
+--- Closes the sockets and deletes the conduit on Twitch (async); also when closed.
 function Conduit:delete()
   local id = self.id
   if not id then

@@ -9,8 +9,8 @@ local M = {}
 M.gen = 0
 
 M.library = {
-  notification = true, ready = true, shard_enabled = true, shard_disabled = true,
-  reconnect = true, revocation = true, error = true, token = true,
+  notification = true, started = true, ready = true, shard_enabled = true,
+  shard_disabled = true, reconnect = true, revocation = true, error = true, token = true,
   shard_released = true, shard_lost = true,
 }
 
@@ -71,6 +71,31 @@ function M.off(h, name, fn)
   h[name] = #new > 0 and new or nil
   if removed then M.gen = M.gen + 1 end
   return removed
+end
+
+--- Gives class the handler methods `on(name, fn)` and `off(name[, fn])` over self._h;
+-- `allowed` (optional) limits the event names.
+function M.methods(class, allowed)
+  function class:on(name, fn)
+    M.check(name, fn, "on", allowed, true)
+    M.on(self._h, name, fn)
+    return self
+  end
+  function class:off(name, fn)
+    M.check(name, fn, "off", allowed)
+    return M.off(self._h, name, fn)
+  end
+end
+
+--- An __index for class: its methods, then the fields read live through getters[k](self).
+function M.index(class, getters)
+  return function(self, k)
+    local m = class[k]
+    if m ~= nil then return m end
+    local g = getters[k]
+    if g then return g(self) end
+    return nil
+  end
 end
 
 return M

@@ -18,6 +18,7 @@ local M = {
   Error = errors.mt,
   error = errors.new,
   spawn = async.spawn,
+  defaults = core.defaults,
 }
 
 --- Creates a client (see docs/api.md for the options). Returns client | nil, err.

@@ -1,6 +1,5 @@
 --- twconduit.shard: one websocket shard of a conduit run by this process.
 -- Fields read live: id, state, status, session_id; conduit.
-local errors = require "twconduit.errors"
 local events = require "twconduit.events"
 
 local Shard = { __name = "twconduit.Shard" }
@@ -20,13 +19,8 @@ local getters = {
   client = function(self) return self._client end,
 }
 
-function Shard.__index(self, k)
-  local m = Shard[k]
-  if m ~= nil then return m end
-  local g = getters[k]
-  if g then return g(self) end
-  return nil
-end
+Shard.__index = events.index(Shard, getters)
+events.methods(Shard)
 
 function Shard.wrap(client, conduit, ud)
   local existing = ud:bound()
@@ -41,17 +35,6 @@ function Shard:__tostring()
   return ("twconduit.shard{id=%q,state=%q}"):format(self.id or "?", self.state)
 end
 
-function Shard:on(name, fn)
-  events.check(name, fn, "on", nil, true)
-  events.on(self._h, name, fn)
-  return self
-end
-
-function Shard:off(name, fn)
-  events.check(name, fn, "off")
-  return events.off(self._h, name, fn)
-end
-
 --- Counters of this shard (see docs/api.md).
 function Shard:stats()
   if self._ud:closed() then error("shard is closed", 2) end
@@ -60,7 +43,7 @@ end
 
 --- Drops the socket and connects again at once. Returns true | nil, err.
 function Shard:reconnect()
-  if self._ud:closed() then return nil, errors.new("closed", "shard is closed") end
+  if self._ud:closed() then error("shard is closed", 2) end
   return self._ud:reconnect()
 end
 

@@ -26,17 +26,8 @@ end
 
 local ALLOWED = { revocation = true, error = true }
 
---- Handlers: "revocation" fn(sub, status).
-function Subscription:on(name, fn)
-  events.check(name, fn, "on", ALLOWED, true)
-  events.on(self._h, name, fn)
-  return self
-end
-
-function Subscription:off(name, fn)
-  events.check(name, fn, "off", ALLOWED)
-  return events.off(self._h, name, fn)
-end
+--- Handlers: "revocation" fn(sub, status), "error" fn(err, sub).
+events.methods(Subscription, ALLOWED)
 
 --- Deletes the subscription on Twitch (async). Returns true | nil, err.
 function Subscription:delete()

@@ -5,6 +5,8 @@ local mock = require "twconduit.mock"
 
 local H = {}
 
+twconduit.set_log_level(0) -- libwebsockets' notices would clutter the test output
+
 --- Starts the emulator (fails the spec with a clear message when it cannot).
 function H.start_mock(config)
   local m, err = mock.start { config = config }

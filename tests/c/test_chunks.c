@@ -200,8 +200,13 @@ int main(void) {
 
   rec *r = calloc(1, sizeof *r);
   tw_error err;
-  tw_client_opts o = {.client_id = M.client_id, .client_secret = M.client_secret, .api_base = M.api_base,
-                      .auth_base = M.auth_base, .eventsub_ws = ws, .backoff_min_s = 0.1};
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = M.client_id;
+  o.client_secret = M.client_secret;
+  o.api_base = M.api_base;
+  o.auth_base = M.auth_base;
+  o.eventsub_ws = ws;
+  o.backoff_min_s = 0.1;
   tw_client *c = tw_client_new(&o, &err);
   tw_client_on_event(c, on_event, r);
   tw_conduit_opts co = {.shards = 2};

@@ -60,11 +60,12 @@ int main(void) {
   ok(1, "the emulator starts");
   state *st = calloc(1, sizeof *st);
   tw_error err;
-  tw_client_opts o = {.client_id = m.client_id,
-                      .client_secret = m.client_secret,
-                      .api_base = m.api_base,
-                      .auth_base = m.auth_base,
-                      .eventsub_ws = m.eventsub_ws};
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = m.client_id;
+  o.client_secret = m.client_secret;
+  o.api_base = m.api_base;
+  o.auth_base = m.auth_base;
+  o.eventsub_ws = m.eventsub_ws;
   tw_client *c = tw_client_new(&o, &err);
   ok(c != NULL, "client created");
   st->c = c;

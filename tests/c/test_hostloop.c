@@ -35,8 +35,13 @@ int main(void) {
   uv_timer_start(&tick, on_tick, 50, 50);
 
   tw_error err;
-  tw_client_opts o = {.client_id = m.client_id, .client_secret = m.client_secret, .api_base = m.api_base,
-                      .auth_base = m.auth_base, .eventsub_ws = m.eventsub_ws, .uv_loop = &loop};
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = m.client_id;
+  o.client_secret = m.client_secret;
+  o.api_base = m.api_base;
+  o.auth_base = m.auth_base;
+  o.eventsub_ws = m.eventsub_ws;
+  o.uv_loop = &loop;
   tw_client *c = tw_client_new(&o, &err);
   ok(c && tw_client_loop(c) == &loop, "the client runs on the host's loop");
   tw_client_on_event(c, on_event, NULL);

@@ -158,12 +158,13 @@ int main(void) {
   st->slots = calloc(MAXN * 2, sizeof *st->slots);
   g = st;
   tw_error err;
-  tw_client_opts o = {.client_id = m.client_id,
-                      .client_secret = m.client_secret,
-                      .api_base = m.api_base,
-                      .auth_base = m.auth_base,
-                      .eventsub_ws = m.eventsub_ws,
-                      .backoff_max_s = 1};
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = m.client_id;
+  o.client_secret = m.client_secret;
+  o.api_base = m.api_base;
+  o.auth_base = m.auth_base;
+  o.eventsub_ws = m.eventsub_ws;
+  o.backoff_max_s = 1;
   tw_client *c = tw_client_new(&o, &err);
   ok(c != NULL, "client created");
   tw_client_on_event(c, on_event, st);

@@ -129,13 +129,14 @@ static void ctl(const char *method, const char *path, const char *body) {
 
 static tw_client *new_client(rec *r, double backoff_min, double backoff_max) {
   tw_error err;
-  tw_client_opts o = {.client_id = M.client_id,
-                      .client_secret = M.client_secret,
-                      .api_base = M.api_base,
-                      .auth_base = M.auth_base,
-                      .eventsub_ws = M.eventsub_ws,
-                      .backoff_min_s = backoff_min,
-                      .backoff_max_s = backoff_max};
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = M.client_id;
+  o.client_secret = M.client_secret;
+  o.api_base = M.api_base;
+  o.auth_base = M.auth_base;
+  o.eventsub_ws = M.eventsub_ws;
+  o.backoff_min_s = backoff_min;
+  o.backoff_max_s = backoff_max;
   tw_client *c = tw_client_new(&o, &err);
   if (!c) {
     fprintf(stderr, "# tw_client_new: %s %s\n", err.code, err.message);

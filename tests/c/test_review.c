@@ -1,10 +1,9 @@
 /* The core's state machine, reentrancy, teardown and Helix logic under the emulator.
  *
  * Each scenario starts from an emulator reset, runs its own client and is bounded in
- * time (every wait has a deadline). A scenario marked "KNOWN BUG" fails until the core is
- * fixed; "regression" marks scenarios of bugs already fixed. TW_REVIEW_ONLY=<name> runs
- * one scenario, TW_REVIEW_QUICK=1 skips the two slow ones (about 90 s together),
- * TW_REVIEW_DEBUG=1 logs the events. */
+ * time (every wait has a deadline). "Regression" marks scenarios of bugs already fixed.
+ * TW_REVIEW_ONLY=<name> runs one scenario, TW_REVIEW_QUICK=1 skips the two slow ones
+ * (about 90 s together), TW_REVIEW_DEBUG=1 logs the events. */
 #include <stdint.h>
 
 #include "support.h"
@@ -206,15 +205,18 @@ static void reset_emulator(void) {
 
 static tw_client *new_client(rec *r, double backoff_min, int keepalive_s, double slack) {
   tw_error err;
-  tw_client_opts o = {.client_id = M.client_id,
-                      .client_secret = M.client_secret,
-                      .api_base = M.api_base,
-                      .auth_base = M.auth_base,
-                      .eventsub_ws = M.eventsub_ws,
-                      .backoff_min_s = backoff_min,
-                      .backoff_max_s = backoff_min > 0 ? backoff_min * 4 : 0,
-                      .keepalive_s = keepalive_s,
-                      .keepalive_slack_s = slack};
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = M.client_id;
+  o.client_secret = M.client_secret;
+  o.api_base = M.api_base;
+  o.auth_base = M.auth_base;
+  o.eventsub_ws = M.eventsub_ws;
+  o.keepalive_s = keepalive_s;
+  if (backoff_min > 0) { /* 0: the defaults */
+    o.backoff_min_s = backoff_min;
+    o.backoff_max_s = backoff_min * 4;
+  }
+  if (slack > 0) o.keepalive_slack_s = slack;
   tw_client *c = tw_client_new(&o, &err);
   if (!c) {
     fprintf(stderr, "# tw_client_new: %s %s\n", err.code, err.message);
@@ -371,7 +373,7 @@ static void scenario_close_from_shard_enabled(void) {
 }
 
 /* ====================================================================================== */
-/* KNOWN BUG: tw_client_free while a shard PATCH is queued or in flight leaks the PATCH
+/* Regression: tw_client_free while a shard PATCH is queued or in flight leaked the PATCH
  * context (visible under ASan/LeakSanitizer and valgrind --leak-check=full).             */
 static int any_assigning(void *a) {
   tw_conduit *cd = a;
@@ -395,9 +397,9 @@ static void scenario_free_with_patch_in_flight(void) {
 #ifdef HAVE_LSAN
   int leaks = __lsan_do_recoverable_leak_check();
   leak_reported = leaks != 0;
-  ok(leaks == 0, "free with PATCH in flight: nothing leaks (KNOWN BUG: LeakSanitizer found leaks)");
+  ok(leaks == 0, "free with PATCH in flight: nothing leaks (regression: LeakSanitizer found leaks)");
 #else
-  ok(1, "free with PATCH in flight: freed (the leak, KNOWN BUG, shows under valgrind or the ASan build)");
+  ok(1, "free with PATCH in flight: freed (a leak would show under valgrind or the ASan build)");
 #endif
 }
 
@@ -900,11 +902,12 @@ static void scenario_secrets(void) {
   rec r;
   tw_error err;
   static const char wrong[] = "wrong-secret-8c1f0b6e";
-  tw_client_opts o = {.client_id = M.client_id,
-                      .client_secret = wrong,
-                      .api_base = M.api_base,
-                      .auth_base = M.auth_base,
-                      .eventsub_ws = M.eventsub_ws};
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = M.client_id;
+  o.client_secret = wrong;
+  o.api_base = M.api_base;
+  o.auth_base = M.auth_base;
+  o.eventsub_ws = M.eventsub_ws;
   tw_client *c = tw_client_new(&o, &err);
   memset(&r, 0, sizeof r);
   r.c = c;
@@ -916,11 +919,12 @@ static void scenario_secrets(void) {
   end_client(c, &r);
 
   static const char badtok[] = "notarealtoken0123456789abcdef";
-  tw_client_opts o2 = {.client_id = M.client_id,
-                       .access_token = badtok,
-                       .api_base = M.api_base,
-                       .auth_base = M.auth_base,
-                       .eventsub_ws = M.eventsub_ws};
+  tw_client_opts o2 = TW_CLIENT_OPTS_INIT;
+  o2.client_id = M.client_id;
+  o2.access_token = badtok;
+  o2.api_base = M.api_base;
+  o2.auth_base = M.auth_base;
+  o2.eventsub_ws = M.eventsub_ws;
   c = tw_client_new(&o2, &err);
   memset(&r, 0, sizeof r);
   r.c = c;

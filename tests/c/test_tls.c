@@ -74,8 +74,13 @@ static tw_client *client_for(mock *m, int port) {
   static char wss[128];
   snprintf(wss, sizeof wss, "wss://127.0.0.1:%d/ws", port);
   tw_error err;
-  tw_client_opts o = {.client_id = m->client_id, .client_secret = m->client_secret, .api_base = m->api_base,
-                      .auth_base = m->auth_base, .eventsub_ws = wss, .backoff_min_s = 0.1};
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = m->client_id;
+  o.client_secret = m->client_secret;
+  o.api_base = m->api_base;
+  o.auth_base = m->auth_base;
+  o.eventsub_ws = wss;
+  o.backoff_min_s = 0.1;
   tw_client *c = tw_client_new(&o, &err);
   tw_client_on_event(c, on_event, NULL);
   return c;

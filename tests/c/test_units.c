@@ -2,6 +2,9 @@
 #include "../../csrc/core/internal.h"
 #include "support.h"
 
+static int free_in_cb_rc;
+static void free_in_callback(void *user) { free_in_cb_rc = tw_client_free(user); }
+
 int main(void) {
   tw_set_lws_log_level(0);
   /* de-duplication: exact, windowed, bounded */
@@ -128,7 +131,18 @@ int main(void) {
 
   /* client options are checked */
   tw_error err;
-  tw_client_opts o = {0};
+  tw_client_opts z = {0};
+  z.client_id = "x";
+  z.client_secret = "s";
+  ok(tw_client_new(&z, &err) == NULL && strcmp(err.code, "invalid_argument") == 0 &&
+         strstr(err.message, "tw_client_opts_init"),
+     "options not started from the defaults are refused with a clear message (%s)", err.message);
+  tw_client_opts o;
+  tw_client_opts_init(&o);
+  ok(o.keepalive_slack_s == 5 && o.max_age_s == 600 && o.http_retries == 4 && o.http_timeout_s == 15 &&
+         o.validate_interval_s == 3600 && o.verify_interval_s == 300 && o.patch_batch == 100 &&
+         o.max_message_bytes == 1u << 20 && o.dedupe_max == 1000000 && o.dedupe_window_s == 600,
+     "tw_client_opts_init fills the documented defaults");
   ok(tw_client_new(&o, &err) == NULL && strcmp(err.code, "invalid_argument") == 0, "client_id is required");
   o.client_id = "x";
   ok(tw_client_new(&o, &err) == NULL && strstr(err.message, "client_secret"), "a secret or a token is required");
@@ -139,9 +153,26 @@ int main(void) {
   o.keepalive_s = 5;
   ok(tw_client_new(&o, &err) == NULL && strstr(err.message, "keepalive"), "keepalive out of range is refused");
   o.keepalive_s = 0;
+  o.http_retries = -1;
+  ok(tw_client_new(&o, &err) == NULL && strstr(err.message, "http_retries"), "negative http_retries are refused");
+  o.http_retries = 0;
+  o.keepalive_slack_s = 0;
+  o.max_age_s = 0;
+  o.validate_interval_s = 0;
+  o.verify_interval_s = 0;
   tw_client *c = tw_client_new(&o, &err);
   ok(c != NULL, "a client starts without any network (%s)", c ? "" : err.message);
   if (c) {
+    tw_client_opts got;
+    tw_client_get_options(c, &got);
+    ok(got.http_retries == 0 && got.keepalive_slack_s == 0 && got.max_age_s == 0 && got.validate_interval_s == 0 &&
+           got.verify_interval_s == 0 && got.http_timeout_s == 15 && got.client_secret == NULL,
+       "0 is taken as 0 (retries %d, slack %g, max_age %g), the rest keeps its defaults", got.http_retries,
+       got.keepalive_slack_s, got.max_age_s);
+    free_in_cb_rc = 1;
+    tw_timer_start(c, 0, 0, free_in_callback, c);
+    for (int i = 0; i < 50 && free_in_cb_rc == 1; i++) tw_client_step(c, 10);
+    ok(free_in_cb_rc == TW_EBUSY, "tw_client_free from inside a callback refuses (TW_EBUSY) and frees nothing");
     ok(tw_client_pollfd(c) >= 0, "the client has a pollable fd");
     tw_conduit_opts co = {.shards = -1};
     ok(tw_conduit_open(c, &co, &err) == NULL && strcmp(err.code, "invalid_argument") == 0, "negative shards refused");
@@ -150,7 +181,7 @@ int main(void) {
     co.total = 4;
     ok(tw_conduit_open(c, &co, &err) == NULL && strstr(err.message, "exceeds total"), "offset+shards > total refused");
     ok(tw_helix(c, "GET", "no-slash", NULL, 0, NULL, NULL, &err) == TW_EINVAL, "a Helix path must start with /");
-    tw_client_free(c);
+    ok(tw_client_free(c) == TW_OK, "tw_client_free after step has returned frees the client");
   }
   return done_testing();
 }
