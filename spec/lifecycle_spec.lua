@@ -54,9 +54,7 @@ describe("shard lifecycle", function()
     assert.is_nil(c:shard("5"))
     assert.are.equal(5, #c:shards())
     assert.are.equal("closed", gone[1].state)
-    local again, e2 = gone[1]:release()
-    assert.is_nil(again)
-    assert.are.equal("closed", e2.code)
+    assert.has_error(function() gone[1]:release() end, "shard is closed")
 
     local polled = 0
     H.wait_until(client, function()

@@ -80,7 +80,7 @@ function Conduit:add_shards(n, timeout)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
     errors.argerror(2, "add_shards", "non-negative number expected")
   end
-  if self._ud:closed() then return nil, errors.new("closed", "conduit is closed") end
+  if self._ud:closed() then error("conduit is closed", 2) end
   local list, err = self._ud:add_shards(n)
   if not list then return nil, err end
   for i, s in ipairs(list) do

@@ -1,5 +1,6 @@
 --- twconduit.shard: one websocket shard of a conduit run by this process.
 -- Fields read live: id, state, status, session_id; conduit.
+local errors = require "twconduit.errors"
 local events = require "twconduit.events"
 
 local Shard = { __name = "twconduit.Shard" }
@@ -54,7 +55,7 @@ function Shard:release(timeout)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
     errors.argerror(1, "release", "non-negative number expected")
   end
-  if self._ud:closed() then return nil, errors.new("closed", "shard is closed") end
+  if self._ud:closed() then error("shard is closed", 2) end
   local ok, err = self._ud:release()
   if not ok then return nil, err end
   return self._client:_wait(function()
