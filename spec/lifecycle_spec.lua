@@ -76,6 +76,12 @@ describe("shard lifecycle", function()
     assert.are.equal(0, doubled)
     assert.are.equal(total, n)
     assert.are.equal(0, wrong)
+    -- payload bytes are counted per shard (a 0 before): at least the events it delivered
+    for _, sh in ipairs(c:shards()) do
+      local st = sh:stats()
+      assert.is_true(st.bytes >= st.notifications * 200, ("shard %s: %d bytes"):format(sh.id, st.bytes))
+      assert.is_true(st.bytes > 0)
+    end
 
     -- the released shards' sockets were closed and never reconnected
     local closed = 0
