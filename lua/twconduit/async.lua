@@ -19,8 +19,8 @@ M.report = function(_, err)
   io.stderr:write("twconduit: ", tostring(err), "\n")
 end
 
--- The client whose events are being dispatched (so that spawn inside a handler
--- knows where to report errors).
+-- The client whose events are being dispatched (so that spawn inside a callback knows
+-- where to report errors; inside a handler or coroutine, its own client is known).
 M.current = nil
 
 local function resume(co, ...)
@@ -46,8 +46,10 @@ function M.spawn(fn, ...)
   if type(fn) ~= "function" then
     errors.argerror(1, "spawn", ("function expected, got %s"):format(type(fn)))
   end
+  -- the client whose handler (or coroutine) is running, for error reports
+  local owner = spawned[coroutine.running()]
   local co = coroutine.create(fn)
-  spawned[co] = M.current or true
+  spawned[co] = (type(owner) == "table" and owner) or M.current or true
   resume(co, ...)
   return co
 end

@@ -110,13 +110,14 @@ end
 -- dispatch: the one function the C binding calls for every event
 --
 -- Handlers run in a coroutine, so that they may call async functions (helix, the
--- endpoint wrappers, sleep, subscribe...). One runner coroutine per client is reused
--- from event to event: a handler that returns without yielding costs one resume for
--- all the handlers of an event. A handler that yields keeps the runner (it is resumed
--- by its async call, as a spawned coroutine is) and the next handler, and every later
--- event, get a new runner; handlers that do not yield therefore run in event order.
+-- endpoint wrappers, sleep, subscribe...). A runner coroutine is reused from event to
+-- event: handlers that return without yielding cost one resume for all the handlers of
+-- an event. A handler that yields keeps its runner (its async call resumes it, as a
+-- spawned coroutine is); the next handler, and every later event, get a new runner, so
+-- handlers that do not yield run in event order. Notifications take the hot path below
+-- (`hot`); other events, and notifications produced while a handler runs, take `run`.
 
-local DONE = {} -- what a runner yields once the handlers it was given have returned
+local DONE = {} -- what a `run` coroutine yields once the handlers it was given have returned
 
 -- The handlers to run for one event, flattened as {fn, obj, fn, obj, ...}.
 local function list_plan(list, obj)
@@ -160,11 +161,11 @@ end
 
 local function make_dispatcher(client)
   local plans = setmetatable({}, { __mode = "k" }) -- holder (shard, conduit or client) -> type -> plan
-  local runner, rstate = nil, nil -- the idle runner and its state { i =, detached = }
+  local runner, rstate = nil, nil -- the idle `run` coroutine and its state { i =, detached = }
 
-  -- A runner: runs p[i](a1, a2[, a3]) for i = i, i + 2, ... then yields DONE and waits
-  -- for the next plan. st.i is the handler running; st.detached is set once one has
-  -- yielded, so that when it returns the runner ends instead of going on.
+  -- A `run` coroutine: runs p[i](a1, a2[, a3]) for i = i, i + 2, ... then yields DONE and
+  -- waits for the next plan. st.i is the handler running; st.detached is set once one
+  -- has yielded, so that when it returns the coroutine ends instead of going on.
   local function new_runner()
     local st = { i = 0, detached = false }
     local co = coroutine.create(function(p, i, a1, a2, a3)
@@ -208,30 +209,87 @@ local function make_dispatcher(client)
   end
   client._run = run
 
+  -- The hot path, for notifications: one runner (`hot`, idle between events) gets the
+  -- event and message as resume arguments, its plan in h_p, and sets h_done before
+  -- waiting for the next, so a resume that returns without h_done means a handler
+  -- yielded. (The event and message never go into an upvalue or a table: the write
+  -- barrier would keep every one alive a whole collection longer, and their documents
+  -- out of the pool.)
+  local hot, busy = nil, false
+  local h_p, h_i, h_done = nil, 1, false
+  local yield = coroutine.yield
+  local function new_hot()
+    local co
+    co = coroutine.create(function(a1, a2)
+      while true do
+        local p = h_p
+        for i = 1, #p, 2 do
+          h_i = i
+          p[i](a1, a2)
+          if hot ~= co or client._closed then break end
+        end
+        if hot ~= co then return end -- it yielded meanwhile: the rest already ran
+        h_done = true
+        a1, a2 = yield()
+      end
+    end)
+    async.adopt(co, client)
+    hot = co
+    return co
+  end
+
+  local function plan_for(conduit, a, d)
+    if type(d) ~= "table" then d = nil end
+    local holder = d or conduit or client
+    local byt = plans[holder]
+    if not byt then
+      byt = {}
+      plans[holder] = byt
+    end
+    local key = a or false -- a notification always has a type; never index with nil
+    local p = byt[key]
+    if not p or p.gen ~= events.gen or p.conduit ~= conduit then
+      p = build_plan(client, conduit, d, key)
+      byt[key] = p
+    end
+    return p
+  end
+
   -- kind, conduit; for notifications a: subscription type, b: message, c: event view,
   -- d: shard.
   return function(kind, conduit, a, b, c, d, e)
-    local prev = async.current
-    async.current = client
     if kind == "notification" then
-      if type(d) ~= "table" then d = nil end
-      local holder = d or conduit or client
-      local byt = plans[holder]
-      if not byt then
-        byt = {}
-        plans[holder] = byt
+      local byt = plans[d or conduit or client]
+      local p = byt and byt[a]
+      if not p or p.gen ~= events.gen or p.conduit ~= conduit then p = plan_for(conduit, a, d) end
+      if not p[1] then return end
+      if busy then -- from inside a handler (a method it called produced the event)
+        local prev = async.current
+        async.current = client
+        run(p, 1, conduit, c, b)
+        async.current = prev
+        return
       end
-      local key = a or false -- a notification always has a type; never index with nil
-      local p = byt[key]
-      if not p or p.gen ~= events.gen or p.conduit ~= conduit then
-        p = build_plan(client, conduit, d, key)
-        byt[key] = p
+      local co = hot or new_hot()
+      h_p, h_done = p, false
+      busy = true
+      local ok, err = resume(co, c, b)
+      busy = false
+      if h_done then return end
+      -- a handler yielded (the runner is its coroutine now) or raised (the runner is dead)
+      hot = nil
+      local i = h_i
+      if not ok then
+        async.disown(co)
+        client:_report(errors.new("callback_error", traceback(co, tostring(err))), p[i + 1], conduit)
       end
-      if p[1] then run(p, 1, conduit, c, b) end
+      if not client._closed then run(p, i + 2, conduit, c, b) end
     else
+      local prev = async.current
+      async.current = client
       client:_event(kind, conduit, a, b, c, d, e)
+      async.current = prev
     end
-    async.current = prev
   end
 end
 
