@@ -17,57 +17,75 @@
  */
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "twl.h"
 
-enum { F_ID, F_TYPE, F_VERSION, F_TIMESTAMP, F_N };
+enum { F_TYPE, F_VERSION, F_TIMESTAMP, F_N };
 
+/* Kept small (32 bytes): it is allocated for every event. */
 typedef struct {
   tw_json *doc; /* one reference; NULL when the event had no document or once collected.
                  * First field: views read it through their anchor (view.c anchor_alive). */
-  tw_jnode meta;
+  tw_jnode meta;            /* websocket: the metadata, read on access */
   tw_jnode sub;
-  const char *f[F_N]; /* NUL-terminated; NULL when absent */
-  size_t idlen;
-  const char *message_type; /* a literal */
-  tw_transport_kind transport;
-  bool copied;              /* the fields live in tail, not in doc */
-  char tail[];              /* copies of the fields when they are not inside doc */
+  const char *id;           /* inside doc, or in tail */
+  uint32_t idlen;
+  uint8_t transport;        /* tw_transport_kind */
+  uint8_t revocation;
+  uint8_t copied;           /* the fields live in tail: uint16_t offsets[F_N] (NO_FIELD when
+                               absent), then the NUL-terminated strings */
+  char tail[];
 } twl_msg;
+
+#define NO_FIELD 0xffff
 
 _Static_assert(offsetof(twl_msg, doc) == 0, "a view anchor starts with its document");
 
 void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int conduit_obj) {
   conduit_obj = lua_absindex(L, conduit_obj);
   const tw_msg *src = ev->msg;
-  const char *f[F_N] = {src->id, src->type, src->version, src->timestamp};
-  size_t len[F_N] = {src->id ? src->id_len : 0, 0, 0, 0}, extra = 0;
-  bool copy = !src->strings_in_doc;
-  if (copy)
+  bool copy = !src->strings_in_doc || src->doc == NULL || src->metadata == TW_JNONE;
+  const char *f[F_N] = {src->type, src->version, src->timestamp};
+  size_t len[F_N] = {0}, idlen = src->id ? src->id_len : 0, extra = 0;
+  if (copy) {
+    extra = src->id ? idlen + 1 : 0;
     for (int i = 0; i < F_N; i++)
       if (f[i]) {
-        if (i != F_ID) len[i] = strlen(f[i]);
+        len[i] = strlen(f[i]);
         extra += len[i] + 1;
       }
+    if (extra > NO_FIELD - 16) extra = 0, copy = false; /* absurd lengths: keep none */
+  }
+  if (copy) extra += sizeof(uint16_t) * F_N;
   twl_msg *m = lua_newuserdatauv(L, sizeof *m + extra, 2);
   m->doc = NULL;
   m->meta = src->metadata;
   m->sub = src->subscription;
-  m->idlen = src->id ? src->id_len : 0;
-  m->message_type = src->message_type && src->message_type[0] == 'r' ? "revocation" : "notification";
-  m->transport = src->transport;
+  m->id = src->id;
+  m->idlen = (uint32_t)idlen;
+  m->transport = (uint8_t)src->transport;
+  m->revocation = src->message_type && src->message_type[0] == 'r';
   m->copied = copy;
-  char *t = m->tail;
-  for (int i = 0; i < F_N; i++) {
-    if (copy && f[i]) {
-      memcpy(t, f[i], len[i]);
-      t[len[i]] = 0;
-      m->f[i] = t;
-      t += len[i] + 1;
-    } else {
-      m->f[i] = f[i];
+  if (copy) {
+    uint16_t offs[F_N];
+    size_t t = sizeof offs;
+    if (src->id) {
+      memcpy(m->tail + t, src->id, idlen);
+      m->tail[t + idlen] = 0;
+      m->id = m->tail + t;
+      t += idlen + 1;
     }
+    for (int i = 0; i < F_N; i++) {
+      offs[i] = NO_FIELD;
+      if (!f[i]) continue;
+      memcpy(m->tail + t, f[i], len[i]);
+      m->tail[t + len[i]] = 0;
+      offs[i] = (uint16_t)t;
+      t += len[i] + 1;
+    }
+    memcpy(m->tail, offs, sizeof offs);
   }
   lua_pushvalue(L, fr->msg_mt);
   lua_setmetatable(L, -2);
@@ -75,7 +93,7 @@ void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int condu
     tw_json_ref(src->doc);
     m->doc = src->doc;
   } else if (!copy) {
-    for (int i = 0; i < F_N; i++) m->f[i] = NULL; /* nothing would keep them */
+    m->id = NULL; /* nothing would keep it */
   }
   lua_pushvalue(L, conduit_obj);
   lua_setiuservalue(L, -2, 2);
@@ -86,8 +104,7 @@ static int msg_gc(lua_State *L) {
   if (m && m->doc) {
     tw_json_unref(m->doc);
     m->doc = NULL;
-    if (!m->copied)
-      for (int i = 0; i < F_N; i++) m->f[i] = NULL;
+    if (!m->copied) m->id = NULL;
   }
   return 0;
 }
@@ -97,15 +114,37 @@ tw_json *twl_message_doc(lua_State *L, int idx) {
   return m ? m->doc : NULL;
 }
 
+static int push_sub_type(lua_State *L, const twl_msg *m) {
+  size_t len;
+  const char *s = tw_json_str(m->doc, tw_json_get(m->doc, m->sub, "type", 4), &len);
+  if (s) lua_pushlstring(L, s, len);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* a field: from the metadata (websocket, read on access) or the copy */
 static int push_field(lua_State *L, const twl_msg *m, int i) {
-  if (m->f[i])
-    lua_pushlstring(L, m->f[i], i == F_ID ? m->idlen : strlen(m->f[i]));
+  static const char *const meta_key[F_N] = {"subscription_type", "subscription_version", "message_timestamp"};
+  if (m->copied) {
+    uint16_t off;
+    memcpy(&off, m->tail + i * sizeof off, sizeof off);
+    if (off != NO_FIELD) lua_pushstring(L, m->tail + off);
+    else lua_pushnil(L);
+    return 1;
+  }
+  size_t len;
+  const char *s = m->doc ? tw_json_str(m->doc, tw_json_get(m->doc, m->meta, meta_key[i], strlen(meta_key[i])), &len)
+                         : NULL;
+  if (s)
+    lua_pushlstring(L, s, len);
+  else if (i == F_TYPE && m->doc) /* a websocket message without it: the subscription's */
+    return push_sub_type(L, m);
   else
     lua_pushnil(L);
   return 1;
 }
 
-static const char *transport_name(tw_transport_kind k) {
+static const char *transport_name(int k) {
   switch (k) {
   case TW_TRANSPORT_WEBHOOK: return "webhook";
   case TW_TRANSPORT_QUEUE: return "queue";
@@ -121,10 +160,16 @@ static int msg_index(lua_State *L) {
   lua_pop(L, 1);
   size_t kl;
   const char *k = lua_tolstring(L, 2, &kl);
-  if (k == NULL || (m->doc == NULL && m->f[F_ID] == NULL)) return 0;
+  if (k == NULL || (m->doc == NULL && !m->copied)) return 0;
   switch (k[0]) {
   case 'i':
-    if (kl == 2 && k[1] == 'd') return push_field(L, m, F_ID);
+    if (kl == 2 && k[1] == 'd') {
+      if (m->id)
+        lua_pushlstring(L, m->id, m->idlen);
+      else
+        lua_pushnil(L);
+      return 1;
+    }
     break;
   case 't':
     if (strcmp(k, "type") == 0) return push_field(L, m, F_TYPE);
@@ -135,7 +180,8 @@ static int msg_index(lua_State *L) {
     if (strcmp(k, "version") == 0) return push_field(L, m, F_VERSION);
     break;
   case 'm':
-    if (strcmp(k, "message_type") == 0) return lua_pushstring(L, m->message_type), 1;
+    if (strcmp(k, "message_type") == 0)
+      return lua_pushstring(L, m->revocation ? "revocation" : "notification"), 1;
     if (strcmp(k, "metadata") == 0) {
       if (m->doc && m->meta != TW_JNONE) twl_view_push(L, m->doc, m->meta, 1);
       else lua_pushnil(L);
@@ -162,7 +208,7 @@ static int msg_index(lua_State *L) {
 static int msg_tostring(lua_State *L) {
   twl_msg *m = luaL_checkudata(L, 1, TWL_MESSAGE_MT);
   lua_pushfstring(L, "twconduit.message{id=\"%s\",transport=\"%s\"}",
-                  m->f[F_ID] ? m->f[F_ID] : "?", transport_name(m->transport));
+                  m->id ? m->id : "?", transport_name(m->transport));
   return 1;
 }
 

@@ -9,6 +9,16 @@
 
 #include "internal.h"
 
+/* The value of member key of obj: looked for first as the member right after the one
+ * whose value is `prev`, then anywhere. */
+static tw_jnode member_after(const tw_json *d, tw_jnode obj, tw_jnode prev, const char *key, size_t klen) {
+  tw_jnode k = prev != TW_JNONE ? tw_json_next(d, prev) : TW_JNONE;
+  size_t kl = 0;
+  const char *ks = k != TW_JNONE ? tw_json_str(d, k, &kl) : NULL;
+  if (ks && kl == klen && memcmp(ks, key, klen) == 0) return tw_json_next(d, k);
+  return tw_json_get(d, obj, key, klen);
+}
+
 int tw_envelope_decode_body(tw_json *d, tw_jnode body, tw_msg *m, tw_error *err) {
   m->doc = d;
   m->subscription = tw_json_get(d, body, "subscription", 12);
@@ -45,12 +55,19 @@ int tw_envelope_decode_ws(tw_json *d, tw_msg *m, const char **kind, tw_error *er
   if (!notif && strcmp(type, "revocation") != 0) return 0;
   m->message_type = notif ? "notification" : "revocation";
   m->metadata = md;
+  /* Twitch writes message_id, message_type, message_timestamp, subscription_type,
+   * subscription_version in that order: each is looked for right after the previous
+   * one first (one compare), then anywhere */
   size_t idn = 0;
-  m->id = tw_json_str(d, tw_json_get(d, md, "message_id", 10), &idn);
+  tw_jnode v = tw_json_get(d, md, "message_id", 10);
+  m->id = tw_json_str(d, v, &idn);
   m->id_len = m->id ? idn : 0;
-  m->timestamp = tw_json_str(d, tw_json_get(d, md, "message_timestamp", 17), NULL);
-  m->type = tw_json_str(d, tw_json_get(d, md, "subscription_type", 17), NULL);
-  m->version = tw_json_str(d, tw_json_get(d, md, "subscription_version", 20), NULL);
+  v = member_after(d, md, tw_json_next(d, tw_json_next(d, v)), "message_timestamp", 17); /* after message_type */
+  m->timestamp = tw_json_str(d, v, NULL);
+  v = member_after(d, md, v, "subscription_type", 17);
+  m->type = tw_json_str(d, v, NULL);
+  v = member_after(d, md, v, "subscription_version", 20);
+  m->version = tw_json_str(d, v, NULL);
   if (tw_envelope_decode_body(d, payload, m, err) != 0) return -1;
   if (!m->id || !m->id_len || (notif && m->event == TW_JNONE)) {
     tw_err_set(err, "bad_message", 0, "notification without message_id, subscription type or event");
