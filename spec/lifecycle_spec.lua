@@ -112,10 +112,11 @@ describe("shard lifecycle", function()
     local function proxy_up()
       os.remove(logf)
       running = ("TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork"):format(port)
-      assert(os.execute(("socat -d -d %s TCP:%s 2>%s &"):format(running, upstream, logf)))
+      -- outside any sanitizer the specs may run under (LD_PRELOAD is not for socat or pkill)
+      assert(os.execute(("env -u LD_PRELOAD socat -d -d %s TCP:%s 2>%s &"):format(running, upstream, logf)))
     end
     local function proxy_down()
-      os.execute(("pkill -KILL -f 'socat -d -d %s' >/dev/null 2>&1"):format(running))
+      os.execute(("env -u LD_PRELOAD pkill -KILL -f 'socat -d -d %s' >/dev/null 2>&1"):format(running))
     end
     local function listening() -- socat logs "listening on AF=2 127.0.0.1:PORT"
       local f = io.open(logf)
