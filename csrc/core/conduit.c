@@ -112,6 +112,15 @@ struct tw_conduit {
 static void shard_connect(tw_shard *s);
 static void schedule_batch(tw_conduit *cd);
 static void maybe_free(tw_conduit *cd);
+
+/* A Helix reply for the conduit arrived: false when the conduit is closing (and perhaps
+ * freed now), so the reply must be dropped. */
+static bool reply_for_live(tw_conduit *cd) {
+  cd->pending--;
+  if (!cd->closing) return true;
+  maybe_free(cd);
+  return false;
+}
 static void want_changed(tw_shard *s);
 static void verify_soon(tw_conduit *cd, uint64_t ms);
 static void on_shard_timer(uv_timer_t *t);
@@ -1010,11 +1019,7 @@ static void verify_end(tw_conduit *cd, const tw_error *err) {
 
 static void on_verify_page(void *user, const tw_response *r) {
   tw_conduit *cd = user;
-  cd->pending--;
-  if (cd->closing) {
-    maybe_free(cd);
-    return;
-  }
+  if (!reply_for_live(cd)) return;
   if (r->error) {
     tw_error e = *r->error;
     conduit_error(cd, NULL, &e);
@@ -1350,11 +1355,7 @@ static bool take_conduit(tw_conduit *cd, const tw_response *r, tw_jnode obj) {
 /* the answer of Create Conduits or Update Conduits: the conduit, then its shards */
 static void on_conduit(void *user, const tw_response *r) {
   tw_conduit *cd = user;
-  cd->pending--;
-  if (cd->closing) {
-    maybe_free(cd);
-    return;
-  }
+  if (!reply_for_live(cd)) return;
   if (r->error) {
     fail_open(cd, r->error);
     return;
@@ -1388,11 +1389,7 @@ static void resize_or_start(tw_conduit *cd) {
 
 static void on_listed(void *user, const tw_response *r) {
   tw_conduit *cd = user;
-  cd->pending--;
-  if (cd->closing) {
-    maybe_free(cd);
-    return;
-  }
+  if (!reply_for_live(cd)) return;
   if (r->error) {
     fail_open(cd, r->error);
     return;
