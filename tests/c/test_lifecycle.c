@@ -46,7 +46,10 @@ static void on_event(void *user, const tw_event *ev) {
     st->last_disabled = ev->shard;
     break;
   case TW_EV_SHARD_RELEASED: st->released++; break;
-  case TW_EV_SHARD_LOST: st->lost++; break;
+  case TW_EV_SHARD_LOST:
+    st->lost++;
+    printf("# lost: %s\n", ev->error ? ev->error->message : "?");
+    break;
   case TW_EV_FREED:
     if (ev->shard) st->freed_shards++;
     break;
