@@ -220,17 +220,7 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
     lua_pushliteral(L, "shard_lost");
     twl_push_bound(L, fr->objs, ev->conduit);
     push_shard_obj(L, fr, cl, ev->shard);
-    const tw_transport_info *t = ev->twitch;
-    lua_createtable(L, 0, 4);
-    if (t) {
-      const char *k[4] = {"method", "session_id", "callback", "status"};
-      const char *v[4] = {t->method, t->session_id, t->callback, t->status};
-      for (int i = 0; i < 4; i++)
-        if (v[i]) {
-          lua_pushstring(L, v[i]);
-          lua_setfield(L, -2, k[i]);
-        }
-    }
+    twl_push_transport(L, ev->twitch);
     if (ev->error)
       twl_push_error(L, ev->error);
     else

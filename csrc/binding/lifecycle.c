@@ -145,17 +145,22 @@ static int sh_transport(lua_State *L) {
   tw_transport_info t;
   int assigned = 0;
   tw_shard_transport(b->obj, &t, &assigned);
+  twl_push_transport(L, &t);
+  lua_pushboolean(L, assigned);
+  lua_setfield(L, -2, "assigned");
+  return 1;
+}
+
+void twl_push_transport(lua_State *L, const tw_transport_info *t) {
   lua_createtable(L, 0, 5);
+  if (!t) return;
   const char *k[4] = {"method", "session_id", "callback", "status"};
-  const char *v[4] = {t.method, t.session_id, t.callback, t.status};
+  const char *v[4] = {t->method, t->session_id, t->callback, t->status};
   for (int i = 0; i < 4; i++)
     if (v[i]) {
       lua_pushstring(L, v[i]);
       lua_setfield(L, -2, k[i]);
     }
-  lua_pushboolean(L, assigned);
-  lua_setfield(L, -2, "assigned");
-  return 1;
 }
 
 static void add_methods(lua_State *L, const char *mt, const luaL_Reg *fns) {

@@ -46,7 +46,7 @@ typedef struct tw_op {
   void *user;
   tw_shard **shards;     /* add: the new shards */
   size_t n;
-  int count;             /* resize: the count asked; add: shard_count needed */
+  bool prev_held;        /* point: whether the shard was held before */
   bool started;          /* add: shards connecting; verify: the running verification counts */
   bool in_helix;         /* a Helix request points at it: freed by the reply */
   bool done;             /* reported; waits for its Helix reply in cd->done_ops */
@@ -122,7 +122,7 @@ static bool reply_for_live(tw_conduit *cd) {
   return false;
 }
 static void want_changed(tw_shard *s);
-static void verify_soon(tw_conduit *cd, uint64_t ms);
+static void verify_arm(tw_conduit *cd, uint64_t ms);
 static void on_shard_timer(uv_timer_t *t);
 static void add_check(tw_conduit *cd);
 static void shard_assigned(tw_shard *s);
@@ -677,7 +677,6 @@ static void patch_ctx_free(patch_ctx *p) {
   free(p);
 }
 
-static void verify_first(tw_conduit *cd);
 
 static void check_ready(tw_conduit *cd) {
   if (cd->ready_emitted || cd->closing || !cd->started) return;
@@ -687,7 +686,7 @@ static void check_ready(tw_conduit *cd) {
   cd->state = "ready";
   tw_event ev = {.type = TW_EV_READY, .conduit = cd};
   tw_emit(cd->c, &ev);
-  verify_first(cd);
+  verify_arm(cd, 1000); /* after bring-up */
 }
 
 /* Twitch confirmed the transport the shard wants. */
@@ -727,7 +726,7 @@ static void shard_assigned(tw_shard *s) {
   if (op && op == s->op) op_finish(op, NULL);
   if (cd->closing) return;
   add_check(cd);
-  if (cd->ready_emitted) verify_soon(cd, 2000);
+  if (cd->ready_emitted) verify_arm(cd, 2000); /* after a reassignment */
 }
 
 /* The wanted transport was refused (a per-shard error, or the request failed). */
@@ -738,7 +737,7 @@ static void assign_refused(tw_shard *s, bool request_failed, const tw_error *err
     /* back to the shard's own socket */
     if (s->cur && tw_ws_session_id(s->cur)) tr_set_ws(&s->want, tw_ws_session_id(s->cur));
     else tr_clear(&s->want);
-    s->held = op->count;
+    s->held = op->prev_held;
     op_finish(op, err);
     if (cd->closing || s->releasing || s->op) return;
     if (!s->cur && !s->next && !s->held && !s->pointed) {
@@ -961,8 +960,6 @@ static void verify_arm(tw_conduit *cd, uint64_t ms) {
   uv_timer_start(&cd->verify_timer, on_verify_timer, ms, 0);
 }
 
-static void verify_soon(tw_conduit *cd, uint64_t ms) { verify_arm(cd, ms); }
-
 static void verify_periodic(tw_conduit *cd) {
   double iv = cd->c->verify_interval_s;
   if (iv <= 0) return;
@@ -970,8 +967,6 @@ static void verify_periodic(tw_conduit *cd) {
   double j = 0.9 + 0.2 * (double)(tw_rand(&cd->c->rng) % 1000) / 1000.0;
   verify_arm(cd, (uint64_t)(iv * j * 1000));
 }
-
-static void verify_first(tw_conduit *cd) { verify_arm(cd, 1000); }
 
 static bool settled(const tw_conduit *cd, const tw_shard *s) {
   return !s->releasing && !s->queued && s->inflight.kind == TW_TRANSPORT_NONE && s->want.kind != TW_TRANSPORT_NONE &&
@@ -988,11 +983,9 @@ static void shard_lost(tw_shard *s, const tw_transport_info *tw) {
              s->want.session_id ? s->want.session_id : (s->want.callback ? s->want.callback : "-"));
   tw_event ev = {.type = TW_EV_SHARD_LOST, .conduit = cd, .shard = s, .status = tw->status, .error = &e, .twitch = tw};
   tw_emit(cd->c, &ev);
-  /* the reaction is a hook: a handler may have held or released the shard */
-  tw_shard *again = NULL;
-  for (int i = 0; i < cd->nshards; i++)
-    if (cd->shards[i] == s) again = s;
-  if (!again || cd->closing || s->releasing || s->held || cd->lost_policy == TW_LOST_REPORT) return;
+  /* the reaction is a hook: a handler may have held or released the shard (a shard is
+   * never freed inside a handler: releases and closes finish from the loop) */
+  if (cd->closing || s->releasing || s->held || cd->lost_policy == TW_LOST_REPORT) return;
   tr_clear(&s->assigned); /* Twitch does not have it: send it again */
   s->state = "assigning";
   want_changed(s);
@@ -1281,7 +1274,7 @@ int tw_shard_point_at(tw_shard *s, tw_shard *target, tw_op_fn cb, void *user, tw
     return op_refuse(err, TW_EINVAL, "busy", "the target shard has no transport yet");
   tw_op *op = op_new(s->cd, OP_POINT, s, cb, user);
   if (!op) return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
-  op->count = s->held;
+  op->prev_held = s->held;
   tr_copy(&op->target, &target->want);
   if (op->target.kind == TW_TRANSPORT_NONE) {
     op_unlink_free(op);
