@@ -183,20 +183,27 @@ describe("shard assignment against delayed, reordered and refused replies", func
   end
   local function close_session(id, code) assert(m:close_session(id, code or 4000)) end
 
-  it("a late error for a shard's previous session closes nothing", function()
-    local client = H.client(m)
-    local errs = {}
-    client:on("error", function(e) errs[#errs + 1] = e end)
-    assert(m:fault { shard_patch = { hold = 1 } })
+  -- A 1-shard conduit whose first assignment is held (the next `hold` PATCHes are): its
+  -- session then ends and a new one is welcomed while that assignment is in flight.
+  -- Returns the conduit, the first session id and the shard (on its new session).
+  local function session_replaced_while_held(client, hold)
+    assert(m:fault { shard_patch = { hold = hold } })
     local c = assert(client:conduit { shards = 1 })
     H.wait_until(client, function() return #held() == 1 end, 10, "the first PATCH to be held")
     local first = held()[1].shards[1].session_id
-    -- the shard's first session ends while its assignment is in flight; a new one comes
     close_session(first, 4000)
     local s = H.wait_until(client, function()
       local sh = c:shards()[1]
       return sh and sh.session_id and sh.session_id ~= first and sh
     end, 10, "a new session")
+    return c, first, s
+  end
+
+  it("a late error for a shard's previous session closes nothing", function()
+    local client = H.client(m)
+    local errs = {}
+    client:on("error", function(e) errs[#errs + 1] = e end)
+    local c, first, s = session_replaced_while_held(client, 1)
     local second = s.session_id
     -- one request in flight per shard: the new session waits for the first reply
     assert.are.equal(1, #held())
@@ -220,15 +227,7 @@ describe("shard assignment against delayed, reordered and refused replies", func
   it("replies applied in reverse order leave the conduit on the live session", function()
     local client = H.client(m)
     -- every request is held: a second one for the same shard would be too
-    assert(m:fault { shard_patch = { hold = 2 } })
-    local c = assert(client:conduit { shards = 1 })
-    H.wait_until(client, function() return #held() == 1 end, 10, "the first PATCH held")
-    local first = held()[1].shards[1].session_id
-    close_session(first, 4000)
-    local s = H.wait_until(client, function()
-      local sh = c:shards()[1]
-      return sh and sh.session_id and sh.session_id ~= first and sh
-    end, 10, "a new session")
+    local c, _, s = session_replaced_while_held(client, 2)
     H.drain(client, 1.5) -- past the batch window: a second PATCH would have gone by now
     -- never two requests in flight for one shard (applied last, the older one would
     -- leave Twitch pointing at the closed session while the shard looks enabled)

@@ -7,6 +7,7 @@
 #include <curl/curl.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +137,105 @@ static __attribute__((unused)) int wait_until(tw_client *c, int (*cond)(void *),
     tw_client_step(c, 50);
   }
   return 1;
+}
+
+/* ---- a set of message ids ----------------------------------------------------------- */
+typedef struct idset {
+  char **v;
+  size_t cap, n;
+} idset;
+
+static __attribute__((unused)) uint64_t h64(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+static __attribute__((unused)) void idset_free(idset *s) {
+  for (size_t i = 0; i < s->cap; i++) free(s->v[i]);
+  free(s->v);
+  memset(s, 0, sizeof *s);
+}
+
+/* returns 1 if added, 0 if already there */
+static __attribute__((unused)) int idset_add(idset *s, const char *id) {
+  if ((s->n + 1) * 2 > s->cap) {
+    size_t nc = s->cap ? s->cap * 2 : 1024;
+    char **nv = calloc(nc, sizeof *nv);
+    for (size_t i = 0; i < s->cap; i++)
+      if (s->v[i]) {
+        size_t j = h64(s->v[i]) & (nc - 1);
+        while (nv[j]) j = (j + 1) & (nc - 1);
+        nv[j] = s->v[i];
+      }
+    free(s->v);
+    s->v = nv;
+    s->cap = nc;
+  }
+  size_t j = h64(id) & (s->cap - 1);
+  while (s->v[j]) {
+    if (strcmp(s->v[j], id) == 0) return 0;
+    j = (j + 1) & (s->cap - 1);
+  }
+  s->v[j] = strdup(id);
+  s->n++;
+  return 1;
+}
+
+static __attribute__((unused)) int idset_has(const idset *s, const char *id) {
+  if (!s->cap) return 0;
+  size_t j = h64(id) & (s->cap - 1);
+  while (s->v[j]) {
+    if (strcmp(s->v[j], id) == 0) return 1;
+    j = (j + 1) & (s->cap - 1);
+  }
+  return 0;
+}
+
+
+/* A number field of a JSON object, -1 when absent. */
+static __attribute__((unused)) int json_int(cJSON *o, const char *k) {
+  cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+  return cJSON_IsNumber(v) ? v->valueint : -1;
+}
+
+/* The session id the emulator (Twitch) has for shard `id` of conduit cid, into out ("" when none). */
+static __attribute__((unused)) void mock_shard_session(mock *m, const char *cid, const char *id, char *out, size_t n) {
+  out[0] = 0;
+  cJSON *st = mock_call(m, "GET", "/state", NULL);
+  cJSON *c;
+  cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(st, "conduits")) {
+    cJSON *cidv = cJSON_GetObjectItemCaseSensitive(c, "id");
+    if (!cJSON_IsString(cidv) || strcmp(cidv->valuestring, cid) != 0) continue;
+    cJSON *sh;
+    cJSON_ArrayForEach(sh, cJSON_GetObjectItemCaseSensitive(c, "shards")) {
+      cJSON *sid = cJSON_GetObjectItemCaseSensitive(sh, "id");
+      if (!cJSON_IsString(sid) || strcmp(sid->valuestring, id) != 0) continue;
+      cJSON *tr = cJSON_GetObjectItemCaseSensitive(sh, "transport");
+      cJSON *s = cJSON_GetObjectItemCaseSensitive(tr ? tr : sh, "session_id");
+      if (cJSON_IsString(s)) snprintf(out, n, "%s", s->valuestring);
+    }
+  }
+  cJSON_Delete(st);
+}
+
+/* The name of an event type, for test logs. */
+static __attribute__((unused)) const char *ev_name(tw_event_type t) {
+  switch (t) {
+  case TW_EV_NOTIFICATION: return "notification";
+  case TW_EV_REVOCATION: return "revocation";
+  case TW_EV_READY: return "ready";
+  case TW_EV_SHARD_ENABLED: return "shard_enabled";
+  case TW_EV_SHARD_DISABLED: return "shard_disabled";
+  case TW_EV_RECONNECT: return "reconnect";
+  case TW_EV_ERROR: return "error";
+  case TW_EV_TOKEN: return "token";
+  case TW_EV_FREED: return "freed";
+  case TW_EV_CONDUIT_STARTED: return "conduit_started";
+  case TW_EV_SHARD_RELEASED: return "shard_released";
+  case TW_EV_SHARD_LOST: return "shard_lost";
+  }
+  return "?";
 }
 
 #endif

@@ -45,10 +45,6 @@ static int target;
 static int got_all(void *a) { return ((state *)a)->notifications >= target; }
 static int got_disabled_and_back(void *a) { state *st = a; return st->disabled >= 1 && st->enabled >= 5; }
 
-static int json_int(cJSON *o, const char *k) {
-  cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-  return cJSON_IsNumber(v) ? v->valueint : -1;
-}
 
 int main(void) {
   tw_set_lws_log_level(0);

@@ -54,10 +54,6 @@ static int helix_call(tw_client *c, state *st, const char *method, const char *p
   return st->resp_status;
 }
 
-static int json_int(cJSON *o, const char *k) {
-  cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-  return cJSON_IsNumber(v) ? v->valueint : -1;
-}
 
 int main(void) {
   tw_set_lws_log_level(0);

@@ -4,37 +4,14 @@
  * every event produced was delivered and handled exactly once. */
 #include "support.h"
 
-#define MAXN 16384
-
 typedef struct state {
   int ready, enabled, disabled, released, freed_shards, lost, errors;
   int notifications, dups;
-  char (*ids)[40];
-  unsigned *slots; /* open addressing over ids */
+  idset ids; /* message ids handled */
   int ops_done, ops_failed;
   size_t op_shards;
   tw_shard *last_disabled;
 } state;
-
-static unsigned hash(const char *s) {
-  unsigned h = 2166136261u;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
-  return h;
-}
-
-/* true when id is new */
-static int remember(state *st, const char *id) {
-  unsigned cap = MAXN * 2;
-  for (unsigned i = hash(id) % cap;; i = (i + 1) % cap) {
-    if (st->slots[i] == 0) {
-      if (st->notifications >= MAXN) return 1;
-      snprintf(st->ids[st->notifications], 40, "%s", id);
-      st->slots[i] = (unsigned)st->notifications + 1;
-      return 1;
-    }
-    if (strcmp(st->ids[st->slots[i] - 1], id) == 0) return 0;
-  }
-}
 
 static void on_event(void *user, const tw_event *ev) {
   state *st = user;
@@ -58,7 +35,7 @@ static void on_event(void *user, const tw_event *ev) {
     fprintf(stderr, "# error: %s %d %s\n", ev->error->code, ev->error->status, ev->error->message);
     break;
   case TW_EV_NOTIFICATION:
-    if (!remember(st, ev->msg->id)) st->dups++;
+    if (!idset_add(&st->ids, ev->msg->id)) st->dups++;
     else st->notifications++;
     if (ev->msg->transport != TW_TRANSPORT_WEBSOCKET) st->errors++;
     break;
@@ -77,7 +54,6 @@ static void on_op(void *user, const tw_op_result *r) {
   }
 }
 
-static state *g;
 static int target_ops, target_n;
 static int ready(void *a) { return ((state *)a)->ready > 0; }
 static int ops_reached(void *a) { return ((state *)a)->ops_done + ((state *)a)->ops_failed >= target_ops; }
@@ -87,10 +63,6 @@ static tw_shard *watched;
 static int watched_enabled(void *a) { (void)a; return strcmp(tw_shard_state(watched), "enabled") == 0; }
 static int watched_connecting(void *a) { (void)a; return strcmp(tw_shard_state(watched), "idle") != 0; }
 
-static int json_int(cJSON *o, const char *k) {
-  cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-  return cJSON_IsNumber(v) ? v->valueint : -1;
-}
 
 /* the stream is over once the ledger holds all of it, none pending, and all of it handled
  * (the ledger is read at most every 200 ms) */
@@ -105,26 +77,6 @@ static int stream_settled(void *a) {
              st->notifications >= json_int(l, "delivered");
   cJSON_Delete(l);
   return done;
-}
-
-/* the session id Twitch (the emulator) has for shard `id` of conduit cid, into out */
-static void mock_shard_session(mock *m, const char *cid, const char *id, char *out, size_t n) {
-  out[0] = 0;
-  cJSON *st = mock_call(m, "GET", "/state", NULL);
-  cJSON *cds = cJSON_GetObjectItemCaseSensitive(st, "conduits"), *c;
-  cJSON_ArrayForEach(c, cds) {
-    cJSON *cidv = cJSON_GetObjectItemCaseSensitive(c, "id");
-    if (!cJSON_IsString(cidv) || strcmp(cidv->valuestring, cid) != 0) continue;
-    cJSON *sh;
-    cJSON_ArrayForEach(sh, cJSON_GetObjectItemCaseSensitive(c, "shards")) {
-      cJSON *sid = cJSON_GetObjectItemCaseSensitive(sh, "id");
-      if (!cJSON_IsString(sid) || strcmp(sid->valuestring, id) != 0) continue;
-      cJSON *tr = cJSON_GetObjectItemCaseSensitive(sh, "transport");
-      cJSON *s = cJSON_GetObjectItemCaseSensitive(tr ? tr : sh, "session_id");
-      if (cJSON_IsString(s)) snprintf(out, n, "%s", s->valuestring);
-    }
-  }
-  cJSON_Delete(st);
 }
 
 static int mock_shard_count(mock *m, const char *cid) {
@@ -157,9 +109,6 @@ int main(void) {
     return done_testing();
   }
   state *st = calloc(1, sizeof *st);
-  st->ids = calloc(MAXN, sizeof *st->ids);
-  st->slots = calloc(MAXN * 2, sizeof *st->slots);
-  g = st;
   tw_error err;
   tw_client_opts o = TW_CLIENT_OPTS_INIT;
   o.client_id = m.client_id;
@@ -275,6 +224,7 @@ int main(void) {
   ok(strcmp(tw_shard_state(s2), "idle") == 0, "and left idle (%s)", tw_shard_state(s2));
   watched = s2;
   ok(!wait_until(c, watched_connecting, st, 1.5), "not reconnected while held (%s)", tw_shard_state(s2));
+  ok(st->disabled == dis_before + 1, "one shard_disabled for it (%d)", st->disabled - dis_before);
   ok(tw_shard_hold(s2, 0) == 0, "let go");
   ok(wait_until(c, watched_enabled, st, 10), "then reconnected and enabled again");
 
@@ -289,7 +239,8 @@ int main(void) {
            cidbuf, tw_shard_session_id(s6));
   resp x = {0};
   tw_helix(c, "PATCH", "/eventsub/conduits/shards", patch, strlen(patch), on_resp, &x, &err);
-  ok(wait_until(c, resp_done, &x, 5) && x.status == 202, "shard 3 repointed from outside (%d)", x.status);
+  int repointed = wait_until(c, resp_done, &x, 5) && x.status == 202;
+  ok(repointed, "shard 3 repointed from outside (%d)", x.status);
   int lost_before = st->lost;
   ok(tw_conduit_verify(cd, on_op, st, &err) == 0, "verification asked for");
   target_ops = 6;
@@ -324,7 +275,8 @@ int main(void) {
      st->notifications, st->dups);
   tw_client_stats cs;
   tw_client_get_stats(c, &cs);
-  ok(cs.duplicates == 0 || cs.duplicates < 50, "the core dropped %llu doubles", (unsigned long long)cs.duplicates);
+  ok(cs.duplicates < 50, "the core dropped %llu doubles (a few are the overlap of a handover)",
+     (unsigned long long)cs.duplicates);
   ok(st->errors == 0, "no errors reported (%d)", st->errors);
   ok(st->lost == 1, "verification found nothing else lost (%d)", st->lost);
   cJSON *ms = mock_call(&m, "GET", "/state", NULL);
@@ -336,8 +288,7 @@ int main(void) {
   tw_conduit_close(cd);
   for (int i = 0; i < 20; i++) tw_client_step(c, 10);
   tw_client_free(c);
-  free(st->ids);
-  free(st->slots);
+  idset_free(&st->ids);
   free(st);
   mock_stop(&m);
   return done_testing();

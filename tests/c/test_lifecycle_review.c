@@ -44,23 +44,6 @@ typedef struct rec {
   int close_in_op;               /* the operation callback closes cd */
 } rec;
 
-static const char *ev_name(tw_event_type t) {
-  switch (t) {
-  case TW_EV_NOTIFICATION: return "notification";
-  case TW_EV_REVOCATION: return "revocation";
-  case TW_EV_READY: return "ready";
-  case TW_EV_SHARD_ENABLED: return "shard_enabled";
-  case TW_EV_SHARD_DISABLED: return "shard_disabled";
-  case TW_EV_RECONNECT: return "reconnect";
-  case TW_EV_ERROR: return "error";
-  case TW_EV_TOKEN: return "token";
-  case TW_EV_FREED: return "freed";
-  case TW_EV_CONDUIT_STARTED: return "conduit_started";
-  case TW_EV_SHARD_RELEASED: return "shard_released";
-  case TW_EV_SHARD_LOST: return "shard_lost";
-  }
-  return "?";
-}
 
 static void on_event(void *user, const tw_event *ev) {
   rec *r = user;
@@ -167,26 +150,6 @@ static tw_conduit *open_ready(tw_client *c, rec *r, int shards) {
 static void run_for(tw_client *c, double s) {
   double end = now_s() + s;
   while (now_s() < end) tw_client_step(c, 20);
-}
-
-/* the session id Twitch (the emulator) has for shard `id` of conduit cid */
-static void mock_shard_session(const char *cid, const char *id, char *out, size_t n) {
-  out[0] = 0;
-  cJSON *st = mock_call(&M, "GET", "/state", NULL);
-  cJSON *c;
-  cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(st, "conduits")) {
-    cJSON *cidv = cJSON_GetObjectItemCaseSensitive(c, "id");
-    if (!cJSON_IsString(cidv) || strcmp(cidv->valuestring, cid) != 0) continue;
-    cJSON *sh;
-    cJSON_ArrayForEach(sh, cJSON_GetObjectItemCaseSensitive(c, "shards")) {
-      cJSON *sid = cJSON_GetObjectItemCaseSensitive(sh, "id");
-      if (!cJSON_IsString(sid) || strcmp(sid->valuestring, id) != 0) continue;
-      cJSON *tr = cJSON_GetObjectItemCaseSensitive(sh, "transport");
-      cJSON *s = cJSON_GetObjectItemCaseSensitive(tr ? tr : sh, "session_id");
-      if (cJSON_IsString(s)) snprintf(out, n, "%s", s->valuestring);
-    }
-  }
-  cJSON_Delete(st);
 }
 
 static int held_requests(void) {
@@ -330,7 +293,7 @@ static void scenario_point_own_socket_closes(void) {
   int over = wait_until(c, op_over, &r, 5);
   check(over, "point_at completes", r.ops_done, r.ops_failed);
   char on1[128];
-  mock_shard_session(tw_conduit_id(cd), "1", on1, sizeof on1);
+  mock_shard_session(&M, tw_conduit_id(cd), "1", on1, sizeof on1);
   check(strcmp(on1, t0) == 0, "Twitch points shard 1 at shard 0's session");
   int rc = tw_shard_release(s1, NULL, NULL, &err);
   check(rc == 0, "shard 1 can be released afterwards (rc %d, %s)", rc, rc ? err.code : "");
@@ -401,7 +364,7 @@ static void scenario_point_while_connecting(void) {
   run_for(c, 0.5);
   char on1[128], t0[128];
   snprintf(t0, sizeof t0, "%s", tw_shard_session_id(s0) ? tw_shard_session_id(s0) : "");
-  mock_shard_session(tw_conduit_id(cd), "1", on1, sizeof on1);
+  mock_shard_session(&M, tw_conduit_id(cd), "1", on1, sizeof on1);
   check(strcmp(on1, t0) == 0,
         "Twitch points shard 1 at shard 0's session %s", t0, on1);
   check(session_connected(on1) == 1, "the session Twitch points shard 1 at is connected", on1,
@@ -437,7 +400,7 @@ static void scenario_handover_premature(void) {
         "when it reports success the shard is on a new session", r.op_session);
   run_for(c, 1.0);
   char on1[128];
-  mock_shard_session(tw_conduit_id(cd), "1", on1, sizeof on1);
+  mock_shard_session(&M, tw_conduit_id(cd), "1", on1, sizeof on1);
   const char *now1 = tw_shard_session_id(s1);
   check(now1 && strcmp(on1, now1) == 0 && strcmp(now1, before) != 0, "and in the end Twitch has the new session");
   tw_client_free(c);
@@ -595,7 +558,7 @@ static void scenario_close_from_handlers(void) {
       } else {
         check(wait_until(c, watch_released, &r, 5), "lost: released from the handler");
         char on1[128];
-        mock_shard_session(tw_conduit_id(cd), "1", on1, sizeof on1);
+        mock_shard_session(&M, tw_conduit_id(cd), "1", on1, sizeof on1);
         check(strcmp(on1, t0) == 0, "lost: a shard released from the handler is not reassigned (Twitch: %s)", on1);
       }
     }
@@ -626,7 +589,7 @@ static void scenario_verify_mid_assignment(void) {
   ctl("POST", "/shard_patches/release", "{}");
   check(wait_until(c, watch_enabled_state, &r, 5), "then enabled");
   char on1[128];
-  mock_shard_session(tw_conduit_id(cd), "1", on1, sizeof on1);
+  mock_shard_session(&M, tw_conduit_id(cd), "1", on1, sizeof on1);
   check(strcmp(on1, tw_shard_session_id(s1)) == 0, "on its new session on Twitch too");
   tw_client_free(c);
 }

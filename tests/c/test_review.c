@@ -22,59 +22,6 @@
 static mock M;
 static __attribute__((unused)) int leak_reported; /* LeakSanitizer keeps reporting a leak once found */
 
-/* ---- a set of message ids ----------------------------------------------------------- */
-typedef struct idset {
-  char **v;
-  size_t cap, n;
-} idset;
-
-static uint64_t h64(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return h;
-}
-
-static void idset_free(idset *s) {
-  for (size_t i = 0; i < s->cap; i++) free(s->v[i]);
-  free(s->v);
-  memset(s, 0, sizeof *s);
-}
-
-/* returns 1 if added, 0 if already there */
-static int idset_add(idset *s, const char *id) {
-  if ((s->n + 1) * 2 > s->cap) {
-    size_t nc = s->cap ? s->cap * 2 : 1024;
-    char **nv = calloc(nc, sizeof *nv);
-    for (size_t i = 0; i < s->cap; i++)
-      if (s->v[i]) {
-        size_t j = h64(s->v[i]) & (nc - 1);
-        while (nv[j]) j = (j + 1) & (nc - 1);
-        nv[j] = s->v[i];
-      }
-    free(s->v);
-    s->v = nv;
-    s->cap = nc;
-  }
-  size_t j = h64(id) & (s->cap - 1);
-  while (s->v[j]) {
-    if (strcmp(s->v[j], id) == 0) return 0;
-    j = (j + 1) & (s->cap - 1);
-  }
-  s->v[j] = strdup(id);
-  s->n++;
-  return 1;
-}
-
-static int idset_has(const idset *s, const char *id) {
-  if (!s->cap) return 0;
-  size_t j = h64(id) & (s->cap - 1);
-  while (s->v[j]) {
-    if (strcmp(s->v[j], id) == 0) return 1;
-    j = (j + 1) & (s->cap - 1);
-  }
-  return 0;
-}
-
 /* ---- the event handler's record ------------------------------------------------------ */
 typedef struct rec {
   tw_client *c;
@@ -101,21 +48,6 @@ typedef struct rec {
   int big_len;                    /* length of event.big of the last notification */
 } rec;
 
-static const char *ev_name(tw_event_type t) {
-  switch (t) {
-  case TW_EV_NOTIFICATION: return "notification";
-  case TW_EV_REVOCATION: return "revocation";
-  case TW_EV_READY: return "ready";
-  case TW_EV_SHARD_ENABLED: return "shard_enabled";
-  case TW_EV_SHARD_DISABLED: return "shard_disabled";
-  case TW_EV_RECONNECT: return "reconnect";
-  case TW_EV_ERROR: return "error";
-  case TW_EV_TOKEN: return "token";
-  case TW_EV_FREED: return "freed";
-  default: break;
-  }
-  return "?";
-}
 
 static int debug_events;
 
@@ -192,10 +124,6 @@ static void on_event(void *user, const tw_event *ev) {
 }
 
 /* ---- helpers ----------------------------------------------------------------------- */
-static int json_int(cJSON *o, const char *k) {
-  cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-  return cJSON_IsNumber(v) ? v->valueint : -1;
-}
 
 static void reset_emulator(void) {
   cJSON_Delete(mock_call(&M, "POST", "/reset", NULL));
