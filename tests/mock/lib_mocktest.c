@@ -321,6 +321,18 @@ int control(mock_t *m, resp_t *r, const char *method, const char *path, const ch
     return http(r, method, url, body, h);
 }
 
+cJSON *control_json(mock_t *m, const char *method, const char *path, const char *body, long *status)
+{
+    resp_t r;
+    control(m, &r, method, path, body);
+    if (status)
+        *status = r.status;
+    cJSON *o = r.json;
+    r.json = NULL;
+    resp_free(&r);
+    return o;
+}
+
 const cJSON *jget(const cJSON *o, const char *path)
 {
     char buf[256];

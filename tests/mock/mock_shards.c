@@ -21,14 +21,7 @@ static const char *S(const char *s) { return s ? s : ""; }
 
 static cJSON *ctl(const char *method, const char *path, const char *body, long *status)
 {
-    resp_t r;
-    control(&m, &r, method, path, body);
-    if (status)
-        *status = r.status;
-    cJSON *o = r.json;
-    r.json = NULL;
-    resp_free(&r);
-    return o;
+    return control_json(&m, method, path, body, status);
 }
 
 static char *new_conduit(int shards)

@@ -18,14 +18,7 @@ static int msg_is(const resp_t *r, const char *msg)
 
 static cJSON *ctl_json(const char *method, const char *path, const char *body, long *status)
 {
-    resp_t r;
-    control(&m, &r, method, path, body);
-    if (status)
-        *status = r.status;
-    cJSON *o = r.json;
-    r.json = NULL;
-    resp_free(&r);
-    return o;
+    return control_json(&m, method, path, body, status);
 }
 
 static void token_req(resp_t *r, const char *form)

@@ -175,14 +175,7 @@ static void my_hmac(const char *secret, const char *id, const char *ts, const ch
 
 static cJSON *ctl(const char *method, const char *path, const char *body, long *status)
 {
-    resp_t r;
-    control(&m, &r, method, path, body);
-    if (status)
-        *status = r.status;
-    cJSON *o = r.json;
-    r.json = NULL;
-    resp_free(&r);
-    return o;
+    return control_json(&m, method, path, body, status);
 }
 
 struct stw {

@@ -70,14 +70,7 @@ static char *subscribe_as(const char *token, const char *type, const char *versi
 
 static cJSON *ctl(const char *method, const char *path, const char *body, long *status)
 {
-    resp_t r;
-    control(&m, &r, method, path, body);
-    if (status)
-        *status = r.status;
-    cJSON *o = r.json;
-    r.json = NULL;
-    resp_free(&r);
-    return o;
+    return control_json(&m, method, path, body, status);
 }
 
 static cJSON *find_ledger(const char *msg_id)

@@ -41,6 +41,8 @@ const char *resp_header(resp_t *r, const char *name, char *out, size_t n);
 /* helix call with the mock's token and client id; path like "/eventsub/conduits" */
 int helix(mock_t *m, resp_t *r, const char *method, const char *path, const char *body);
 int control(mock_t *m, resp_t *r, const char *method, const char *path, const char *body);
+/* a control call's parsed answer (caller frees; NULL when not JSON), its status in *status */
+cJSON *control_json(mock_t *m, const char *method, const char *path, const char *body, long *status);
 int get_token(mock_t *m);
 /* helix call with another token (a user token) and the mock's client id */
 int helix_as(mock_t *m, const char *token, resp_t *r, const char *method, const char *path,
