@@ -641,7 +641,10 @@ static void conn_end(conn_t *c)
     wt_cancel(&c->t_ping);
     wt_cancel(&c->t_grace);
     wt_cancel(&c->t_assign);
-    confirm_inflight(c, 0);
+    /* frames already handed to the socket: a client that closed with a close frame reads
+     * until our answer, which follows them on the wire, so they reached it; otherwise
+     * nothing says they did */
+    confirm_inflight(c, c->peer_closed && !c->dropped);
     drop_queue(c, "session closed");
     blast_gen_free(c);
     session_t *s = c->sess;
