@@ -7,7 +7,7 @@ CXX      ?= g++
 BUILD    ?= build
 LUA      ?= lua5.4
 LUA_INCDIR ?= /usr/include/lua5.4
-PKGS     := libwebsockets libuv libcjson libcurl openssl
+PKGS     := libwebsockets libuv libcjson libcurl openssl hiredis
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
