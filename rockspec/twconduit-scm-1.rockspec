@@ -22,6 +22,7 @@ external_dependencies = {
   UV = { header = "uv.h", library = "uv" },
   CJSON = { header = "cjson/cJSON.h", library = "cjson" },
   OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
+  HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" },
 }
 build = {
   type = "make",
