@@ -140,6 +140,8 @@ static void on_freed(twl_client *cl, const tw_event *ev) {
       tw_conduit_set_user(ev->conduit, NULL);
       if (cl->nconduits > 0) cl->nconduits--;
     }
+  } else if (ev->wsession != NULL) {
+    twl_wsession_freed(cl, ev);
   }
   cl->sweep = 1;
 }
@@ -170,7 +172,7 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
       lua_pushvalue(L, fr->s_notification);
     else
       lua_pushliteral(L, "revocation");
-    twl_push_bound(L, fr->objs, ev->conduit);
+    twl_push_bound(L, fr->objs, TWL_HOLDER(ev));
     if (m->type)
       lua_pushstring(L, m->type);
     else
@@ -242,7 +244,7 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
     return 5;
   case TW_EV_ERROR:
     lua_pushliteral(L, "error");
-    twl_push_bound(L, fr->objs, ev->conduit);
+    twl_push_bound(L, fr->objs, TWL_HOLDER(ev));
     if (ev->error)
       twl_push_error(L, ev->error);
     else
@@ -254,7 +256,7 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
     lua_pushnil(L);
     return 2;
   default:
-    return -1;
+    return twl_wsession_push_event(L, fr, ev);
   }
 }
 
@@ -919,3 +921,13 @@ void twl_client_open(lua_State *L, int modidx) {
   lua_pushcfunction(L, cl_defaults);
   lua_setfield(L, modidx, "defaults");
 }
+
+/* For other binding files: a pending-callback slot (its Lua function goes into the
+ * PENDING table under r->id), dropped again when the request could not start, and the
+ * tw_response_fn that completes it. */
+twl_req *twl_req_new(twl_client *cl) { return req_new(cl); }
+void twl_req_drop(twl_req *r) {
+  req_unlink(r);
+  free(r);
+}
+void twl_req_response(void *user, const tw_response *r) { on_response(user, r); }

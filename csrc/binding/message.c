@@ -152,6 +152,23 @@ static const char *transport_name(int k) {
   }
 }
 
+/* user value 2 holds the conduit, or the plain websocket session (a table with _session)
+ * the message came on: msg.conduit and msg.session each give theirs, or nil */
+static int push_holder(lua_State *L, int session) {
+  lua_getiuservalue(L, 1, 2);
+  int is_session = 0;
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    lua_pushliteral(L, "_session");
+    is_session = lua_rawget(L, -2) != LUA_TNIL;
+    lua_pop(L, 1);
+  }
+  if (is_session != session) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
 /* __index, a closure whose upvalue is the message metatable (a check without a lookup). */
 static int msg_index(lua_State *L) {
   twl_msg *m = lua_touserdata(L, 1);
@@ -190,6 +207,7 @@ static int msg_index(lua_State *L) {
     break;
   case 's':
     if (strcmp(k, "shard") == 0) return lua_getiuservalue(L, 1, 1), 1;
+    if (strcmp(k, "session") == 0) return push_holder(L, 1);
     if (strcmp(k, "subscription") == 0) {
       if (m->doc && m->sub != TW_JNONE) twl_view_push(L, m->doc, m->sub, 1);
       else lua_pushnil(L);
@@ -197,7 +215,7 @@ static int msg_index(lua_State *L) {
     }
     break;
   case 'c':
-    if (strcmp(k, "conduit") == 0) return lua_getiuservalue(L, 1, 2), 1;
+    if (strcmp(k, "conduit") == 0) return push_holder(L, 0);
     break;
   default:
     break;

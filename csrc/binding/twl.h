@@ -137,6 +137,17 @@ twl_client *twl_check_client(lua_State *L, int idx); /* raises when closed */
 
 int twl_http_sync(lua_State *L);
 
+/* plain websocket sessions (wsession.c) */
+#define TWL_WSESSION_MT "twconduit.wsession"
+/* the object an event belongs to: its websocket session, else its conduit */
+#define TWL_HOLDER(ev) ((ev)->wsession ? (void *)(ev)->wsession : (void *)(ev)->conduit)
+void twl_wsession_open(lua_State *L); /* after twl_client_open: adds client:open_wsession */
+int twl_wsession_push_event(lua_State *L, twl_frame *fr, const tw_event *ev); /* -1: not one of its events */
+void twl_wsession_freed(twl_client *cl, const tw_event *ev);
+twl_req *twl_req_new(twl_client *cl);
+void twl_req_drop(twl_req *r);
+void twl_req_response(void *user, const tw_response *r);
+
 /* seconds -> milliseconds, rounded up, clamped */
 int twl_seconds_to_ms(lua_Number s);
 

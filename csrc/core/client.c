@@ -216,6 +216,7 @@ int tw_client_free(tw_client *c) {
     while (c->timers) tw_timer_cancel(c->timers);
     if (c->hx) tw_helix_state_closing(c->hx);
     tw_conduits_close_all(c);
+    tw_wsessions_close_all(c);
     tw_ws_close_all(c, 1000);
     if (tw_ws_live(c)) drain_sessions(c, 1000);
   }
@@ -226,6 +227,7 @@ int tw_client_free(tw_client *c) {
   if (c->hx) tw_helix_state_closing(c->hx);
   if (c->http) tw_http_free(c->http);
   if (c->hx) tw_helix_free(c->hx);
+  tw_wsessions_free_all(c); /* after the HTTP requests were cancelled (their callbacks ran) */
   if (c->lws) {
     tw_ws_destroy_begin(c);
     if (c->owns_loop) drain_loop(c, 2000);
@@ -384,7 +386,8 @@ bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *
                  .conduit = cd,
                  .shard = s,
                  .msg = m,
-                 .status = m->status};
+                 .status = m->status,
+                 .wsession = m->wsession};
   tw_emit(c, &ev);
   return true;
 }

@@ -14,6 +14,7 @@ typedef struct hreq {
   tw_client *c;
   char *method, *path, *body;
   size_t body_len;
+  char *token;          /* the caller's token (tw_helix_with_token); NULL: the app token */
   tw_response_fn cb;
   void *user;
   unsigned fails;       /* 5xx / network failures so far */
@@ -57,6 +58,8 @@ static void validate(tw_helix_state *hx);
 static uint64_t now_ms(tw_client *c) { return uv_now(c->loop); }
 
 static void hreq_free(hreq *r) {
+  if (r->token) memset(r->token, 0, strlen(r->token));
+  free(r->token);
   free(r->method);
   free(r->path);
   free(r->body);
@@ -290,7 +293,7 @@ static void send_req(tw_helix_state *hx, hreq *r) {
   tw_client *c = hx->c;
   char url[4096], auth[600], cid[300];
   snprintf(url, sizeof url, "%s%s", c->api_base, r->path);
-  snprintf(auth, sizeof auth, "Authorization: Bearer %s", hx->token);
+  snprintf(auth, sizeof auth, "Authorization: Bearer %s", r->token ? r->token : hx->token);
   snprintf(cid, sizeof cid, "Client-Id: %s", c->client_id);
   const char *hdrs[] = {auth, cid, r->body ? "Content-Type: application/json" : "Accept: application/json", NULL};
   r->token_gen = hx->token_gen;
@@ -355,7 +358,7 @@ static void on_response(void *user, const tw_http_result *res) {
   tw_client *c = r->c;
   tw_helix_state *hx = c->hx;
   hx->inflight--;
-  bool fresh = r->sent_seq > hx->seq_at_429; /* sent after the last 429 was seen */
+  bool fresh = r->sent_seq > hx->seq_at_429 && !r->token; /* sent after the last 429 was seen, with the app token */
   if (fresh && res->rl_remaining >= 0) hx->rl_remaining = res->rl_remaining;
   if (fresh && res->rl_reset >= 0 && (double)res->rl_reset > hx->rl_reset) hx->rl_reset = (double)res->rl_reset;
   c->stats.ratelimit_remaining = hx->rl_remaining;
@@ -363,7 +366,7 @@ static void on_response(void *user, const tw_http_result *res) {
   tw_error err;
   tw_err_clear(&err);
 
-  if (st == 401 && !r->retried_401 && c->client_secret) {
+  if (st == 401 && !r->retried_401 && c->client_secret && !r->token) {
     r->retried_401 = true;
     c->stats.helix_retries++;
     if (r->token_gen == hx->token_gen && hx->tstate == TOK_OK) {
@@ -428,20 +431,29 @@ static void on_response(void *user, const tw_http_result *res) {
 }
 
 static int helix_queue(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
-                       tw_response_fn cb, void *user, tw_error *err, bool urgent);
+                       tw_response_fn cb, void *user, tw_error *err, bool urgent, const char *token);
 
 int tw_helix(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
              tw_response_fn cb, void *user, tw_error *err) {
-  return helix_queue(c, method, path, body, body_len, cb, user, err, false);
+  return helix_queue(c, method, path, body, body_len, cb, user, err, false, NULL);
+}
+
+int tw_helix_with_token(tw_client *c, const char *token, const char *method, const char *path, const char *body,
+                        size_t body_len, tw_response_fn cb, void *user, tw_error *err) {
+  if (!token || !*token) {
+    tw_err_set(err, "invalid_argument", 0, "helix: a token is required");
+    return TW_EINVAL;
+  }
+  return helix_queue(c, method, path, body, body_len, cb, user, err, false, token);
 }
 
 int tw_helix_urgent(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
                     tw_response_fn cb, void *user, tw_error *err) {
-  return helix_queue(c, method, path, body, body_len, cb, user, err, true);
+  return helix_queue(c, method, path, body, body_len, cb, user, err, true, NULL);
 }
 
 static int helix_queue(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
-                       tw_response_fn cb, void *user, tw_error *err, bool urgent) {
+                       tw_response_fn cb, void *user, tw_error *err, bool urgent, const char *token) {
   if (!c || !method || !path || path[0] != '/') {
     tw_err_set(err, "invalid_argument", 0, "helix: method and a path starting with '/' are required");
     return TW_EINVAL;
@@ -464,7 +476,8 @@ static int helix_queue(tw_client *c, const char *method, const char *path, const
     r->body = tw_strndup(body, body_len);
     r->body_len = body_len;
   }
-  if (!r->method || !r->path || (body && !r->body)) {
+  if (token) r->token = tw_strdup(token);
+  if (!r->method || !r->path || (body && !r->body) || (token && !r->token)) {
     hreq_free(r);
     goto nomem;
   }

@@ -107,6 +107,15 @@ bool tw_ws_welcomed(const tw_session *ss);
 void tw_ws_close_all(tw_client *c, int code);
 size_t tw_ws_live(const tw_client *c);
 
+/* tw_helix with a token of the caller's (a user token) instead of the app token: no app
+ * token refresh on 401, the app's rate-limit bucket is not updated from its answers. */
+int tw_helix_with_token(tw_client *c, const char *token, const char *method, const char *path, const char *body,
+                        size_t body_len, tw_response_fn cb, void *user, tw_error *err);
+
+/* ---- plain websocket sessions (wsession.c) ---- */
+void tw_wsessions_close_all(tw_client *c); /* no more reconnects; close frames */
+void tw_wsessions_free_all(tw_client *c);
+
 /* ---- conduit pool (conduit.c) ---- */
 void tw_conduits_free_all(tw_client *c);
 /* Notifies every conduit that the client is closing (sockets get close frames). */
@@ -144,6 +153,7 @@ struct tw_client {
   void *ssl_ctx; /* SSL_CTX for wss, made on first use */
 
   struct tw_conduit *conduits; /* list */
+  struct tw_wsession *wsessions; /* plain websocket sessions (wsession.c) */
   struct tw_timer *timers;     /* list of live timers */
   uint64_t rng;
   tw_client_stats stats;

@@ -51,6 +51,7 @@ typedef struct tw_error {
 typedef struct tw_client tw_client;
 typedef struct tw_conduit tw_conduit;
 typedef struct tw_shard tw_shard;
+typedef struct tw_wsession tw_wsession; /* plain websocket mode (below) */
 
 /* ------------------------------------------------------------------------------------ */
 /* Client                                                                               */
@@ -155,11 +156,19 @@ typedef enum tw_event_type {
   TW_EV_FREED,            /* conduit or shard is being freed: drop every pointer to it */
   TW_EV_CONDUIT_STARTED,  /* conduit: its id and shard count are known; shards connecting */
   TW_EV_SHARD_RELEASED,   /* shard released: its socket is closed; TW_EV_FREED follows */
-  TW_EV_SHARD_LOST        /* verification: Twitch points the shard elsewhere than this process
+  TW_EV_SHARD_LOST,       /* verification: Twitch points the shard elsewhere than this process
                              believes. status = Twitch's status, twitch = Twitch's transport,
                              error set. Unless a handler holds or releases the shard, or the
                              conduit's lost policy is TW_LOST_REPORT, the shard is reassigned
                              after the handlers return. */
+  TW_EV_WS_CONNECTED = 64,/* wsession: welcomed on a NEW session (the first, or after a close
+                             that was not a session_reconnect): Twitch holds no subscription
+                             for it, the owner creates them (again) */
+  TW_EV_WS_RECONNECTED,   /* wsession: session_reconnect done, the same session on a new
+                             socket; its subscriptions are kept */
+  TW_EV_WS_DISCONNECTED,  /* wsession: its socket closed (once per outage); status, error set;
+                             it reconnects with backoff */
+  TW_EV_WS_TOKEN          /* wsession: the user token was refreshed (tw_wsession_token) */
 } tw_event_type;
 
 /* How a message reached this process. */
@@ -190,6 +199,7 @@ typedef struct tw_msg {
   const char *status;            /* the subscription's status, NULL when absent */
   int strings_in_doc;            /* 1: id, type, version, timestamp, status point into doc
                                     (a reference on doc keeps them); 0: copy them to keep */
+  tw_wsession *wsession;         /* the plain websocket session it came on; NULL otherwise */
 } tw_msg;
 
 /* Decodes a websocket message's envelope ({metadata, payload}) into m, when it is a
@@ -218,6 +228,7 @@ typedef struct tw_event {
   const char *status;      /* see above; borrowed */
   const tw_error *error;   /* borrowed; NULL when none */
   const tw_transport_info *twitch; /* TW_EV_SHARD_LOST: what Twitch shows */
+  tw_wsession *wsession;   /* plain websocket mode: the session object; NULL otherwise */
 } tw_event;
 
 typedef void (*tw_event_fn)(void *user, const tw_event *ev);
@@ -359,6 +370,64 @@ TW_API int tw_conduit_verify(tw_conduit *cd, tw_op_fn cb, void *user, tw_error *
 enum { TW_LOST_REASSIGN = 0, TW_LOST_REPORT = 1 };
 /* What a lost shard gets after TW_EV_SHARD_LOST: reassigned (default) or only reported. */
 TW_API void tw_conduit_set_lost_policy(tw_conduit *cd, int policy);
+
+/* ------------------------------------------------------------------------------------ */
+/* Plain websocket mode: one EventSub websocket session whose subscriptions are made with
+ * a user access token (transport {method "websocket", session_id}), without a conduit.
+ * The token is validated first (login, user_id, scopes), then every validate_interval_s;
+ * with a refresh token and the client's client_secret it is refreshed when Twitch refuses
+ * it or before it expires (TW_EV_WS_TOKEN). At most 3 sessions per user run in one client
+ * (Twitch's limit: a 4th fails with "too_many_sessions"). The session reconnects with
+ * backoff; a session_reconnect keeps the session (TW_EV_WS_RECONNECTED), any other
+ * reconnect makes a new one (TW_EV_WS_CONNECTED: its subscriptions must be made again).
+ * Notifications go through the client's de-duplication like a conduit's, with
+ * ev->wsession (and msg->wsession) set. */
+typedef struct tw_wsession_opts {
+  const char *access_token;  /* a user access token (required) */
+  const char *refresh_token; /* optional; used with the client's client_secret */
+} tw_wsession_opts;
+
+/* Opens the session (validation, then the socket). Owned by the client (freed by
+ * tw_wsession_close or tw_client_free; TW_EV_FREED with ev->wsession comes first). */
+TW_API tw_wsession *tw_wsession_open(tw_client *c, const tw_wsession_opts *o, tw_error *err);
+/* Closes the socket with a close handshake; the object is freed once it is gone and its
+ * requests have been answered. Safe from callbacks; idempotent. */
+TW_API void tw_wsession_close(tw_wsession *ws);
+/* "validating", "connecting", "connected", "idle" (backoff), "failed" (token refused, or
+ * too many sessions: no socket), "closing" */
+TW_API const char *tw_wsession_state(const tw_wsession *ws);
+TW_API const char *tw_wsession_session_id(const tw_wsession *ws); /* the last welcomed; NULL before */
+TW_API const char *tw_wsession_user_id(const tw_wsession *ws);    /* NULL until validated */
+TW_API const char *tw_wsession_login(const tw_wsession *ws);
+TW_API size_t tw_wsession_nscopes(const tw_wsession *ws);
+TW_API const char *tw_wsession_scope(const tw_wsession *ws, size_t i);
+TW_API const char *tw_wsession_token(const tw_wsession *ws);         /* borrowed */
+TW_API const char *tw_wsession_refresh_token(const tw_wsession *ws); /* NULL when none */
+/* The last error that failed the session (state "failed"); NULL otherwise. */
+TW_API const tw_error *tw_wsession_error(const tw_wsession *ws);
+TW_API void tw_wsession_set_user(tw_wsession *ws, void *user);
+TW_API void *tw_wsession_user(const tw_wsession *ws);
+
+typedef struct tw_wsession_stats {
+  uint64_t notifications, duplicates, keepalives;
+  uint64_t connects;        /* sockets opened */
+  uint64_t sessions;        /* new sessions welcomed (TW_EV_WS_CONNECTED) */
+  uint64_t reconnects;      /* session_reconnect handled */
+  uint64_t outages;         /* TW_EV_WS_DISCONNECTED */
+  uint64_t failed_connects; /* sockets that ended before a welcome */
+  uint64_t bytes;
+  uint64_t token_validations, token_refreshes;
+  int last_close_code;
+} tw_wsession_stats;
+TW_API void tw_wsession_get_stats(const tw_wsession *ws, tw_wsession_stats *out);
+
+/* A Helix request with the session's user token (the client's queue, Client-Id, retries).
+ * A 401 refreshes the token once when that is possible and sends the request again. The
+ * answers of Create EventSub Subscription about the websocket limits get their own codes:
+ * "too_many_sessions" (429, websocket transports), "too_many_subscriptions" (429, per
+ * transport), "session_not_connected" (400, the session is gone). */
+TW_API int tw_wsession_helix(tw_wsession *ws, const char *method, const char *path, const char *body,
+                             size_t body_len, tw_response_fn cb, void *user, tw_error *err);
 
 /* ------------------------------------------------------------------------------------ */
 /* Timers on the client's loop (for bindings and hosts: sleeps, policies, deadlines)     */

@@ -7,6 +7,7 @@ local events = require "twconduit.events"
 local Conduit = require "twconduit.conduit"
 local Shard = require "twconduit.shard"
 local Subscription = require "twconduit.subscription"
+local WSession = require "twconduit.wsession"
 
 local traceback = debug.traceback
 local resume = coroutine.resume
@@ -311,8 +312,11 @@ local function chain(client, obj, conduit, name, a1, a2, a3)
   if l then run(list_plan(l, obj or conduit), 1, conduit, a1, a2, a3) end
 end
 
+Client._chain = chain
+
 function Client:_event(kind, conduit, a, b, c, _, e)
   if type(conduit) == "userdata" then conduit = nil end
+  if WSession.event(self, kind, conduit, a, b) then return end -- a websocket session's own
   if kind == "revocation" then
     -- a: type, b: message, c: subscription view, d: shard, e: status
     local id = c and c.id
@@ -364,7 +368,7 @@ function Client.new(opts)
   if not ud then return nil, err end
   local self = setmetatable({
     _core = ud, _h = {}, _opts = ud:options(), _conduits = {}, _subs = {}, _closed = false,
-    _waiting = {},
+    _waiting = {}, _wsessions = {},
   }, Client)
   ud:set_dispatcher(make_dispatcher(self))
   return self
@@ -475,6 +479,23 @@ function Client:open_conduits()
   local out = {}
   for i, c in ipairs(self._conduits) do out[i] = c end
   return out
+end
+
+--- Plain websocket mode (lua/twconduit/wsession.lua): one session with a user token.
+function Client:websocket_session(opts) return WSession.open(self, opts) end
+
+--- The websocket session objects this client opened and did not close.
+function Client:websocket_sessions()
+  check_open(self)
+  local out = {}
+  for i, s in ipairs(self._wsessions) do out[i] = s end
+  return out
+end
+
+function Client:_forget_wsession(s)
+  for i, x in ipairs(self._wsessions) do
+    if x == s then table.remove(self._wsessions, i); return end
+  end
 end
 
 function Client:_forget_conduit(c)

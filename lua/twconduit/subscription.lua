@@ -31,6 +31,7 @@ events.methods(Subscription, ALLOWED)
 
 --- Deletes the subscription on Twitch (async). Returns true | nil, err.
 function Subscription:delete()
+  if self._session then return self._session:_delete(self) end -- made with a user token
   local ok, err = self._client:delete_subscription(self.id)
   if ok then self.status = "deleted" end
   return ok, err
