@@ -7,6 +7,7 @@ local Client = require "twconduit.client"
 local Conduit = require "twconduit.conduit"
 local Shard = require "twconduit.shard"
 local Subscription = require "twconduit.subscription"
+local WSession = require("twconduit.wsession").WSession
 
 local M = {
   VERSION = core.VERSION,
@@ -42,6 +43,7 @@ function M.type(v)
   if mt == Conduit then return v._ud:closed() and "closed conduit" or "conduit" end
   if mt == Shard then return v._ud:closed() and "closed shard" or "shard" end
   if mt == Subscription then return "subscription" end
+  if mt == WSession then return v._ud:closed() and "closed websocket_session" or "websocket_session" end
   if mt == errors.mt then return "error" end
   if core.isview(v) then return "view" end
   if type(v) == "userdata" and mt and mt.__name == "twconduit.message" then return "message" end

@@ -232,6 +232,11 @@ function WSession:subscribe(spec)
     local data
     data, err = self:_create(want, sid)
     if data then
+      local known = client._subs[data.id]
+      if known and known._session == self then -- already made here (a 409)
+        known:_update(data)
+        return known
+      end
       local sub = Subscription.new(client, data, nil)
       sub._session, sub._spec = self, want
       self._subs[#self._subs + 1] = sub
