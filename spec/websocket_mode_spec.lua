@@ -95,6 +95,14 @@ describe("client:websocket_session", function()
     -- an existing subscription (409) resolves to the same one on Twitch
     local again = assert(s:subscribe(chat(u, "7001")))
     assert.equal(sub.id, again.id)
+    -- Twitch's answer for a session that is not connected has its own code
+    local body, err = s:helix("POST", "/eventsub/subscriptions", { body = {
+      type = "channel.chat.message", version = "1",
+      condition = { broadcaster_user_id = "7002", user_id = u.user_id },
+      transport = { method = "websocket", session_id = "AgoQnotasessionatallxxxxxxxx" } } })
+    assert.is_nil(body)
+    assert.equal("session_not_connected", err.code)
+    assert.equal(400, err.status)
     -- deleting uses the user token
     assert(sub:delete())
     assert.equal("deleted", sub.status)
@@ -142,6 +150,33 @@ describe("client:websocket_session", function()
     assert_exactly_once(r, all)
     assert.equal(2, s:stats().sessions)
     assert.equal(1, s:stats().outages)
+  end)
+
+  it("does not make a revoked subscription again on a new session", function()
+    local c = H.client(m)
+    finally(function() c:close() end)
+    local u = user("wsbot11")
+    local s = ready_session(c, u)
+    local keep = assert(s:subscribe(chat(u, "7801")))
+    local gone = assert(s:subscribe(chat(u, "7802")))
+    local revoked = H.counter()
+    gone:on("revocation", revoked.fn)
+    local on_session = H.counter()
+    s:on("revocation", on_session.fn)
+    assert(m:revoke(gone.id, "authorization_revoked"))
+    H.wait_until(c, function() return revoked.n >= 1 end, 5, "the revocation")
+    assert.equal(gone, revoked.args[1][1])
+    assert.equal("authorization_revoked", gone.status)
+    assert.equal(1, on_session.n)
+    local connected = H.counter()
+    s:on("session_connected", connected.fn)
+    local before = creates()
+    assert(m:drop_session(s.session_id))
+    H.wait_until(c, function() return connected.n >= 1 and keep.transport.session_id == s.session_id end,
+      10, "the kept subscription on the new session")
+    H.drain(c, 0.2)
+    assert.equal(1, creates() - before)
+    assert.equal("authorization_revoked", gone.status)
   end)
 
   it("keeps its subscriptions through a session_reconnect (no Create call)", function()

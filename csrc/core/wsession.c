@@ -40,6 +40,7 @@ struct tw_wsession {
   tw_session *old_ss;  /* a socket being closed after a session_reconnect: it still delivers */
   char *session_id;
   bool validated, outage, closing, freed, refreshing, fail_refresh;
+  bool fresh_token;    /* refreshed and not validated since: a 401 now is not refreshed again */
   unsigned attempt;    /* reconnect (or initial validation) attempts in a row */
   int pending;         /* HTTP and Helix requests in flight */
   hop *hv, *hr;        /* the validation and the refresh in flight */
@@ -220,7 +221,7 @@ static void on_closed(void *owner, tw_session *ss, int code, const char *why) {
     tw_error e;
     const char *ecode = code >= 4000 ? close_code_name(code) : was_up ? "websocket_closed" : "websocket_url";
     tw_err_set(&e, ecode, code, "the websocket session closed (%s); it reconnects", why && *why ? why : "no reason");
-    emit(ws, TW_EV_WS_DISCONNECTED, code ? tw_close_status(code) : "websocket_disconnected", &e);
+    emit(ws, TW_EV_WS_DISCONNECTED, tw_close_status(code), &e);
     if (ws->closing) {
       maybe_free(ws);
       return;
@@ -304,7 +305,7 @@ static void on_validate(void *user, const tw_http_result *r) {
   }
   tw_error e;
   if (r->status == 401) {
-    if (can_refresh(ws)) {
+    if (can_refresh(ws) && !ws->fresh_token) {
       refresh(ws);
       return;
     }
@@ -361,6 +362,7 @@ static void on_validate(void *user, const tw_http_result *r) {
     ws->expires_at = exp > 0 ? tw_wall_now() + exp : 0;
   }
   if (d) tw_json_unref(d);
+  ws->fresh_token = false;
   if (e.code[0]) {
     if (!ws->validated) fail(ws, &e);
     else emit_error(ws, &e);
@@ -447,6 +449,7 @@ static void on_refresh(void *user, const tw_http_result *r) {
     ws->expires_at = exp > 0 ? tw_wall_now() + exp : 0;
     tw_json_unref(d);
     ws->st.token_refreshes++;
+    ws->fresh_token = true;
     if (!ws->closing) emit(ws, TW_EV_WS_TOKEN, NULL, NULL);
     release_parked(ws, NULL);
     validate(ws); /* login, user id and scopes of the new token; the first validation goes on from here */
