@@ -212,12 +212,14 @@ describe("client:websocket_session", function()
     local u = user("wsbot4")
     local s = ready_session(c, u)
     local made, failed = 0, nil
-    for i = 1, 300 do
+    local refused -- the 301st, asked while the 300 are being made
+    for i = 1, 301 do
       twconduit.spawn(function()
         local sub, err = s:subscribe(chat(u, tostring(80000 + i)))
-        if sub then made = made + 1 else failed = err end
+        if sub then made = made + 1 elseif i == 301 then refused = err else failed = err end
       end)
     end
+    assert.equal("too_many_subscriptions", refused.code) -- at once: 300 are in flight
     H.wait_until(c, function() return made + (failed and 1 or 0) >= 300 end, 30, "300 subscriptions")
     assert.is_nil(failed)
     assert.equal(300, made)

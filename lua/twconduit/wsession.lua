@@ -220,10 +220,20 @@ function WSession:subscribe(spec)
   check_open(self)
   local client = self._client
   client:_check_sub_spec(spec, "subscribe", false)
-  if active_count(self) >= MAX_SUBS then
+  local n = active_count(self) + self._creating
+  if n >= MAX_SUBS then
     return nil, errors.new("too_many_subscriptions",
-      ("a websocket session holds at most %d subscriptions; this one has %d"):format(MAX_SUBS, MAX_SUBS))
+      ("a websocket session holds at most %d subscriptions; this one has %d%s"):format(MAX_SUBS,
+        active_count(self), self._creating > 0 and (" and %d being made"):format(self._creating) or ""))
   end
+  self._creating = self._creating + 1
+  local sub, err = self:_subscribe(spec)
+  self._creating = self._creating - 1
+  return sub, err
+end
+
+function WSession:_subscribe(spec)
+  local client = self._client
   local want = { type = spec.type, version = spec.version or "1", condition = spec.condition }
   for _ = 1, 3 do
     local ok, err = self:wait_ready(client._opts.http_timeout * 4)
@@ -356,7 +366,7 @@ function M.open(client, opts)
   local ud, err = client._core:open_wsession(opts)
   if not ud then return nil, err end
   local self = setmetatable({ _client = client, _ud = ud, _h = {}, _watchers = {}, _subs = {},
-    _session = true }, WSession)
+    _creating = 0, _session = true }, WSession)
   ud:bind(self)
   client._wsessions[#client._wsessions + 1] = self
   return self
