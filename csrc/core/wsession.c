@@ -187,12 +187,12 @@ static void on_session_error(void *owner, tw_session *ss, const tw_error *e) {
 
 static void on_closed(void *owner, tw_session *ss, int code, const char *why) {
   tw_wsession *ws = owner;
-  if (code) ws->st.last_close_code = code;
-  if (ss == ws->old_ss) {
+  if (ss == ws->old_ss) { /* retired after a session_reconnect: its close is ours */
     ws->old_ss = NULL;
     maybe_free(ws);
     return;
   }
+  if (code) ws->st.last_close_code = code;
   if (ss == ws->next_ss) {
     ws->next_ss = NULL;
     if (ws->ss && !ws->closing) {
