@@ -56,6 +56,13 @@ static void validate(tw_helix_state *hx);
 
 static uint64_t now_ms(tw_client *c) { return uv_now(c->loop); }
 
+/* Response body caps: OAuth and the conduit endpoints answer a few KB (a page of shards
+ * is ~20 KB); anything else up to 16 MB. */
+#define CAP_OAUTH ((size_t)64 << 10)
+static size_t body_cap(const char *path) {
+  return strncmp(path, "/eventsub/conduits", 18) == 0 ? (size_t)1 << 20 : (size_t)16 << 20;
+}
+
 static void hreq_free(hreq *r) {
   free(r->method);
   free(r->path);
@@ -138,7 +145,10 @@ static void on_token(void *user, const tw_http_result *r) {
   if (hx->closing || r->status < 0) return;
   tw_error err;
   tw_err_clear(&err);
-  if (r->status == 200) {
+  if (r->too_large) {
+    tw_err_set(&err, "response_too_large", 0, "app token request failed: response too large (over %zu bytes)",
+               CAP_OAUTH);
+  } else if (r->status == 200) {
     tw_json *d = tw_json_parse(r->body, r->body_len, NULL, 0);
     size_t n = 0;
     const char *tok = d ? tw_json_str(d, tw_json_get(d, 0, "access_token", 12), &n) : NULL;
@@ -202,7 +212,9 @@ static void fetch_token(tw_helix_state *hx) {
   snprintf(url, sizeof url, "%s/token", c->auth_base);
   const char *hdrs[] = {"Content-Type: application/x-www-form-urlencoded", "Accept: application/json", NULL};
   c->stats.token_fetches++;
-  if (!tw_http_start(c->http, "POST", url, hdrs, body.p, body.len, (long)(c->http_timeout_s * 1000), on_token, hx)) {
+  tw_http_req *hr = tw_http_start(c->http, "POST", url, hdrs, body.p, body.len, (long)(c->http_timeout_s * 1000), on_token, hx);
+  tw_http_set_max_body(hr, CAP_OAUTH);
+  if (!hr) {
     tw_error err;
     tw_err_set(&err, "network", 0, "could not start the token request");
     hx->tstate = TOK_NONE;
@@ -269,7 +281,9 @@ static void validate(tw_helix_state *hx) {
   snprintf(auth, sizeof auth, "Authorization: OAuth %s", hx->token);
   const char *hdrs[] = {auth, NULL};
   c->stats.token_validations++;
-  if (!tw_http_start(c->http, "GET", url, hdrs, NULL, 0, (long)(c->http_timeout_s * 1000), on_validate, hx)) {
+  tw_http_req *hr = tw_http_start(c->http, "GET", url, hdrs, NULL, 0, (long)(c->http_timeout_s * 1000), on_validate, hx);
+  tw_http_set_max_body(hr, CAP_OAUTH);
+  if (!hr) {
     tw_error err;
     tw_err_set(&err, "network", 0, "could not start the token validation");
     if (hx->tstate == TOK_VALIDATING) hx->tstate = TOK_OK;
@@ -298,8 +312,10 @@ static void send_req(tw_helix_state *hx, hreq *r) {
   hx->inflight++;
   c->stats.helix_requests++;
   if (hx->rl_remaining > 0) hx->rl_remaining--; /* optimistic until the answer says */
-  if (!tw_http_start(c->http, r->method, url, hdrs, r->body, r->body_len, (long)(c->http_timeout_s * 1000),
-                     on_response, r)) {
+  tw_http_req *hr = tw_http_start(c->http, r->method, url, hdrs, r->body, r->body_len,
+                                  (long)(c->http_timeout_s * 1000), on_response, r);
+  tw_http_set_max_body(hr, body_cap(r->path));
+  if (!hr) {
     hx->inflight--;
     tw_error err;
     tw_err_set(&err, "network", 0, "could not start the request");
@@ -391,7 +407,7 @@ static void on_response(void *user, const tw_http_result *res) {
       return;
     }
   }
-  if ((st == 0 || st >= 500) && r->fails < (unsigned)c->http_retries) {
+  if ((st == 0 || st >= 500) && !res->too_large && r->fails < (unsigned)c->http_retries) {
     r->not_before = now_ms(c) + tw_backoff_ms(&c->rng, 0.25, 8, r->fails);
     r->fails++;
     c->stats.helix_retries++;
@@ -411,7 +427,10 @@ static void on_response(void *user, const tw_http_result *res) {
     }
   } else {
     char m[200];
-    if (st == 0) {
+    if (res->too_large) {
+      tw_err_set(&err, "response_too_large", 0, "%s %s: response too large (over %zu bytes)", r->method, r->path,
+                 body_cap(r->path));
+    } else if (st == 0) {
       tw_err_set(&err, strstr(res->curl_error, "imed out") ? "timeout" : "network", 0, "%s %s: %s", r->method,
                  r->path, res->curl_error);
     } else {
