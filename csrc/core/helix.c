@@ -548,3 +548,7 @@ void tw_helix_free(tw_helix_state *hx) {
   uv_close((uv_handle_t *)&hx->validate_timer, close_cb);
   uv_close((uv_handle_t *)&hx->token_retry_timer, close_cb);
 }
+
+void tw_helix_error_message(const char *body, size_t len, char *out, size_t outlen, const char *fallback) {
+  body_message(body, len, out, outlen, fallback);
+}

@@ -4,6 +4,7 @@
  * curl's timeout (CURLMOPT_TIMERFUNCTION). Completions are collected with
  * curl_multi_info_read after curl returns, and only then handed to callbacks, so the
  * callbacks may start new requests freely. */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -193,17 +194,20 @@ static int header_int(const char *p, size_t n, const char *name, int64_t *out) {
   return 1;
 }
 
-static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
-  tw_http_req *r = ud;
-  size_t len = sz * n;
+void tw_http_header_line(const char *p, size_t len, int *limit, int *remaining, int64_t *reset) {
   int64_t v;
   if (len >= 7 && strncmp(p, "HTTP/", 5) == 0) { /* a new response (redirect/100): reset */
-    r->rl_limit = r->rl_remaining = -1;
-    r->rl_reset = -1;
-  } else if (header_int(p, len, "ratelimit-remaining", &v)) r->rl_remaining = (int)v;
-  else if (header_int(p, len, "ratelimit-limit", &v)) r->rl_limit = (int)v;
-  else if (header_int(p, len, "ratelimit-reset", &v)) r->rl_reset = v;
-  return len;
+    *limit = *remaining = -1;
+    *reset = -1;
+  } else if (header_int(p, len, "ratelimit-remaining", &v)) *remaining = v > INT_MAX ? INT_MAX : (int)v;
+  else if (header_int(p, len, "ratelimit-limit", &v)) *limit = v > INT_MAX ? INT_MAX : (int)v;
+  else if (header_int(p, len, "ratelimit-reset", &v)) *reset = v;
+}
+
+static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
+  tw_http_req *r = ud;
+  tw_http_header_line(p, sz * n, &r->rl_limit, &r->rl_remaining, &r->rl_reset);
+  return sz * n;
 }
 
 tw_http_req *tw_http_start(tw_http *h, const char *method, const char *url, const char *const *headers,

@@ -69,12 +69,17 @@ tw_http_req *tw_http_start(tw_http *h, const char *method, const char *url, cons
 /* The largest response body the request accepts (default 64 MB); past it the transfer
  * fails with too_large set. */
 void tw_http_set_max_body(tw_http_req *r, size_t max);
+/* One response header line (as curl hands it, CRLF included): a status line resets the
+ * rate-limit fields, Ratelimit-Limit / -Remaining / -Reset set them. */
+void tw_http_header_line(const char *p, size_t len, int *limit, int *remaining, int64_t *reset);
 
 /* ---- Helix + OAuth (helix.c) ---- */
 typedef struct tw_helix_state tw_helix_state;
 tw_helix_state *tw_helix_new(tw_client *c);
 void tw_helix_free(tw_helix_state *hx);
 void tw_helix_state_closing(tw_helix_state *hx);
+/* The "message" of a Twitch error body, or fallback, into out. */
+void tw_helix_error_message(const char *body, size_t len, char *out, size_t outlen, const char *fallback);
 /* tw_helix, queued ahead of other requests (shard assignment must beat the 10 s window) */
 int tw_helix_urgent(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
                     tw_response_fn cb, void *user, tw_error *err); /* stop sending; cancelled replies are ignored */

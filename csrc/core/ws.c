@@ -471,6 +471,7 @@ static void on_handshake_rx(tw_session *ss, const unsigned char *in, size_t len)
     return;
   }
   size_t head = (size_t)(end - ss->hs.p) + 4;
+  end[2] = 0; /* the searches below stay inside the head (the frames after it are not text) */
   int status = 0;
   if (sscanf(ss->hs.p, "HTTP/1.%*d %d", &status) != 1 || status != 101) {
     snprintf(ss->why, sizeof ss->why, "websocket upgrade refused (HTTP %d)", status);
