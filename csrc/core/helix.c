@@ -126,6 +126,30 @@ static void body_message(const char *body, size_t len, char *out, size_t outlen,
   tw_json_unref(d);
 }
 
+/* A server's message may quote what it was sent: the client secret and the tokens are
+ * starred out of it before it goes into a report. */
+static void star(char *s, const char *secret) {
+  size_t n = secret ? strlen(secret) : 0, len = strlen(s);
+  if (!n) return;
+  for (char *p = strstr(s, secret); p; p = strstr(p + n, secret)) memset(p, '*', n);
+  for (size_t k = n - 1 < len ? n - 1 : len; k >= 4; k--) /* cut off at the end of the message */
+    if (memcmp(s + len - k, secret, k) == 0) {
+      memset(s + len - k, '*', k);
+      break;
+    }
+}
+static void redact(const tw_client *c, char *s) {
+  const char *secrets[] = {c->client_secret, c->given_token, c->hx ? c->hx->token : NULL};
+  for (size_t i = 0; i < 3; i++) {
+    if (!secrets[i]) continue;
+    star(s, secrets[i]);
+    tw_buf enc = {0}; /* as a form body quotes it */
+    url_encode(&enc, secrets[i]);
+    if (enc.p) star(s, enc.p);
+    tw_buf_free(&enc);
+  }
+}
+
 static void set_token(tw_helix_state *hx, const char *tok, size_t len, double expires_in) {
   free(hx->token);
   hx->token = tw_strndup(tok, len);
@@ -175,10 +199,12 @@ static void on_token(void *user, const tw_http_result *r) {
     }
     char m[160];
     body_message(r->body, r->body_len, m, sizeof m, r->status ? "server error" : r->curl_error);
+    redact(c, m);
     tw_err_set(&err, r->status ? "auth_failed" : "network", r->status, "app token request failed: %s", m);
   } else {
     char m[160];
     body_message(r->body, r->body_len, m, sizeof m, "rejected");
+    redact(c, m);
     tw_err_set(&err, "auth_failed", r->status, "app token request failed (%d): %s", r->status, m);
   }
   hx->tstate = TOK_NONE;
@@ -435,6 +461,7 @@ static void on_response(void *user, const tw_http_result *res) {
                  r->path, res->curl_error);
     } else {
       body_message(res->body, res->body_len, m, sizeof m, "request failed");
+      redact(c, m);
       const char *code = tw_http_code(st);
       if (st == 429 && res->rl_remaining > 0) code = "limit_exceeded";
       if (st == 401 && !c->client_secret) code = "unauthorized";

@@ -9,6 +9,7 @@
 #include <libwebsockets.h>
 
 #include "support.h"
+#include "hostile.h"
 
 static mock M;
 static char *reported; /* every error code, message and status the client reported */
@@ -98,6 +99,27 @@ static void ctl(const char *method, const char *path, const char *body) {
   cJSON_Delete(mock_call(&M, method, path, body));
 }
 
+/* A server that quotes the request back in its error messages: the OAuth request's body
+ * (the client secret) when arg is "token", else the Helix request's Authorization
+ * header (the token), which it hands out itself. */
+static void srv_echo(int fd, const char *req, void *arg) {
+  char quoted[2048] = "", body[2400];
+  const char *what = strcmp(arg, "token") == 0 || !strstr(req, "/oauth2/token") ? strstr(req, "\r\n\r\n") : NULL;
+  if (strcmp(arg, "token") != 0 && strstr(req, "/oauth2/token")) {
+    hs_json(fd, 200, "{\"access_token\":\"echoed-token-5d1c7e90\",\"expires_in\":3600}");
+    return;
+  }
+  if (strstr(req, "/oauth2/validate")) {
+    hs_json(fd, 200, "{\"client_id\":\"twconduit-mock-client\",\"expires_in\":3600}");
+    return;
+  }
+  if (strcmp(arg, "token") != 0) what = strcasestr(req, "Authorization:");
+  for (size_t i = 0; what && what[i] && i < sizeof quoted - 1; i++) /* JSON-safe: no quotes, no control bytes */
+    quoted[i] = what[i] == '"' || what[i] == '\\' || (unsigned char)what[i] < 32 ? ' ' : what[i];
+  snprintf(body, sizeof body, "{\"status\":400,\"message\":\"refused: %s\"}", quoted);
+  hs_json(fd, strcmp(arg, "token") == 0 ? 400 : 403, body);
+}
+
 int main(void) {
   if (mock_start(&M) != 0) { /* before stderr is captured: the emulator's own output is not the client's */
     ok(0, "the emulator starts");
@@ -165,6 +187,27 @@ int main(void) {
   if (client(&r, M.client_secret, NULL, https_api, NULL, NULL)) {
     ok(helix_get(&r, "/eventsub/conduits") && r.errors >= 0, "Helix over TLS to a plain server fails");
     tw_client_free(r.c);
+  }
+
+  /* servers that quote the secret or the token back in their error messages */
+  hserver es;
+  char api[128], auth[128];
+  if (hs_start(&es, srv_echo, "token") == 0) {
+    snprintf(auth, sizeof auth, "http://%s/oauth2", es.base);
+    if (client(&r, M.client_secret, NULL, NULL, auth, NULL)) {
+      ok(helix_get(&r, "/eventsub/conduits") && r.errors > 0, "an OAuth server quoting the secret back: refused");
+      tw_client_free(r.c);
+    }
+    hs_stop(&es);
+  }
+  if (hs_start(&es, srv_echo, "helix") == 0) {
+    snprintf(api, sizeof api, "http://%s/helix", es.base);
+    snprintf(auth, sizeof auth, "http://%s/oauth2", es.base);
+    if (client(&r, M.client_secret, NULL, api, auth, NULL)) {
+      ok(helix_get(&r, "/eventsub/conduits"), "a Helix server quoting the token back: refused");
+      tw_client_free(r.c);
+    }
+    hs_stop(&es);
   }
 
   fflush(stderr);
