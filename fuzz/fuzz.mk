@@ -20,6 +20,7 @@ FUZZ_CORE_OBJ := $(CORE_SRC:csrc/core/%.c=$(FUZZ_DIR)/obj/%.o)
 FUZZ_REPLAY := $(FUZZ_TARGETS:%=$(BUILD)/tests/test_fuzz_%)
 
 .PHONY: fuzz fuzz-build
+.SECONDARY: $(FUZZ_CORE_OBJ)
 all: $(FUZZ_REPLAY)
 
 $(FUZZ_DIR)/obj/%.o: csrc/core/%.c $(wildcard csrc/core/*.h)

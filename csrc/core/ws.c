@@ -460,12 +460,13 @@ static bool accept_ok(const tw_session *ss, const char *v, size_t vn) {
 
 /* Handshake bytes; once the response is complete, the rest goes to the framer. */
 static void on_handshake_rx(tw_session *ss, const unsigned char *in, size_t len) {
+  size_t from = ss->hs.len > 3 ? ss->hs.len - 3 : 0; /* a trickled answer is searched once, not per read */
   if (tw_buf_append(&ss->hs, in, len) != 0) {
     kill_wsi(ss, "out of memory");
     return;
   }
   /* the answer's head is limited, not what follows it in the same read (the first frames) */
-  char *end = memmem(ss->hs.p, ss->hs.len, "\r\n\r\n", 4);
+  char *end = memmem(ss->hs.p + from, ss->hs.len - from, "\r\n\r\n", 4);
   if (!end || (size_t)(end - ss->hs.p) > 16384) {
     if (ss->hs.len > 16384) kill_wsi(ss, "websocket handshake response too large");
     return;
