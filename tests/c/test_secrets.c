@@ -127,6 +127,7 @@ int main(void) {
   }
   static const char bad_secret[] = "wrong-secret-7f3a9c1e55d2";
   static const char given_token[] = "given-token-0b8e4d2c91aa";
+  static const char odd_secret[] = "odd secret+/=4c2e9a";
   snprintf(tokens[ntokens++], sizeof tokens[0], "%s", given_token);
 
   char cap[] = "/tmp/tw-secrets-XXXXXX";
@@ -198,6 +199,10 @@ int main(void) {
       ok(helix_get(&r, "/eventsub/conduits") && r.errors > 0, "an OAuth server quoting the secret back: refused");
       tw_client_free(r.c);
     }
+    if (client(&r, odd_secret, NULL, NULL, auth, NULL)) { /* quoted as the form body has it, URL-encoded */
+      ok(helix_get(&r, "/eventsub/conduits") && r.errors > 0, "the same with a secret that is URL-encoded");
+      tw_client_free(r.c);
+    }
     hs_stop(&es);
   }
   if (hs_start(&es, srv_echo, "helix") == 0) {
@@ -224,9 +229,9 @@ int main(void) {
          strstr(reported, "server_error") && strstr(reported, "TLS"),
      "the errors were reported (auth_failed, unauthorized, server_error, TLS): %zu bytes", reported_len);
   fprintf(stderr, "# %lld bytes on stderr, %zu bytes of reports, %d secrets and tokens looked for\n", (long long)len,
-          reported_len, ntokens + 2);
-  const char *secrets[18] = {bad_secret, M.client_secret};
-  int ns = 2;
+          reported_len, ntokens + 4);
+  const char *secrets[20] = {bad_secret, M.client_secret, odd_secret, "odd%20secret%2B%2F%3D4c2e9a"};
+  int ns = 4;
   for (int i = 0; i < ntokens; i++) secrets[ns++] = tokens[i];
   int leaks = 0;
   for (int i = 0; i < ns; i++) {
