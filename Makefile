@@ -70,6 +70,7 @@ $(BUILD)/tests/%: tests/c/%.c $(CORE_LIB) $(wildcard tests/c/*.h)
 # The emulator's own tests and the benchmarks keep their rules beside their code.
 -include csrc/mock/mock.mk
 -include bench/bench.mk
+-include fuzz/fuzz.mk
 
 test: all $(EXTRA_TEST_DEPS)
 	BUILD=$(BUILD) LUA=$(LUA) sh scripts/run-tests.sh
@@ -119,4 +120,4 @@ install: rock
 	cp $(MOCK_BIN) $(INST_BINDIR)/twconduit-mock
 
 clean:
-	rm -rf build build-asan build-rock
+	rm -rf build build-asan build-rock build-fuzz

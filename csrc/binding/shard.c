@@ -49,7 +49,7 @@ static int sh_stats(lua_State *L) {
   tw_shard_stats st;
   memset(&st, 0, sizeof st);
   tw_shard_get_stats(s, &st);
-  lua_createtable(L, 0, 12);
+  lua_createtable(L, 0, 13);
   SET_U(notifications);
   SET_U(duplicates);
   SET_U(keepalives);
@@ -62,6 +62,7 @@ static int sh_stats(lua_State *L) {
   SET_U(failed_connects);
   SET_U(lost);
   SET_U(last_close_code);
+  SET_U(backoff_attempt);
   return 1;
 }
 

@@ -28,6 +28,8 @@
 
 #include <cjson/cJSON.h>
 
+#define TW_STABLE_MS 60000 /* enabled this long, a shard's next outage backs off from backoff_min again */
+
 #include "internal.h"
 
 typedef struct tw_transport {
@@ -71,6 +73,7 @@ struct tw_shard {
   bool lost_pending;     /* set by verification, cleared by hold/release in a handler */
   bool enabled_when_lost;/* its socket ended while enabled, a replacement was on the way */
   unsigned attempt;
+  uint64_t enabled_at;   /* loop ms the shard last became enabled: the backoff resets after a stable spell */
   uv_timer_t timer;
   tw_shard_stats stats;
   tw_op *op;             /* the operation changing this shard, if any */
@@ -228,7 +231,10 @@ const char *tw_shard_session_id(const tw_shard *s) {
 tw_conduit *tw_shard_conduit(const tw_shard *s) { return s->cd; }
 void tw_shard_set_user(tw_shard *s, void *u) { s->user = u; }
 void *tw_shard_user(const tw_shard *s) { return s->user; }
-void tw_shard_get_stats(const tw_shard *s, tw_shard_stats *out) { *out = s->stats; }
+void tw_shard_get_stats(const tw_shard *s, tw_shard_stats *out) {
+  *out = s->stats;
+  out->backoff_attempt = s->attempt;
+}
 int tw_shard_held(const tw_shard *s) { return s->held; }
 void tw_conduit_set_lost_policy(tw_conduit *cd, int policy) { cd->lost_policy = policy; }
 
@@ -628,6 +634,9 @@ static void on_closed(void *owner, tw_session *ss, int code, const char *why) {
   }
   bool was_enabled = strcmp(s->state, "enabled") == 0 || s->enabled_when_lost;
   s->enabled_when_lost = false;
+  /* a shard dropped soon after its assignment keeps backing off (a server that enables and
+   * drops at once gets growing delays, not a reconnect every backoff_min) */
+  if (was_enabled && uv_now(cd->c->loop) - s->enabled_at >= TW_STABLE_MS) s->attempt = 0;
   if (!s->pointed && tr_is_session(&s->want, ss)) tr_clear(&s->want); /* nothing to point at */
   if (s->op && s->op->kind == OP_HANDOVER) {
     tw_error he;
@@ -692,7 +701,7 @@ static void check_ready(tw_conduit *cd) {
 /* Twitch confirmed the transport the shard wants. */
 static void shard_assigned(tw_shard *s) {
   tw_conduit *cd = s->cd;
-  s->attempt = 0;
+  if (strcmp(s->state, "enabled") != 0) s->enabled_at = uv_now(cd->c->loop);
   bool reconnected = false, swapped = false;
   if (s->next && tr_is_session(&s->want, s->next)) {
     reconnected = s->next_is_reconnect;

@@ -57,6 +57,13 @@ static void validate(tw_helix_state *hx);
 
 static uint64_t now_ms(tw_client *c) { return uv_now(c->loop); }
 
+/* Response body caps: OAuth and the conduit endpoints answer a few KB (a page of shards
+ * is ~20 KB); anything else up to 16 MB. */
+#define CAP_OAUTH ((size_t)64 << 10)
+static size_t body_cap(const char *path) {
+  return strncmp(path, "/eventsub/conduits", 18) == 0 ? (size_t)1 << 20 : (size_t)16 << 20;
+}
+
 static void hreq_free(hreq *r) {
   if (r->token) memset(r->token, 0, strlen(r->token));
   free(r->token);
@@ -122,6 +129,30 @@ static void body_message(const char *body, size_t len, char *out, size_t outlen,
   tw_json_unref(d);
 }
 
+/* A server's message may quote what it was sent: the client secret and the tokens are
+ * starred out of it before it goes into a report. */
+static void star(char *s, const char *secret) {
+  size_t n = secret ? strlen(secret) : 0, len = strlen(s);
+  if (!n) return;
+  for (char *p = strstr(s, secret); p; p = strstr(p + n, secret)) memset(p, '*', n);
+  for (size_t k = n - 1 < len ? n - 1 : len; k >= 4; k--) /* cut off at the end of the message */
+    if (memcmp(s + len - k, secret, k) == 0) {
+      memset(s + len - k, '*', k);
+      break;
+    }
+}
+static void redact(const tw_client *c, char *s) {
+  const char *secrets[] = {c->client_secret, c->given_token, c->hx ? c->hx->token : NULL};
+  for (size_t i = 0; i < 3; i++) {
+    if (!secrets[i]) continue;
+    star(s, secrets[i]);
+    tw_buf enc = {0}; /* as a form body quotes it */
+    url_encode(&enc, secrets[i]);
+    if (enc.p) star(s, enc.p);
+    tw_buf_free(&enc);
+  }
+}
+
 static void set_token(tw_helix_state *hx, const char *tok, size_t len, double expires_in) {
   free(hx->token);
   hx->token = tw_strndup(tok, len);
@@ -141,7 +172,10 @@ static void on_token(void *user, const tw_http_result *r) {
   if (hx->closing || r->status < 0) return;
   tw_error err;
   tw_err_clear(&err);
-  if (r->status == 200) {
+  if (r->too_large) {
+    tw_err_set(&err, "response_too_large", 0, "app token request failed: response too large (over %zu bytes)",
+               CAP_OAUTH);
+  } else if (r->status == 200) {
     tw_json *d = tw_json_parse(r->body, r->body_len, NULL, 0);
     size_t n = 0;
     const char *tok = d ? tw_json_str(d, tw_json_get(d, 0, "access_token", 12), &n) : NULL;
@@ -168,10 +202,12 @@ static void on_token(void *user, const tw_http_result *r) {
     }
     char m[160];
     body_message(r->body, r->body_len, m, sizeof m, r->status ? "server error" : r->curl_error);
+    redact(c, m);
     tw_err_set(&err, r->status ? "auth_failed" : "network", r->status, "app token request failed: %s", m);
   } else {
     char m[160];
     body_message(r->body, r->body_len, m, sizeof m, "rejected");
+    redact(c, m);
     tw_err_set(&err, "auth_failed", r->status, "app token request failed (%d): %s", r->status, m);
   }
   hx->tstate = TOK_NONE;
@@ -205,7 +241,9 @@ static void fetch_token(tw_helix_state *hx) {
   snprintf(url, sizeof url, "%s/token", c->auth_base);
   const char *hdrs[] = {"Content-Type: application/x-www-form-urlencoded", "Accept: application/json", NULL};
   c->stats.token_fetches++;
-  if (!tw_http_start(c->http, "POST", url, hdrs, body.p, body.len, (long)(c->http_timeout_s * 1000), on_token, hx)) {
+  tw_http_req *hr = tw_http_start(c->http, "POST", url, hdrs, body.p, body.len, (long)(c->http_timeout_s * 1000), on_token, hx);
+  tw_http_set_max_body(hr, CAP_OAUTH);
+  if (!hr) {
     tw_error err;
     tw_err_set(&err, "network", 0, "could not start the token request");
     hx->tstate = TOK_NONE;
@@ -272,7 +310,9 @@ static void validate(tw_helix_state *hx) {
   snprintf(auth, sizeof auth, "Authorization: OAuth %s", hx->token);
   const char *hdrs[] = {auth, NULL};
   c->stats.token_validations++;
-  if (!tw_http_start(c->http, "GET", url, hdrs, NULL, 0, (long)(c->http_timeout_s * 1000), on_validate, hx)) {
+  tw_http_req *hr = tw_http_start(c->http, "GET", url, hdrs, NULL, 0, (long)(c->http_timeout_s * 1000), on_validate, hx);
+  tw_http_set_max_body(hr, CAP_OAUTH);
+  if (!hr) {
     tw_error err;
     tw_err_set(&err, "network", 0, "could not start the token validation");
     if (hx->tstate == TOK_VALIDATING) hx->tstate = TOK_OK;
@@ -301,8 +341,10 @@ static void send_req(tw_helix_state *hx, hreq *r) {
   hx->inflight++;
   c->stats.helix_requests++;
   if (hx->rl_remaining > 0) hx->rl_remaining--; /* optimistic until the answer says */
-  if (!tw_http_start(c->http, r->method, url, hdrs, r->body, r->body_len, (long)(c->http_timeout_s * 1000),
-                     on_response, r)) {
+  tw_http_req *hr = tw_http_start(c->http, r->method, url, hdrs, r->body, r->body_len,
+                                  (long)(c->http_timeout_s * 1000), on_response, r);
+  tw_http_set_max_body(hr, body_cap(r->path));
+  if (!hr) {
     hx->inflight--;
     tw_error err;
     tw_err_set(&err, "network", 0, "could not start the request");
@@ -394,7 +436,7 @@ static void on_response(void *user, const tw_http_result *res) {
       return;
     }
   }
-  if ((st == 0 || st >= 500) && r->fails < (unsigned)c->http_retries) {
+  if ((st == 0 || st >= 500) && !res->too_large && r->fails < (unsigned)c->http_retries) {
     r->not_before = now_ms(c) + tw_backoff_ms(&c->rng, 0.25, 8, r->fails);
     r->fails++;
     c->stats.helix_retries++;
@@ -414,11 +456,15 @@ static void on_response(void *user, const tw_http_result *res) {
     }
   } else {
     char m[200];
-    if (st == 0) {
+    if (res->too_large) {
+      tw_err_set(&err, "response_too_large", 0, "%s %s: response too large (over %zu bytes)", r->method, r->path,
+                 body_cap(r->path));
+    } else if (st == 0) {
       tw_err_set(&err, strstr(res->curl_error, "imed out") ? "timeout" : "network", 0, "%s %s: %s", r->method,
                  r->path, res->curl_error);
     } else {
       body_message(res->body, res->body_len, m, sizeof m, "request failed");
+      redact(c, m);
       const char *code = tw_http_code(st);
       if (st == 429 && res->rl_remaining > 0) code = "limit_exceeded";
       if (st == 401 && !c->client_secret) code = "unauthorized";
@@ -541,4 +587,8 @@ void tw_helix_free(tw_helix_state *hx) {
   uv_close((uv_handle_t *)&hx->pump_timer, close_cb);
   uv_close((uv_handle_t *)&hx->validate_timer, close_cb);
   uv_close((uv_handle_t *)&hx->token_retry_timer, close_cb);
+}
+
+void tw_helix_error_message(const char *body, size_t len, char *out, size_t outlen, const char *fallback) {
+  body_message(body, len, out, outlen, fallback);
 }

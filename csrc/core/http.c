@@ -4,6 +4,7 @@
  * curl's timeout (CURLMOPT_TIMERFUNCTION). Completions are collected with
  * curl_multi_info_read after curl returns, and only then handed to callbacks, so the
  * callbacks may start new requests freely. */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -20,6 +21,8 @@ struct tw_http_req {
   void *user;
   int rl_limit, rl_remaining;
   int64_t rl_reset;
+  size_t max_body;      /* 0: 64 MB */
+  bool too_large;
   char errbuf[CURL_ERROR_SIZE];
   tw_http_req *next, *prev;
 };
@@ -165,7 +168,10 @@ void tw_http_free(tw_http *h) {
 
 static size_t on_write(char *p, size_t sz, size_t n, void *ud) {
   tw_http_req *r = ud;
-  if (r->resp.len + sz * n > (64u << 20)) return 0; /* refuse absurd bodies */
+  if (r->resp.len + sz * n > (r->max_body ? r->max_body : (64u << 20))) { /* refuse absurd bodies */
+    r->too_large = true;
+    return 0;
+  }
   return tw_buf_append(&r->resp, p, sz * n) == 0 ? sz * n : 0;
 }
 
@@ -188,17 +194,20 @@ static int header_int(const char *p, size_t n, const char *name, int64_t *out) {
   return 1;
 }
 
-static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
-  tw_http_req *r = ud;
-  size_t len = sz * n;
+void tw_http_header_line(const char *p, size_t len, int *limit, int *remaining, int64_t *reset) {
   int64_t v;
   if (len >= 7 && strncmp(p, "HTTP/", 5) == 0) { /* a new response (redirect/100): reset */
-    r->rl_limit = r->rl_remaining = -1;
-    r->rl_reset = -1;
-  } else if (header_int(p, len, "ratelimit-remaining", &v)) r->rl_remaining = (int)v;
-  else if (header_int(p, len, "ratelimit-limit", &v)) r->rl_limit = (int)v;
-  else if (header_int(p, len, "ratelimit-reset", &v)) r->rl_reset = v;
-  return len;
+    *limit = *remaining = -1;
+    *reset = -1;
+  } else if (header_int(p, len, "ratelimit-remaining", &v)) *remaining = v > INT_MAX ? INT_MAX : (int)v;
+  else if (header_int(p, len, "ratelimit-limit", &v)) *limit = v > INT_MAX ? INT_MAX : (int)v;
+  else if (header_int(p, len, "ratelimit-reset", &v)) *reset = v;
+}
+
+static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
+  tw_http_req *r = ud;
+  tw_http_header_line(p, sz * n, &r->rl_limit, &r->rl_remaining, &r->rl_reset);
+  return sz * n;
 }
 
 tw_http_req *tw_http_start(tw_http *h, const char *method, const char *url, const char *const *headers,
@@ -275,18 +284,24 @@ static void check_done(tw_http *h) {
     long status = 0;
     curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
     curl_multi_remove_handle(h->multi, r->easy);
+    if (res != CURLE_OK) tw_buf_free(&r->resp); /* a failed transfer's body is never parsed */
     tw_http_result out = {
         .status = res == CURLE_OK ? (int)status : 0,
         .curl = res,
+        .too_large = r->too_large,
         .body = r->resp.p ? r->resp.p : "",
         .body_len = r->resp.len,
         .rl_limit = r->rl_limit,
         .rl_remaining = r->rl_remaining,
         .rl_reset = r->rl_reset,
-        .curl_error = r->errbuf[0] ? r->errbuf : curl_easy_strerror(res),
+        .curl_error = r->too_large ? "response too large" : r->errbuf[0] ? r->errbuf : curl_easy_strerror(res),
     };
     if (r->cb) r->cb(r->user, &out);
     req_free(r);
   }
   h->in_check = false;
+}
+
+void tw_http_set_max_body(tw_http_req *r, size_t max) {
+  if (r) r->max_body = max;
 }

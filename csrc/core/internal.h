@@ -56,6 +56,7 @@ typedef struct tw_http_result {
   int rl_limit, rl_remaining; /* -1 when absent */
   int64_t rl_reset;           /* epoch seconds, -1 when absent */
   const char *curl_error;
+  bool too_large;             /* the body passed the request's cap (status 0, no body) */
 } tw_http_result;
 typedef void (*tw_http_fn)(void *user, const tw_http_result *r);
 
@@ -65,12 +66,20 @@ void tw_http_free(tw_http *h); /* cancels requests without calling back */
  * http until completion) or NULL. */
 tw_http_req *tw_http_start(tw_http *h, const char *method, const char *url, const char *const *headers,
                            const char *body, size_t body_len, long timeout_ms, tw_http_fn cb, void *user);
+/* The largest response body the request accepts (default 64 MB); past it the transfer
+ * fails with too_large set. */
+void tw_http_set_max_body(tw_http_req *r, size_t max);
+/* One response header line (as curl hands it, CRLF included): a status line resets the
+ * rate-limit fields, Ratelimit-Limit / -Remaining / -Reset set them. */
+void tw_http_header_line(const char *p, size_t len, int *limit, int *remaining, int64_t *reset);
 
 /* ---- Helix + OAuth (helix.c) ---- */
 typedef struct tw_helix_state tw_helix_state;
 tw_helix_state *tw_helix_new(tw_client *c);
 void tw_helix_free(tw_helix_state *hx);
 void tw_helix_state_closing(tw_helix_state *hx);
+/* The "message" of a Twitch error body, or fallback, into out. */
+void tw_helix_error_message(const char *body, size_t len, char *out, size_t outlen, const char *fallback);
 /* tw_helix, queued ahead of other requests (shard assignment must beat the 10 s window) */
 int tw_helix_urgent(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
                     tw_response_fn cb, void *user, tw_error *err); /* stop sending; cancelled replies are ignored */
@@ -106,6 +115,12 @@ bool tw_ws_welcomed(const tw_session *ss);
  * or max_ms passed. */
 void tw_ws_close_all(tw_client *c, int code);
 size_t tw_ws_live(const tw_client *c);
+/* A session with no socket, reading what tw_ws_feed hands it as if it came from the
+ * server (after the upgrade answer, or from its first byte when handshake is true, with
+ * RFC 6455's example key). Freed by tw_ws_detached_free, then a turn of the loop. */
+tw_session *tw_ws_detached(tw_client *c, const tw_session_ops *ops, void *owner, bool handshake);
+void tw_ws_feed(tw_session *ss, const void *p, size_t n);
+void tw_ws_detached_free(tw_session *ss);
 
 /* tw_helix with a token of the caller's (a user token) instead of the app token: no app
  * token refresh on 401, the app's rate-limit bucket is not updated from its answers. */

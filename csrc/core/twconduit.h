@@ -310,6 +310,8 @@ typedef struct tw_shard_stats {
   uint64_t failed_connects; /* sockets that ended before being assigned */
   uint64_t lost;          /* verifications that found Twitch pointing elsewhere */
   int last_close_code;    /* 0 when none */
+  uint64_t backoff_attempt; /* the reconnect backoff's step: attempts since the shard last stayed
+                             * enabled for a minute (0: the next retry waits backoff_min) */
 } tw_shard_stats;
 TW_API void tw_shard_get_stats(const tw_shard *s, tw_shard_stats *out);
 

@@ -209,9 +209,15 @@ static void handle_message(tw_session *ss, const char *p, size_t n) {
     } else if (!ss->welcomed) {
       ss->session_id = tw_strndup(id, idn);
       ss->welcomed = true;
-      double k = ka != TW_JNONE && tw_json_type(d, ka) == TW_JSON_INT ? tw_json_num(d, ka) : 10;
-      if (k < 1) k = 10;
-      ss->limit_ms = (uint64_t)((k + c->keepalive_slack_s) * 1000);
+      int64_t k = ka != TW_JNONE && tw_json_type(d, ka) == TW_JSON_INT ? tw_json_int(d, ka) : 10;
+      if (k < 10 || k > 600) { /* Twitch's range: a huge value would turn the watchdog off */
+        char bad[32];
+        snprintf(bad, sizeof bad, "%lld", (long long)k);
+        bad_message(ss, "bad_message", "session_welcome keepalive_timeout_seconds %s is outside 10..600 (clamped)",
+                    bad);
+        k = k > 600 ? 600 : 10;
+      }
+      ss->limit_ms = (uint64_t)(((double)k + c->keepalive_slack_s) * 1000);
       uv_timer_start(&ss->timer, on_watchdog, ss->limit_ms, 0);
       if (ss->ops && ss->ops->welcome) ss->ops->welcome(ss->owner, ss, ss->session_id);
     } else {
@@ -292,14 +298,17 @@ static bool on_frame(tw_session *ss, int fin, int op, const unsigned char *p, si
     }
     if (!ss->rx_overflow) {
       if (ss->rx.len + n > c->max_message_bytes || tw_buf_append(&ss->rx, p, n) != 0) {
+        /* reported now, not at a final frame that may never come; the session closes */
         ss->rx_overflow = true;
         tw_buf_free(&ss->rx);
+        bad_message(ss, "message_too_large", "%s", "fragmented websocket message over max_message_bytes");
+        if (!ss->want_close) ss->want_close = 1009;
+        send_close(ss, 1009);
       }
     }
     if (fin) {
       ss->frag_active = false;
-      if (ss->rx_overflow) bad_message(ss, "message_too_large", "%s", "websocket message over max_message_bytes");
-      else on_frame_message(ss, ss->frag_binary, ss->rx.p ? ss->rx.p : "", ss->rx.len);
+      if (!ss->rx_overflow) on_frame_message(ss, ss->frag_binary, ss->rx.p ? ss->rx.p : "", ss->rx.len);
       ss->rx_overflow = false;
       tw_buf_free(&ss->rx); /* idle sessions hold no buffer */
     }
@@ -451,13 +460,19 @@ static bool accept_ok(const tw_session *ss, const char *v, size_t vn) {
 
 /* Handshake bytes; once the response is complete, the rest goes to the framer. */
 static void on_handshake_rx(tw_session *ss, const unsigned char *in, size_t len) {
-  if (tw_buf_append(&ss->hs, in, len) != 0 || ss->hs.len > 16384) {
-    kill_wsi(ss, "websocket handshake response too large");
+  size_t from = ss->hs.len > 3 ? ss->hs.len - 3 : 0; /* a trickled answer is searched once, not per read */
+  if (tw_buf_append(&ss->hs, in, len) != 0) {
+    kill_wsi(ss, "out of memory");
     return;
   }
-  char *end = strstr(ss->hs.p, "\r\n\r\n");
-  if (!end) return;
+  /* the answer's head is limited, not what follows it in the same read (the first frames) */
+  char *end = memmem(ss->hs.p + from, ss->hs.len - from, "\r\n\r\n", 4);
+  if (!end || (size_t)(end - ss->hs.p) > 16384) {
+    if (ss->hs.len > 16384) kill_wsi(ss, "websocket handshake response too large");
+    return;
+  }
   size_t head = (size_t)(end - ss->hs.p) + 4;
+  end[2] = 0; /* the searches below stay inside the head (the frames after it are not text) */
   int status = 0;
   if (sscanf(ss->hs.p, "HTTP/1.%*d %d", &status) != 1 || status != 101) {
     snprintf(ss->why, sizeof ss->why, "websocket upgrade refused (HTTP %d)", status);
@@ -733,6 +748,7 @@ void tw_ws_destroy_end(tw_client *c) {
 tw_session *tw_ws_open(tw_client *c, const char *url, const tw_session_ops *ops, void *owner, uint64_t *bytes) {
   if (!c->lws || c->freeing) return NULL;
   char buf[2048];
+  if (url && strlen(url) >= sizeof buf) return NULL; /* never cut a URL */
   if (url) {
     snprintf(buf, sizeof buf, "%s", url);
   } else if (c->keepalive_s) {
@@ -831,3 +847,31 @@ void tw_ws_close_all(tw_client *c, int code) {
 }
 
 size_t tw_ws_live(const tw_client *c) { return c->nsessions; }
+
+/* ---- a session without a socket, fed by hand (the frame-reader fuzzer) ---- */
+
+tw_session *tw_ws_detached(tw_client *c, const tw_session_ops *ops, void *owner, bool handshake) {
+  tw_session *ss = calloc(1, sizeof *ss);
+  if (!ss) return NULL;
+  ss->c = c;
+  ss->ops = ops;
+  ss->owner = owner;
+  ss->lnext = c->sessions;
+  if (c->sessions) c->sessions->lprev = ss;
+  c->sessions = ss;
+  c->nsessions++;
+  uv_timer_init(c->loop, &ss->timer);
+  ss->timer.data = ss;
+  ss->last_rx = uv_now(c->loop);
+  ss->st = handshake ? ST_HANDSHAKE : ST_OPEN;
+  snprintf(ss->key, sizeof ss->key, "dGhlIHNhbXBsZSBub25jZQ=="); /* RFC 6455's example key */
+  return ss;
+}
+
+void tw_ws_feed(tw_session *ss, const void *p, size_t n) { on_plain(ss, p, n); }
+
+void tw_ws_detached_free(tw_session *ss) {
+  ss->reported = true;
+  ss->ops = NULL;
+  maybe_free(ss); /* the timer's close callback frees it: run the loop once */
+}
