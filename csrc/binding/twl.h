@@ -26,6 +26,7 @@
 #define TWL_SHARD_MT "twconduit.shard"
 #define TWL_MESSAGE_MT "twconduit.message"
 #define TWL_ERROR_MT "twconduit.Error"
+#define TWL_QUEUE_MT "twconduit.queue"
 
 /* client uservalue slots */
 enum { TWL_UV_DISPATCH = 1, TWL_UV_OBJS = 2, TWL_UV_PENDING = 3, TWL_UV_CLIENT_N = 3 };
@@ -136,6 +137,14 @@ void twl_push_conduit_ud(lua_State *L, twl_client *cl, int objs, int client_ud, 
 twl_client *twl_check_client(lua_State *L, int idx); /* raises when closed */
 
 int twl_http_sync(lua_State *L);
+
+/* the queue (queue.c): client_ud:queue and the queue box */
+void twl_queue_open(lua_State *L);
+/* for other files entering Lua from the core: call_protected and protected_frame of client.c */
+void twl_call_protected(twl_client *cl, lua_CFunction f, void *arg);
+twl_client *twl_protected_frame(lua_State *L);
+/* fills m from the message userdata at idx (borrowed from it); -1 when it has no document */
+int twl_message_to_msg(lua_State *L, int idx, tw_msg *m);
 
 /* seconds -> milliseconds, rounded up, clamped */
 int twl_seconds_to_ms(lua_Number s);

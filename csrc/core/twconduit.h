@@ -155,11 +155,14 @@ typedef enum tw_event_type {
   TW_EV_FREED,            /* conduit or shard is being freed: drop every pointer to it */
   TW_EV_CONDUIT_STARTED,  /* conduit: its id and shard count are known; shards connecting */
   TW_EV_SHARD_RELEASED,   /* shard released: its socket is closed; TW_EV_FREED follows */
-  TW_EV_SHARD_LOST        /* verification: Twitch points the shard elsewhere than this process
+  TW_EV_SHARD_LOST,       /* verification: Twitch points the shard elsewhere than this process
                              believes. status = Twitch's status, twitch = Twitch's transport,
                              error set. Unless a handler holds or releases the shard, or the
                              conduit's lost policy is TW_LOST_REPORT, the shard is reassigned
                              after the handlers return. */
+  TW_EV_QUEUED            /* a queue (tw_queue.h) delivers an entry: queue, entry, partition
+                             and msg set (transport TW_TRANSPORT_QUEUE; tw_queue_done when its
+                             handlers finished); or, msg NULL, reports a queue error */
 } tw_event_type;
 
 /* How a message reached this process. */
@@ -190,6 +193,7 @@ typedef struct tw_msg {
   const char *status;            /* the subscription's status, NULL when absent */
   int strings_in_doc;            /* 1: id, type, version, timestamp, status point into doc
                                     (a reference on doc keeps them); 0: copy them to keep */
+  tw_transport_kind origin;      /* queue: the transport the gateway received it on */
 } tw_msg;
 
 /* Decodes a websocket message's envelope ({metadata, payload}) into m, when it is a
@@ -218,6 +222,9 @@ typedef struct tw_event {
   const char *status;      /* see above; borrowed */
   const tw_error *error;   /* borrowed; NULL when none */
   const tw_transport_info *twitch; /* TW_EV_SHARD_LOST: what Twitch shows */
+  struct tw_queue *queue;  /* TW_EV_QUEUED */
+  const char *entry;       /* TW_EV_QUEUED: the stream entry id */
+  int partition;
 } tw_event;
 
 typedef void (*tw_event_fn)(void *user, const tw_event *ev);
