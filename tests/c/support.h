@@ -234,6 +234,7 @@ static __attribute__((unused)) const char *ev_name(tw_event_type t) {
   case TW_EV_CONDUIT_STARTED: return "conduit_started";
   case TW_EV_SHARD_RELEASED: return "shard_released";
   case TW_EV_SHARD_LOST: return "shard_lost";
+  case TW_EV_QUEUED: return "queued";
   }
   return "?";
 }
