@@ -41,7 +41,7 @@ describe("queue", function()
 
   local function handled_set()
     local set, n = {}, 0
-    local p = io.popen(("redis-cli -s '%s' SMEMBERS %s:handled"):format(redis.socket, NAME))
+    local p = io.popen(("env -u LD_PRELOAD redis-cli -s '%s' SMEMBERS %s:handled"):format(redis.socket, NAME))
     for line in p:lines() do
       if line ~= "" then set[line] = true; n = n + 1 end
     end
