@@ -13,14 +13,16 @@ local mock = require "twconduit.mock"
 local R = dofile("spec/support/redis.lua")
 twconduit.set_log_level(0)
 local N = tonumber(arg[1] or "100000")
+local RATE = tonumber(arg[2] or "10000")
 
 local redis = R.start()
+if os.getenv("BENCH_NOAOF") then redis:cli("CONFIG", "SET", "appendonly", "no") end
 local m = assert(mock.start {})
 local ok, err = pcall(function()
   local c = assert(twconduit.client { client_id = m.client_id, client_secret = m.client_secret,
     api_base = m.api_base, auth_base = m.auth_base, eventsub_ws = m.eventsub_ws })
   local q = assert(c:queue { redis = redis.url, name = "bench", role = "both", ["local"] = true,
-    maxlen = 2000000, batch = 1000, max_outstanding = 4000 })
+    maxlen = 2000000, batch = 1000, max_outstanding = 4000, buffer_max = 1000000 })
   local cd = assert(c:conduit { shards = 4 })
   twconduit.spawn(function()
     assert(cd:wait_ready(15))
@@ -56,18 +58,23 @@ local ok, err = pcall(function()
   local total = (N // 200) * 200
   run_until(function() return handled >= total end, 120)
   local eps = handled / math.max(last - first, 1e-3)
+  if os.getenv("BENCH_DIAG") then
+    print(("process cpu %.2f s"):format(os.clock()))
+    print(redis:cli("INFO", "commandstats"))
+    print(redis:cli("INFO", "cpu"))
+  end
   print(("end to end: %d events in %.2f s: %.0f events/s (gateway -> Redis -> worker, one process)"):format(
     handled, last - first, eps))
 
   -- latency at 10,000 events/s
   handled, first, last, measure = 0, nil, nil, true
-  local n2 = 30000
-  local st = assert(m:stream { type = "stream.online", channels = chans, rate = 10000, count = n2 })
+  local n2 = RATE * 3
+  local st = assert(m:stream { type = "stream.online", channels = chans, rate = RATE, count = n2 })
   run_until(function() return handled >= n2 end, 60)
   table.sort(lat)
   local function pct(p) return lat[math.max(1, math.ceil(#lat * p))] * 1000 end
-  print(("added latency at 10,000 events/s (%d samples, 1 ms clock): p50 %.0f ms, p99 %.0f ms, max %.0f ms"):format(
-    #lat, pct(0.5), pct(0.99), lat[#lat] * 1000))
+  print(("added latency at %d events/s (%d samples, 1 ms clock): p50 %.0f ms, p99 %.0f ms, max %.0f ms"):format(
+    RATE, #lat, pct(0.5), pct(0.99), lat[#lat] * 1000))
   local s = q:stats()
   print(("queue: published %d, acked %d, duplicates %d, dropped %d"):format(s.published, s.acked, s.duplicates, s.dropped))
   c:close()

@@ -7,9 +7,10 @@
  *
  * Gateway. Every delivered message becomes a record (id, message type, timestamp, the
  * transport it came on, the body {subscription, event}) with the hash of its routing key
- * (broadcaster id): partition = hash % count. A record is sent as one EVALSHA of the
- * publish script (SET N:seen:<id> NX PX <window>, then XADD only when new), pipelined;
- * it stays in memory (inflight) until Redis answers. When the link is down, records wait
+ * (broadcaster id): partition = hash % count. The records of a loop iteration are sent
+ * in EVALSHAs of the publish script, up to 64 a call (for each: SET N:seen:<id> NX PX
+ * <window>, then XADD only when new), pipelined; each stays in memory (inflight) until
+ * Redis answers. When the link is down, records wait
  * in memory (buffer_max), then in the spool file (appended, fsync'd in batches), and are
  * sent again in order once it is back: inflight first (their script may or may not have
  * run: the mark makes a second run a duplicate), then the memory queue, then the spool.
@@ -33,19 +34,31 @@
 #include "tw_queue.h"
 #include "tw_redis.h"
 
-#define WINDOW 4096   /* publish scripts in flight at most */
+#define WINDOW 4096   /* records in flight at most */
+#define BATCH 64      /* records per publish call */
 #define NF 5          /* record fields: id, mt, ts, tr, b */
 #define SPOOL_HDR (4 * (2 + NF))
 
+/* n messages in one call: KEYS = seen mark and stream of each, ARGV = window, trim mode,
+ * trim value, then 5 fields of each. One reply per message: its entry id, or nil when
+ * its mark existed (another gateway, or an earlier run of this call, queued it). */
 static const char PUBLISH_LUA[] =
-    "if ARGV[4] == '' or redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then\n"
-    "  local f = {'id', ARGV[4], 'mt', ARGV[5], 'ts', ARGV[6], 'tr', ARGV[7], 'b', ARGV[8]}\n"
-    "  if ARGV[2] == 'maxlen' then return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(f))\n"
-    "  elseif ARGV[2] == 'minid' then return redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[3], '*', unpack(f))\n"
-    "  end\n"
-    "  return redis.call('XADD', KEYS[2], '*', unpack(f))\n"
+    "local w, mode, tv, out = ARGV[1], ARGV[2], ARGV[3], {}\n"
+    "local call = redis.call\n"
+    "for i = 1, #KEYS / 2 do\n"
+    "  local b = 3 + (i - 1) * 5\n"
+    "  local id = ARGV[b + 1]\n"
+    "  if id == '' or call('SET', KEYS[2 * i - 1], '1', 'NX', 'PX', w) then\n"
+    "    if mode == 'maxlen' then\n"
+    "      out[i] = call('XADD', KEYS[2 * i], 'MAXLEN', '~', tv, '*', 'id', id, 'mt', ARGV[b + 2], 'ts', ARGV[b + 3], 'tr', ARGV[b + 4], 'b', ARGV[b + 5])\n"
+    "    elseif mode == 'minid' then\n"
+    "      out[i] = call('XADD', KEYS[2 * i], 'MINID', '~', tv, '*', 'id', id, 'mt', ARGV[b + 2], 'ts', ARGV[b + 3], 'tr', ARGV[b + 4], 'b', ARGV[b + 5])\n"
+    "    else\n"
+    "      out[i] = call('XADD', KEYS[2 * i], '*', 'id', id, 'mt', ARGV[b + 2], 'ts', ARGV[b + 3], 'tr', ARGV[b + 4], 'b', ARGV[b + 5])\n"
+    "    end\n"
+    "  else out[i] = false end\n"
     "end\n"
-    "return false\n";
+    "return out\n";
 
 static const char JANITOR_LUA[] =
     "local p = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', tonumber(ARGV[2]), '-', '+', 100)\n"
@@ -71,6 +84,7 @@ typedef struct rec {
   void *user;
   uint32_t hash;
   uint8_t from_spool;
+  uint16_t batch;       /* first record of a publish call: the records it carries */
   uint32_t len[NF];
   char *f[NF];
   char data[];
@@ -119,6 +133,8 @@ struct tw_queue {
   uint64_t next_janitor;
   uv_timer_t tick;
   uv_timer_t ackt;
+  uv_timer_t flusht;
+  int flush_armed;
   int handles;    /* open uv handles */
   tw_queue_stats st;
 };
@@ -320,78 +336,127 @@ static void spool_maybe_reset(tw_queue *q) {
 /* ---- publishing -------------------------------------------------------------------- */
 
 static void on_pub_reply(tw_redis *rd, void *user, redisReply *rep, const tw_error *err) {
+  (void)err;
   tw_queue *q = user;
-  rec *r = list_pop(&q->infl_h, &q->infl_t);
+  rec *r = q->infl_h;
   if (!r) return;
-  q->n_infl--;
-  if (rep && rep->type != REDIS_REPLY_ERROR) {
-    if (rep->type == REDIS_REPLY_NIL) q->st.duplicates++;
-    else q->st.published++;
-    stored(q, r, NULL);
-    if (!q->closing) flush(q);
+  size_t n = r->batch ? r->batch : 1;
+  int good = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == n;
+  for (size_t i = 0; i < n; i++) {
+    r = list_pop(&q->infl_h, &q->infl_t);
+    if (!r) break;
+    q->n_infl--;
+    if (good) {
+      if (rep->element[i]->type == REDIS_REPLY_NIL) q->st.duplicates++;
+      else q->st.published++;
+      stored(q, r, NULL);
+    } else { /* not stored: sent again once the link is back, ahead of everything else */
+      r->batch = 0;
+      list_push(&q->retry_h, &q->retry_t, r);
+      q->n_retry++;
+    }
+  }
+  if (!good && rep && !q->closing) {
+    q_error(q, "redis_error", "publish refused: %s (retried after a reconnection)",
+            rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+    tw_redis_drop(rd, "redis_error");
     return;
   }
-  /* not stored: sent again once the link is back, ahead of everything else */
-  list_push(&q->retry_h, &q->retry_t, r);
-  q->n_retry++;
-  if (rep && !q->closing) {
-    q_error(q, "redis_error", "publish refused: %s (retried after a reconnection)", rep->str);
-    tw_redis_drop(rd, "redis_error");
-  }
-  (void)err;
+  if (good && !q->closing) flush(q);
 }
 
-static int send_rec(tw_queue *q, rec *r) {
-  char seen[320], win[32], trimv[48];
-  int n = snprintf(seen, sizeof seen, "%s:seen:%.*s", q->name, (int)(r->len[0] > 200 ? 200 : r->len[0]), r->f[0]);
+/* Sends recs[0..n) in one call; on failure they are left to the caller. */
+static int send_batch(tw_queue *q, rec **recs, size_t n) {
+  size_t argc = 3 + 2 * n + 3 + NF * n;
+  const char **argv = malloc(argc * sizeof *argv);
+  size_t *lens = malloc(argc * sizeof *lens);
+  size_t nl = strlen(q->name), kcap = n * (nl + 8 + 201);
+  char *keys = malloc(kcap);
+  int rc = -1;
+  if (!argv || !lens || !keys) goto out;
+  char nk[16], win[32], trimv[48];
+  snprintf(nk, sizeof nk, "%zu", 2 * n);
   snprintf(win, sizeof win, "%lld", (long long)(q->o.dedupe_window_s * 1000));
   const char *mode = "none";
   if (q->o.max_age_s > 0) {
     mode = "minid";
-    double now = tw_wall_now();
-    snprintf(trimv, sizeof trimv, "%lld-0", (long long)((now - q->o.max_age_s) * 1000));
+    snprintf(trimv, sizeof trimv, "%lld-0", (long long)((tw_wall_now() - q->o.max_age_s) * 1000));
   } else if (q->o.maxlen > 0) {
     mode = "maxlen";
     snprintf(trimv, sizeof trimv, "%lld", q->o.maxlen);
   } else {
-    trimv[0] = '0', trimv[1] = 0;
+    snprintf(trimv, sizeof trimv, "0");
   }
-  const char *sk = q->skey[r->hash % (uint32_t)q->P];
-  const char *argv[] = {"EVALSHA", q->sha_pub, "2", seen, sk, win, mode, trimv,
-                        r->f[0], r->f[1], r->f[2], r->f[3], r->f[4]};
-  size_t lens[13] = {7, strlen(q->sha_pub), 1, (size_t)n, strlen(sk), strlen(win), strlen(mode), strlen(trimv),
-                     r->len[0], r->len[1], r->len[2], r->len[3], r->len[4]};
-  if (tw_redis_cmd(q->pub, on_pub_reply, q, 13, argv, lens) != 0) return -1;
-  list_push(&q->infl_h, &q->infl_t, r);
-  q->n_infl++;
-  return 0;
+  size_t a = 0, ko = 0;
+  argv[a] = "EVALSHA", lens[a++] = 7;
+  argv[a] = q->sha_pub, lens[a++] = strlen(q->sha_pub);
+  argv[a] = nk, lens[a++] = strlen(nk);
+  for (size_t i = 0; i < n; i++) {
+    rec *r = recs[i];
+    int k = snprintf(keys + ko, kcap - ko, "%s:seen:%.*s", q->name, (int)(r->len[0] > 200 ? 200 : r->len[0]), r->f[0]);
+    argv[a] = keys + ko, lens[a++] = (size_t)k;
+    ko += (size_t)k + 1;
+    const char *sk = q->skey[r->hash % (uint32_t)q->P];
+    argv[a] = sk, lens[a++] = strlen(sk);
+  }
+  argv[a] = win, lens[a++] = strlen(win);
+  argv[a] = mode, lens[a++] = strlen(mode);
+  argv[a] = trimv, lens[a++] = strlen(trimv);
+  for (size_t i = 0; i < n; i++)
+    for (int f = 0; f < NF; f++) argv[a] = recs[i]->f[f], lens[a++] = recs[i]->len[f];
+  if (tw_redis_cmd(q->pub, on_pub_reply, q, (int)a, argv, lens) != 0) goto out;
+  for (size_t i = 0; i < n; i++) {
+    recs[i]->batch = i == 0 ? (uint16_t)n : 0;
+    list_push(&q->infl_h, &q->infl_t, recs[i]);
+    q->n_infl++;
+  }
+  rc = 0;
+out:
+  free(argv);
+  free(lens);
+  free(keys);
+  return rc;
 }
 
 /* Sends what waits, in order, while the link is up and the window has room. */
 static void flush(tw_queue *q) {
+  rec *recs[BATCH];
   while (q->ready && q->pub_up && q->n_infl < WINDOW) {
-    rec *r;
-    if (q->retry_h) {
-      r = list_pop(&q->retry_h, &q->retry_t);
-      q->n_retry--;
-    } else if (q->uns_h) {
-      r = list_pop(&q->uns_h, &q->uns_t);
-      q->n_uns--;
-    } else if (q->spool_fd >= 0 && q->spool_r < q->spool_w) {
-      r = spool_read(q);
-      if (!r) break;
-    } else {
-      break;
+    size_t n = 0;
+    while (n < BATCH) {
+      rec *r;
+      if (q->retry_h) {
+        r = list_pop(&q->retry_h, &q->retry_t);
+        q->n_retry--;
+      } else if (q->uns_h) {
+        r = list_pop(&q->uns_h, &q->uns_t);
+        q->n_uns--;
+      } else if (q->spool_fd >= 0 && q->spool_r < q->spool_w) {
+        r = spool_read(q);
+        if (!r) break;
+      } else {
+        break;
+      }
+      recs[n++] = r;
     }
-    if (send_rec(q, r) != 0) { /* the link just went: back to the front */
-      r->next = q->retry_h;
-      q->retry_h = r;
-      if (!q->retry_t) q->retry_t = r;
-      q->n_retry++;
+    if (n == 0) break;
+    if (send_batch(q, recs, n) != 0) { /* the link just went: back to the front, in order */
+      for (size_t i = n; i-- > 0;) {
+        recs[i]->next = q->retry_h;
+        q->retry_h = recs[i];
+        if (!q->retry_t) q->retry_t = recs[i];
+        q->n_retry++;
+      }
       break;
     }
   }
   if (q->spool_fd >= 0) spool_maybe_reset(q);
+}
+
+static void on_flusht(uv_timer_t *t) {
+  tw_queue *q = t->data;
+  q->flush_armed = 0;
+  if (!q->closing) flush(q);
 }
 
 static size_t held(const tw_queue *q) { return q->n_infl + q->n_retry + q->n_uns; }
@@ -399,12 +464,14 @@ static size_t held(const tw_queue *q) { return q->n_infl + q->n_retry + q->n_uns
 static int spool_has(const tw_queue *q) { return q->spool_fd >= 0 && q->spool_r < q->spool_w; }
 
 static int enqueue(tw_queue *q, rec *r, tw_error *err) {
-  if (q->ready && q->pub_up && !q->retry_h && !q->uns_h && !spool_has(q) && q->n_infl < WINDOW) {
-    if (send_rec(q, r) == 0) return 0;
-  }
   if (!spool_has(q) && held(q) < q->o.buffer_max) {
     list_push(&q->uns_h, &q->uns_t, r);
     q->n_uns++;
+    /* sent at the end of this loop iteration, with whatever else arrived in it */
+    if (!q->flush_armed && q->ready && q->pub_up) {
+      q->flush_armed = 1;
+      uv_timer_start(&q->flusht, on_flusht, 0, 0);
+    }
     return 0;
   }
   if (q->spool_fd >= 0) {
@@ -414,14 +481,14 @@ static int enqueue(tw_queue *q, rec *r, tw_error *err) {
     if (rc == 0) return 0;
     q->st.dropped++;
     tw_err_set(err, "queue_full", 0, "%s: message %s lost",
-               rc == -1 ? "Redis unreachable, memory buffer and spool full" : "the spool cannot be written",
+               rc == -1 ? "Redis unreachable or not keeping up, memory buffer and spool full" : "the spool cannot be written",
                r->len[0] ? r->f[0] : "?");
     free(r);
     if (cb) cb(user, err);
     return -1;
   }
   q->st.dropped++;
-  tw_err_set(err, "queue_full", 0, "Redis unreachable and the memory buffer full (no spool): message %s lost",
+  tw_err_set(err, "queue_full", 0, "Redis unreachable or not keeping up, the memory buffer full (no spool): message %s lost",
              r->len[0] ? r->f[0] : "?");
   tw_queue_stored_fn cb = r->cb;
   void *user = r->user;
@@ -1034,8 +1101,9 @@ tw_queue *tw_queue_new(tw_client *c, const tw_queue_opts *o, tw_error *err) {
   }
   uv_timer_init(c->loop, &q->tick);
   uv_timer_init(c->loop, &q->ackt);
-  q->tick.data = q->ackt.data = q;
-  q->handles = 2;
+  uv_timer_init(c->loop, &q->flusht);
+  q->tick.data = q->ackt.data = q->flusht.data = q;
+  q->handles = 3;
   uv_timer_start(&q->tick, on_tick, 20, 20);
   q->next = c->queues;
   c->queues = q;
@@ -1139,6 +1207,8 @@ void tw_queue_free(tw_queue *q) {
   free(q->spool_path);
   uv_timer_stop(&q->tick);
   uv_timer_stop(&q->ackt);
+  uv_timer_stop(&q->flusht);
+  uv_close((uv_handle_t *)&q->flusht, handle_closed);
   uv_close((uv_handle_t *)&q->tick, handle_closed);
   uv_close((uv_handle_t *)&q->ackt, handle_closed);
 }
