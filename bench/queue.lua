@@ -5,7 +5,8 @@
 --   latency:    a stream at a fixed 10,000 events/s; added latency = the worker's handler
 --               time minus the conduit handler's time for the same message id (the loop's
 --               clock, 1 ms resolution);
---   floor:      redis-benchmark's pipelined XADD on the same socket, same run.
+--   floor:      raw pipelined XADDs of bodies of the same size from this process on the
+--               queue's own connection, read back in pages of 1000, same run.
 --   LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="build/lib/?.so;;" \
 --   TWCONDUIT_MOCK=build/bin/twconduit-mock lua5.4 bench/queue.lua [N]
 local twconduit = require "twconduit"
@@ -53,7 +54,17 @@ local ok, err = pcall(function()
     while not pred() and c:now() - t0 < timeout do c:step(0.05) end
   end
 
+  -- latency at 10,000 events/s
+  measure = true
+  local n2 = RATE * 3
+  local st = assert(m:stream { type = "stream.online", channels = chans, rate = RATE, count = n2 })
+  run_until(function() return handled >= n2 end, 60)
+  table.sort(lat)
+  local function pct(p) return lat[math.max(1, math.ceil(#lat * p))] * 1000 end
+  print(("added latency at %d events/s (%d samples, 1 ms clock): p50 %.0f ms, p99 %.0f ms, max %.0f ms"):format(
+    RATE, #lat, pct(0.5), pct(0.99), lat[#lat] * 1000))
   -- throughput
+  handled, first, last, measure = 0, nil, nil, false
   assert(m:blast { type = "stream.online", channels = chans, count = N // 200 })
   local total = (N // 200) * 200
   run_until(function() return handled >= total end, 120)
@@ -66,26 +77,31 @@ local ok, err = pcall(function()
   print(("end to end: %d events in %.2f s: %.0f events/s (gateway -> Redis -> worker, one process)"):format(
     handled, last - first, eps))
 
-  -- latency at 10,000 events/s
-  handled, first, last, measure = 0, nil, nil, true
-  local n2 = RATE * 3
-  local st = assert(m:stream { type = "stream.online", channels = chans, rate = RATE, count = n2 })
-  run_until(function() return handled >= n2 end, 60)
-  table.sort(lat)
-  local function pct(p) return lat[math.max(1, math.ceil(#lat * p))] * 1000 end
-  print(("added latency at %d events/s (%d samples, 1 ms clock): p50 %.0f ms, p99 %.0f ms, max %.0f ms"):format(
-    RATE, #lat, pct(0.5), pct(0.99), lat[#lat] * 1000))
+  -- the floor, same process, same link: raw pipelined XADDs of the same bodies (no script,
+  -- no de-duplication), then reading them back in pages of 1000 (XREADGROUP-sized)
+  local body = twconduit.json_encode { subscription = { type = "stream.online", version = "1" },
+    event = { broadcaster_user_id = "3001", pad = string.rep("x", 1400) } }
+  local nf, answered = 50000, 0
+  local t0 = c:now()
+  for i = 1, nf do
+    assert(q._ud:command({ "XADD", "floor", "*", "id", tostring(i), "b", body }, function() answered = answered + 1 end))
+    if i % 2000 == 0 then c:step(0) end
+  end
+  run_until(function() return answered >= nf end, 60)
+  local from, got = "-", 0
+  repeat
+    local page = assert(q:command { "XRANGE", "floor", from, "+", "COUNT", "1000" })
+    got = got + #page
+    if #page > 0 then from = "(" .. page[#page][1] end
+  until #page < 1000
+  local floor = got / math.max(c:now() - t0, 1e-3)
+  print(("floor: %d raw XADDs pipelined and read back from the same process: %.0f events/s; end to end / floor = %.2f"):format(
+    got, floor, eps / floor))
   local s = q:stats()
   print(("queue: published %d, acked %d, duplicates %d, dropped %d"):format(s.published, s.acked, s.duplicates, s.dropped))
   c:close()
   _ = st
 end)
--- the floor: raw pipelined XADD from redis-benchmark on the same socket
-local p = io.popen(("env -u LD_PRELOAD redis-benchmark -s '%s' -n 200000 -P 64 -q XADD floor '*' f 0123456789 2>&1"):format(redis.socket))
-local out = p:read("a")
-p:close()
-local floor = tonumber(out:match("([%d%.]+) requests per second"))
-print(("floor: redis-benchmark XADD pipelined: %s requests/s"):format(floor and ("%.0f"):format(floor) or out))
 m:stop()
 redis:destroy()
 if not ok then error(err) end
