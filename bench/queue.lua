@@ -28,7 +28,8 @@ local ok, err = pcall(function()
   twconduit.spawn(function()
     assert(cd:wait_ready(15))
     for i = 1, 200 do
-      assert(cd:subscribe { type = "stream.online", version = "1", condition = { broadcaster_user_id = tostring(3000 + i) } })
+      assert(cd:subscribe { type = "stream.online", version = "1",
+        condition = { broadcaster_user_id = tostring(3000 + i) } })
     end
     c:stop()
   end)
@@ -36,7 +37,8 @@ local ok, err = pcall(function()
   local chans = {}
   for i = 1, 200 do chans[i] = tostring(3000 + i) end
 
-  local recv, lat, handled, first, last = {}, {}, 0, nil, nil
+  local recv, lat, handled, first = {}, {}, 0, nil
+  local last
   local measure = false
   cd:on("stream.online", function(_, msg) if measure then recv[msg.id] = c:now() end end)
   q:on("stream.online", function(_, msg)
@@ -57,11 +59,12 @@ local ok, err = pcall(function()
   -- latency at 10,000 events/s
   measure = true
   local n2 = RATE * 3
-  local st = assert(m:stream { type = "stream.online", channels = chans, rate = RATE, count = n2 })
+  assert(m:stream { type = "stream.online", channels = chans, rate = RATE, count = n2 })
   run_until(function() return handled >= n2 end, 60)
   table.sort(lat)
   local function pct(p) return lat[math.max(1, math.ceil(#lat * p))] * 1000 end
-  print(("added latency at %d events/s (%d samples, 1 ms clock): p50 %.0f ms, p99 %.0f ms, max %.0f ms"):format(
+  print(("added latency at %d events/s (%d samples, 1 ms clock): p50 %.0f ms, p99 %.0f ms, max %.0f ms")
+    :format(
     RATE, #lat, pct(0.5), pct(0.99), lat[#lat] * 1000))
   -- throughput
   handled, first, last, measure = 0, nil, nil, false
@@ -84,7 +87,8 @@ local ok, err = pcall(function()
   local nf, answered = 50000, 0
   local t0 = c:now()
   for i = 1, nf do
-    assert(q._ud:command({ "XADD", "floor", "*", "id", tostring(i), "b", body }, function() answered = answered + 1 end))
+    assert(q._ud:command({ "XADD", "floor", "*", "id", tostring(i), "b", body },
+      function() answered = answered + 1 end))
     if i % 2000 == 0 then c:step(0) end
   end
   run_until(function() return answered >= nf end, 60)
@@ -95,12 +99,13 @@ local ok, err = pcall(function()
     if #page > 0 then from = "(" .. page[#page][1] end
   until #page < 1000
   local floor = got / math.max(c:now() - t0, 1e-3)
-  print(("floor: %d raw XADDs pipelined and read back from the same process: %.0f events/s; end to end / floor = %.2f"):format(
+  print(("floor: %d raw XADDs pipelined and read back from the same process: %.0f events/s; "
+    .. "end to end / floor = %.2f"):format(
     got, floor, eps / floor))
   local s = q:stats()
-  print(("queue: published %d, acked %d, duplicates %d, dropped %d"):format(s.published, s.acked, s.duplicates, s.dropped))
+  print(("queue: published %d, acked %d, duplicates %d, dropped %d")
+    :format(s.published, s.acked, s.duplicates, s.dropped))
   c:close()
-  _ = st
 end)
 m:stop()
 redis:destroy()

@@ -23,7 +23,7 @@ describe("queue", function()
   local workers = {}
 
   local function start_worker(consumer)
-    local p = assert(io.popen(("sh -c 'echo $$; exec lua5.4 spec/support/queue_worker.lua %s %s %s %d'")
+    local p = assert(io.popen(("exec sh -c 'echo $$; exec lua5.4 spec/support/queue_worker.lua %s %s %s %d'")
       :format(redis.url, NAME, consumer, CLAIM_IDLE), "r"))
     local pid = assert(tonumber(p:read("l")), "no worker pid")
     local w = { pipe = p, pid = pid, consumer = consumer }
@@ -74,7 +74,7 @@ describe("queue", function()
     c = H.client(m)
     c:on("error", function() end)
     q = assert(c:queue { redis = redis.url, name = NAME, role = "gateway", ["local"] = true,
-      buffer_max = 200, spool = dir .. "/gateway.spool", connect_timeout = 0.5, command_timeout = 1 })
+      buffer_max = 200, spool = dir .. "/gateway.spool", connect_timeout = 0.5, command_timeout = 3 })
     q:on("error", function() end)
     H.wait_until(c, function() return q:stats().up end, 10, "the gateway's Redis link")
     cd = H.ready_conduit(c, { shards = 4 })
@@ -91,10 +91,12 @@ describe("queue", function()
     if dir then os.execute("rm -rf '" .. dir .. "'") end
   end)
 
-  it("(a, b) a worker killed mid-stream and both restarted: every event handled, the dead worker's entries claimed", function()
+  it("(a, b) a worker killed mid-stream and both restarted: every event handled, "
+    .. "the dead worker's entries claimed", function()
     local wa, wb = start_worker("A"), start_worker("B")
     local total = RATE * 6
-    local st = assert(m:stream { type = "stream.online", channels = H.channels(200), rate = RATE, count = total })
+    local st = assert(m:stream { type = "stream.online", channels = H.channels(200), rate = RATE,
+      count = total })
     -- (a) SIGKILL A mid-stream
     H.wait_until(c, function() return q:stats().published >= total // 4 end, 20, "a quarter published")
     kill(wa, "KILL")
@@ -120,11 +122,14 @@ describe("queue", function()
     assert.are.equal(0, q:stats().dropped)
   end)
 
-  it("(c) Redis stopped for 10 s and started again: the gateway spools, replays in order, loses nothing", function()
+  it("(c) Redis stopped for 10 s and started again: the gateway spools, replays in order, "
+    .. "loses nothing", function()
     local base = q:stats()
     local total = RATE * 14
-    local st = assert(m:stream { type = "stream.online", channels = H.channels(200), rate = RATE, count = total })
-    H.wait_until(c, function() return q:stats().published >= base.published + RATE end, 20, "a second published")
+    local st = assert(m:stream { type = "stream.online", channels = H.channels(200), rate = RATE,
+      count = total })
+    H.wait_until(c, function() return q:stats().published >= base.published + RATE end, 20,
+      "a second published")
     redis:stop()
     local t0 = c:now()
     H.wait_until(c, function() return c:now() - t0 >= 10 end, 15, "ten seconds")
@@ -134,7 +139,10 @@ describe("queue", function()
     assert.is_true(mid.spool_bytes > 0)
     redis:restart()
     H.wait_until(c, function() return stream_done(st.stream_id) end, 30, "the stream's end")
-    H.wait_until(c, function() local s = q:stats(); return s.up and s.buffered == 0 and s.spool_bytes == 0 end,
+    H.wait_until(c, function()
+      local s = q:stats()
+      return s.up and s.buffered == 0 and s.spool_bytes == 0
+    end,
       30, "the spool replayed")
     wait_all_handled(40, "every event handled after the outage")
     assert.are.equal(0, q:stats().dropped)
@@ -148,10 +156,10 @@ describe("queue", function()
     for k = 0, 3 do
       local from, entries = "-", {}
       repeat -- in pages: one reply of the whole stream would outlast the command timeout
-        local page = assert(q:command { "XRANGE", NAME .. ":s:" .. k, from, "+", "COUNT", "2000" })
+        local page = assert(q:command { "XRANGE", NAME .. ":s:" .. k, from, "+", "COUNT", "500" })
         for _, e in ipairs(page) do entries[#entries + 1] = e end
         if #page > 0 then from = "(" .. page[#page][1] end
-      until #page < 2000
+      until #page < 500
       for _, e in ipairs(entries) do
         local f = {}
         for i = 1, #e[2] - 1, 2 do f[e[2][i]] = e[2][i + 1] end
@@ -196,9 +204,36 @@ describe("queue", function()
     H.wait_until(c2, function() return q2:stats().duplicates == 1 end, 10, "the second gateway's answer")
     assert.are.equal(0, q2:stats().published)
     assert.are.equal(r.message_ids[1], got.id)
-    H.wait_until(c, function() return tonumber(redis:cli("GET", NAME .. ":handled_count")) > before end, 10, "handled")
+    H.wait_until(c, function() return tonumber(redis:cli("GET", NAME .. ":handled_count")) > before end,
+      10, "handled")
     H.drain(c, CLAIM_IDLE + 0.5)
     assert.are.equal(before + 1, tonumber(redis:cli("GET", NAME .. ":handled_count")))
     c2:close()
+  end)
+
+  it("a gateway closed while Redis is down leaves its messages in the spool; the next one replays them",
+    function()
+    redis:stop()
+    H.wait_until(c, function() return not q:stats().up end, 10, "the link down")
+    local r = assert(m:trigger { type = "stream.online", channels = H.channels(50) })
+    H.wait_until(c, function() return q:stats().buffered >= r.produced end, 10, "the messages held")
+    q:close()
+    local f = assert(io.open(dir .. "/gateway.spool", "rb"))
+    local size = f:seek("end")
+    f:close()
+    assert.is_true(size > 0, "the spool holds them")
+    redis:restart()
+    local q2 = assert(c:queue { redis = redis.url, name = NAME, role = "gateway",
+      spool = dir .. "/gateway.spool" })
+    H.wait_until(c, function()
+      local st = q2:stats()
+      return st.up and st.spool_bytes == 0 and st.buffered == 0
+    end,
+      20, "the spool replayed")
+    assert.is_true(q2:stats().published + q2:stats().duplicates >= r.produced)
+    local handled = nil
+    H.wait_until(c, function() handled = handled_set(); for _, id in ipairs(r.message_ids) do
+      if not handled[id] then return false end end return true end, 30, "every message of the outage handled")
+    q = q2
   end)
 end)

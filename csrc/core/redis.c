@@ -182,6 +182,7 @@ static void start_connect(tw_redis *r) {
   r->ac = ac;
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
+  uv_update_time(r->c->loop);
   r->connect_deadline = uv_now(r->c->loop) + (uint64_t)(r->connect_timeout_s * 1000);
   /* the handshake is pipelined ahead of anything else */
   if (r->password) {
@@ -283,6 +284,9 @@ int tw_redis_cmd_t(tw_redis *r, tw_redis_fn cb, void *user, int argc, const char
   k->r = r;
   k->cb = cb;
   k->user = user;
+  /* the loop's cached time may be old (a command sent from outside the loop after a
+   * blocking call): a deadline from it could pass at once */
+  uv_update_time(r->c->loop);
   k->deadline = uv_now(r->c->loop) + (uint64_t)(r->command_timeout_s * 1000) + extra_ms;
   if (redisAsyncCommandArgv(r->ac, on_reply, k, argc, argv, lens) != REDIS_OK) {
     free(k);

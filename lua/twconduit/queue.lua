@@ -30,7 +30,9 @@ local OPTIONS = {
 local ALLOWED = {
   notification = true, revocation = true, error = true,
 }
-local function allowed_event(name) return ALLOWED[name] or (type(name) == "string" and name:find(".", 1, true)) end
+local function allowed_event(name)
+  return ALLOWED[name] or (type(name) == "string" and name:find(".", 1, true))
+end
 
 local function check(opts)
   if type(opts) ~= "table" then
@@ -95,7 +97,9 @@ function Queue:closed() return self._closed or self._client._closed end
 -- Lua (arrays as tables, nil elements as false) | nil, err.
 function Queue:command(argv)
   check_open(self)
-  if type(argv) ~= "table" then errors.argerror(1, "command", ("table expected, got %s"):format(type(argv))) end
+  if type(argv) ~= "table" then
+    errors.argerror(1, "command", ("table expected, got %s"):format(type(argv)))
+  end
   return async.await(self._client, function(done)
     local ok, err = self._ud:command(argv, done)
     if not ok then done(nil, err) end
@@ -169,7 +173,7 @@ function Queue:__tostring()
   return ("twconduit.queue{role=%q,closed=%s}"):format(self._role, tostring(self:closed()))
 end
 
-function Queue:_wake() end
+function Queue._wake() end
 
 -- ---------------------------------------------------------------------------------
 -- delivery: one runner coroutine reused from entry to entry while handlers return

@@ -9,7 +9,8 @@ local function sh(cmd) return os.execute(cmd) end
 local function cli(self, ...)
   local args = {}
   for i, a in ipairs { ... } do args[i] = "'" .. tostring(a):gsub("'", "'\\''") .. "'" end
-  local p = io.popen(("env -u LD_PRELOAD redis-cli -s '%s' %s 2>/dev/null"):format(self.socket, table.concat(args, " ")))
+  local p = io.popen(("env -u LD_PRELOAD redis-cli -s '%s' %s 2>/dev/null")
+    :format(self.socket, table.concat(args, " ")))
   local out = p:read("a")
   p:close()
   return (out:gsub("%s+$", ""))
@@ -23,14 +24,16 @@ function R.start(dir)
     dir = p:read("l")
     p:close()
   end
-  local self = setmetatable({ dir = dir, socket = dir .. "/redis.sock", url = "unix:" .. dir .. "/redis.sock" }, R)
+  local sock = dir .. "/redis.sock"
+  local self = setmetatable({ dir = dir, socket = sock, url = "unix:" .. sock }, R)
   self:_spawn()
   return self
 end
 
 function R:_spawn()
-  assert(sh(("env -u LD_PRELOAD redis-server --port 0 --unixsocket '%s' --appendonly yes --dir '%s' --save '' " ..
-    "--daemonize yes --pidfile '%s/redis.pid' --logfile '%s/redis.log'"):format(self.socket, self.dir, self.dir, self.dir)),
+  assert(sh(("env -u LD_PRELOAD redis-server --port 0 --unixsocket '%s' --appendonly yes --dir '%s' " ..
+    "--save '' --daemonize yes --pidfile '%s/redis.pid' --logfile '%s/redis.log'")
+    :format(self.socket, self.dir, self.dir, self.dir)),
     "cannot start redis-server")
   local t0 = os.time()
   while cli(self, "PING") ~= "PONG" do
