@@ -211,6 +211,33 @@ describe("queue", function()
     c2:close()
   end)
 
+  it("an entry is acknowledged once its yielding handler returned; an unreadable one is reported", function()
+    local body = twconduit.json_encode { subscription = { type = "stream.online", version = "1" },
+      event = { broadcaster_user_id = "42" } }
+    redis:cli("XADD", "y:s:0", "*", "id", "m-1", "mt", "notification", "ts", "", "tr", "websocket", "b", body)
+    redis:cli("XADD", "y:s:0", "*", "id", "m-2", "mt", "notification", "ts", "", "tr", "websocket", "b", "{nope")
+    local w = assert(c:queue { redis = redis.url, name = "y", role = "worker", partitions = 1 })
+    local started, finished, errs = false, false, {}
+    w:on("error", function(e) errs[#errs + 1] = e end)
+    w:on("stream.online", function(ev, msg)
+      assert.are.equal("42", ev.broadcaster_user_id)
+      assert.are.equal("queue", msg.transport)
+      assert.are.equal("m-1", msg.id)
+      started = true
+      twconduit.sleep(c, 0.5) -- yields: the entry must stay pending meanwhile
+      finished = true
+    end)
+    H.wait_until(c, function() return started end, 10, "the handler")
+    local function pending() return tonumber((redis:cli("XPENDING", "y:s:0", "y"):match("^(%d+)"))) end
+    assert.is_false(finished)
+    assert.is_true(pending() >= 1, "pending while the handler waits")
+    H.wait_until(c, function() return finished end, 5, "the handler's end")
+    H.wait_until(c, function() return w:stats().acked == 1 end, 5, "the acknowledgement")
+    assert.are.equal(1, w:stats().bad_entries)
+    assert.are.equal("bad_message", errs[1] and errs[1].code)
+    w:close()
+  end)
+
   it("a gateway closed while Redis is down leaves its messages in the spool; the next one replays them",
     function()
     redis:stop()
