@@ -228,7 +228,9 @@ describe("queue", function()
       finished = true
     end)
     H.wait_until(c, function() return started end, 10, "the handler")
-    local function pending() return tonumber((redis:cli("XPENDING", "y:s:0", "y"):match("^(%d+)"))) end
+    local function pending()
+      return tonumber((redis:cli("XPENDING", "y:s:0", "y"):match("^(%d+)")))
+    end
     assert.is_false(finished)
     assert.is_true(pending() >= 1, "pending while the handler waits")
     H.wait_until(c, function() return finished end, 5, "the handler's end")
