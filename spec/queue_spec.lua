@@ -214,8 +214,11 @@ describe("queue", function()
   it("an entry is acknowledged once its yielding handler returned; an unreadable one is reported", function()
     local body = twconduit.json_encode { subscription = { type = "stream.online", version = "1" },
       event = { broadcaster_user_id = "42" } }
-    redis:cli("XADD", "y:s:0", "*", "id", "m-1", "mt", "notification", "ts", "", "tr", "websocket", "b", body)
-    redis:cli("XADD", "y:s:0", "*", "id", "m-2", "mt", "notification", "ts", "", "tr", "websocket", "b", "{nope")
+    local function add(id, b)
+      redis:cli("XADD", "y:s:0", "*", "id", id, "mt", "notification", "ts", "", "tr", "websocket", "b", b)
+    end
+    add("m-1", body)
+    add("m-2", "{nope")
     local w = assert(c:queue { redis = redis.url, name = "y", role = "worker", partitions = 1 })
     local started, finished, errs = false, false, {}
     w:on("error", function(e) errs[#errs + 1] = e end)
