@@ -50,6 +50,7 @@ struct tw_redis {
   tw_redis_state_fn state;
   void *user;
   char last_error[200];
+  tw_buf fmt; /* the command being written */
 };
 
 static void arm(tw_redis *r);
@@ -275,6 +276,38 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv) {
   if (!r->closing && r->ac) arm(r);
 }
 
+/* RESP of a command, written here (hiredis's argv formatter costs a formatted append per
+ * argument): "*<argc>\r\n" then "$<len>\r\n<bytes>\r\n" per argument. */
+static char *put_uint(char *p, size_t v) {
+  char tmp[24];
+  int n = 0;
+  do tmp[n++] = (char)('0' + v % 10), v /= 10;
+  while (v);
+  while (n) *p++ = tmp[--n];
+  return p;
+}
+
+static int resp_format(tw_buf *b, int argc, const char **argv, const size_t *lens) {
+  size_t need = 16;
+  for (int i = 0; i < argc; i++) need += lens[i] + 26;
+  b->len = 0;
+  if (tw_buf_reserve(b, need) != 0) return -1;
+  char *p = b->p;
+  *p++ = '*';
+  p = put_uint(p, (size_t)argc);
+  *p++ = '\r', *p++ = '\n';
+  for (int i = 0; i < argc; i++) {
+    *p++ = '$';
+    p = put_uint(p, lens[i]);
+    *p++ = '\r', *p++ = '\n';
+    if (lens[i]) memcpy(p, argv[i], lens[i]);
+    p += lens[i];
+    *p++ = '\r', *p++ = '\n';
+  }
+  b->len = (size_t)(p - b->p);
+  return 0;
+}
+
 int tw_redis_cmd_t(tw_redis *r, tw_redis_fn cb, void *user, int argc, const char **argv, const size_t *lens,
                    uint64_t extra_ms) {
   if (!r->ac || r->closing) return -1;
@@ -288,7 +321,8 @@ int tw_redis_cmd_t(tw_redis *r, tw_redis_fn cb, void *user, int argc, const char
    * blocking call): a deadline from it could pass at once */
   uv_update_time(r->c->loop);
   k->deadline = uv_now(r->c->loop) + (uint64_t)(r->command_timeout_s * 1000) + extra_ms;
-  if (redisAsyncCommandArgv(r->ac, on_reply, k, argc, argv, lens) != REDIS_OK) {
+  if (resp_format(&r->fmt, argc, argv, lens) != 0 ||
+      redisAsyncFormattedCommand(r->ac, on_reply, k, r->fmt.p, r->fmt.len) != REDIS_OK) {
     free(k);
     return -1;
   }
@@ -378,6 +412,8 @@ tw_redis *tw_redis_new(tw_client *c, const char *url, double connect_timeout_s, 
 static void timer_closed(uv_handle_t *h) {
   tw_redis *r = h->data;
   if (r->password) memset(r->password, 0, strlen(r->password));
+  if (r->fmt.p) memset(r->fmt.p, 0, r->fmt.cap); /* may hold the AUTH password */
+  tw_buf_free(&r->fmt);
   free(r->host);
   free(r->path);
   free(r->password);
