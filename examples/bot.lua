@@ -7,8 +7,24 @@
 -- channels, triggers events, prints each one, and exits 0 once all arrived (1 on timeout).
 --
 --   LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/lib/?.so;;" lua5.4 examples/bot.lua
+--
+-- Split over Redis (README "Deployment"): `--gateway [redis-url]` runs the conduit and
+-- publishes every event to the queue (exits once the triggered events are stored);
+-- `--worker [redis-url]` runs the handlers from the queue until interrupted.
 local twconduit = require "twconduit"
 twconduit.set_log_level(0) -- libwebsockets: errors only
+
+local role = (arg[1] == "--gateway" or arg[1] == "--worker") and arg[1]:sub(3) or nil
+local redis_url = role and (arg[2] or "redis://127.0.0.1:6379")
+if role == "worker" then -- no conduit, no Twitch credentials: the queue's handlers only
+  local client = assert(twconduit.client { client_id = "worker", access_token = "unused" })
+  local q = assert(client:queue { redis = redis_url, name = "example-bot", role = "worker" })
+  q:on("notification", function(event, msg)
+    print(("[queue, from %s] %s %s %s"):format(msg.origin, msg.type, msg.id, event.broadcaster_user_login))
+  end)
+  client:run()
+  os.exit(0)
+end
 
 local client_id = os.getenv "TWITCH_CLIENT_ID"
 local client_secret = os.getenv "TWITCH_CLIENT_SECRET"
@@ -45,6 +61,7 @@ end
 local client = assert(twconduit.client(opts))
 client:on("error", function(err) io.stderr:write("error: ", tostring(err), "\n") end)
 
+local queue = role and assert(client:queue { redis = redis_url, name = "example-bot", role = "gateway" })
 local conduit = assert(client:conduit { id = os.getenv "TWITCH_CONDUIT_ID", shards = 4 })
 conduit:on("shard_disabled", function(shard, status)
   print(("shard %s disabled (%s)"):format(shard.id, tostring(status)))
@@ -87,10 +104,12 @@ twconduit.spawn(function()
   expected = a.produced + b.produced
   -- stop when everything arrived, or after 20 s
   local waited = 0
-  while handled < expected and waited < 20 do
+  if queue then handled = nil end -- the workers handle them: wait until they are stored
+  while (handled or queue:stats().published + queue:stats().duplicates) < expected and waited < 20 do
     twconduit.sleep(client, 0.1)
     waited = waited + 0.1
   end
+  handled = handled or queue:stats().published + queue:stats().duplicates
   timed_out = handled < expected
   client:stop()
 end)

@@ -251,6 +251,21 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
       twl_push_errorf(L, "error", 0, "unknown error");
     push_shard_obj(L, fr, cl, ev->shard);
     return 4;
+  case TW_EV_QUEUED: /* kind, queue, type, message, view, entry, partition | queue_error, queue, err */
+    if (ev->msg == NULL) {
+      lua_pushliteral(L, "queue_error");
+      twl_push_bound(L, fr->objs, ev->queue);
+      twl_push_error(L, ev->error);
+      return 3;
+    }
+    lua_pushliteral(L, "queued");
+    twl_push_bound(L, fr->objs, ev->queue);
+    lua_pushstring(L, ev->msg->type);
+    twl_push_message(L, fr, ev, base + 2);
+    twl_view_push(L, ev->msg->doc, ev->msg->message_type[0] == 'n' ? ev->msg->event : ev->msg->subscription, base + 4);
+    lua_pushstring(L, ev->entry);
+    lua_pushinteger(L, ev->partition);
+    return 7;
   case TW_EV_TOKEN:
     lua_pushliteral(L, "token");
     lua_pushnil(L);
@@ -931,3 +946,5 @@ void twl_req_drop(twl_req *r) {
   free(r);
 }
 void twl_req_response(void *user, const tw_response *r) { on_response(user, r); }
+void twl_call_protected(twl_client *cl, lua_CFunction f, void *arg) { call_protected(cl, f, arg); }
+twl_client *twl_protected_frame(lua_State *L) { return protected_frame(L); }

@@ -34,6 +34,7 @@ typedef struct {
   uint32_t idlen;
   uint8_t transport;        /* tw_transport_kind */
   uint8_t revocation;
+  uint8_t origin;           /* queue: the transport the gateway received it on */
   uint8_t copied;           /* the fields live in tail: uint16_t offsets[F_N] (NO_FIELD when
                                absent), then the NUL-terminated strings */
   char tail[];
@@ -66,6 +67,7 @@ void twl_push_message(lua_State *L, twl_frame *fr, const tw_event *ev, int condu
   m->id = src->id;
   m->idlen = (uint32_t)idlen;
   m->transport = (uint8_t)src->transport;
+  m->origin = (uint8_t)(src->origin ? src->origin : src->transport);
   m->revocation = src->message_type && src->message_type[0] == 'r';
   m->copied = copy;
   if (copy) {
@@ -217,6 +219,9 @@ static int msg_index(lua_State *L) {
   case 'c':
     if (strcmp(k, "conduit") == 0) return push_holder(L, 0);
     break;
+  case 'o':
+    if (strcmp(k, "origin") == 0) return lua_pushstring(L, transport_name(m->origin)), 1;
+    break;
   default:
     break;
   }
@@ -238,4 +243,31 @@ void twl_message_open(lua_State *L) {
   lua_pushcclosure(L, msg_index, 1);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
+}
+
+int twl_message_to_msg(lua_State *L, int idx, tw_msg *out) {
+  twl_msg *m = lua_touserdata(L, idx);
+  memset(out, 0, sizeof *out);
+  if (!m || !m->doc) return -1;
+  tw_json *d = m->doc;
+  out->transport = (tw_transport_kind)m->origin;
+  out->message_type = m->revocation ? "revocation" : "notification";
+  out->id = m->id;
+  out->id_len = m->id ? m->idlen : 0;
+  out->doc = d;
+  out->subscription = m->sub;
+  out->metadata = m->meta;
+  tw_jnode body = tw_json_get(d, 0, "payload", 7);
+  if (body == TW_JNONE) body = 0;
+  out->event = tw_json_get(d, body, "event", 5);
+  if (out->event == TW_JNONE) out->event = tw_json_get(d, body, "events", 6);
+  if (m->copied) {
+    uint16_t off;
+    memcpy(&off, m->tail + F_TIMESTAMP * sizeof off, sizeof off);
+    out->timestamp = off != NO_FIELD ? m->tail + off : NULL;
+  } else {
+    out->timestamp = tw_json_str(d, tw_json_get(d, m->meta, "message_timestamp", 17), NULL);
+  }
+  out->type = tw_json_str(d, tw_json_get(d, m->sub, "type", 4), NULL);
+  return 0;
 }

@@ -26,6 +26,7 @@
 #define TWL_SHARD_MT "twconduit.shard"
 #define TWL_MESSAGE_MT "twconduit.message"
 #define TWL_ERROR_MT "twconduit.Error"
+#define TWL_QUEUE_MT "twconduit.queue"
 
 /* client uservalue slots */
 enum { TWL_UV_DISPATCH = 1, TWL_UV_OBJS = 2, TWL_UV_PENDING = 3, TWL_UV_CLIENT_N = 3 };
@@ -147,6 +148,13 @@ void twl_wsession_freed(twl_client *cl, const tw_event *ev);
 twl_req *twl_req_new(twl_client *cl);
 void twl_req_drop(twl_req *r);
 void twl_req_response(void *user, const tw_response *r);
+/* the queue (queue.c): client_ud:queue and the queue box */
+void twl_queue_open(lua_State *L);
+/* for other files entering Lua from the core: call_protected and protected_frame of client.c */
+void twl_call_protected(twl_client *cl, lua_CFunction f, void *arg);
+twl_client *twl_protected_frame(lua_State *L);
+/* fills m from the message userdata at idx (borrowed from it); -1 when it has no document */
+int twl_message_to_msg(lua_State *L, int idx, tw_msg *m);
 
 /* seconds -> milliseconds, rounded up, clamped */
 int twl_seconds_to_ms(lua_Number s);

@@ -222,6 +222,7 @@ int tw_client_free(tw_client *c) {
   }
   c->freeing = true;
   c->on_event = NULL;
+  tw_queues_free_all(c);
   tw_conduits_free_all(c);
   while (c->timers) tw_timer_cancel(c->timers);
   if (c->hx) tw_helix_state_closing(c->hx);
@@ -382,6 +383,7 @@ bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *
   }
   bool notif = m->message_type && m->message_type[0] == 'n';
   if (notif) c->stats.notifications++;
+  if (c->gateway && tw_queue_gateway_publish(c->gateway, m)) return true;
   tw_event ev = {.type = notif ? TW_EV_NOTIFICATION : TW_EV_REVOCATION,
                  .conduit = cd,
                  .shard = s,

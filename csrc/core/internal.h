@@ -136,6 +136,12 @@ void tw_conduits_free_all(tw_client *c);
 /* Notifies every conduit that the client is closing (sockets get close frames). */
 void tw_conduits_close_all(tw_client *c);
 
+/* ---- queue transport (queue.c) ---- */
+struct tw_queue;
+/* Publishes m (after de-duplication and the replay guard); true: not for local handlers. */
+bool tw_queue_gateway_publish(struct tw_queue *q, const tw_msg *m);
+void tw_queues_free_all(tw_client *c);
+
 /* ---- the client (client.c) ---- */
 struct tw_client {
   uv_loop_t own_loop;
@@ -170,6 +176,8 @@ struct tw_client {
   struct tw_conduit *conduits; /* list */
   struct tw_wsession *wsessions; /* plain websocket sessions (wsession.c) */
   struct tw_timer *timers;     /* list of live timers */
+  struct tw_queue *queues;     /* list (queue.c) */
+  struct tw_queue *gateway;    /* the queue delivered messages are published to; NULL: none */
   uint64_t rng;
   tw_client_stats stats;
 };

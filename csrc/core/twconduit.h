@@ -161,6 +161,9 @@ typedef enum tw_event_type {
                              error set. Unless a handler holds or releases the shard, or the
                              conduit's lost policy is TW_LOST_REPORT, the shard is reassigned
                              after the handlers return. */
+  TW_EV_QUEUED,           /* a queue (tw_queue.h) delivers an entry: queue, entry, partition
+                             and msg set (transport TW_TRANSPORT_QUEUE; tw_queue_done when its
+                             handlers finished); or, msg NULL, reports a queue error */
   TW_EV_WS_CONNECTED = 64,/* wsession: welcomed on a NEW session (the first, or after a close
                              that was not a session_reconnect): Twitch holds no subscription
                              for it, the owner creates them (again) */
@@ -200,6 +203,7 @@ typedef struct tw_msg {
   int strings_in_doc;            /* 1: id, type, version, timestamp, status point into doc
                                     (a reference on doc keeps them); 0: copy them to keep */
   tw_wsession *wsession;         /* the plain websocket session it came on; NULL otherwise */
+  tw_transport_kind origin;      /* queue: the transport the gateway received it on */
 } tw_msg;
 
 /* Decodes a websocket message's envelope ({metadata, payload}) into m, when it is a
@@ -228,6 +232,9 @@ typedef struct tw_event {
   const char *status;      /* see above; borrowed */
   const tw_error *error;   /* borrowed; NULL when none */
   const tw_transport_info *twitch; /* TW_EV_SHARD_LOST: what Twitch shows */
+  struct tw_queue *queue;  /* TW_EV_QUEUED */
+  const char *entry;       /* TW_EV_QUEUED: the stream entry id */
+  int partition;
   tw_wsession *wsession;   /* plain websocket mode: the session object; NULL otherwise */
 } tw_event;
 

@@ -314,7 +314,11 @@ end
 
 Client._chain = chain
 
-function Client:_event(kind, conduit, a, b, c, _, e)
+function Client:_event(kind, conduit, a, b, c, d, e)
+  if kind == "queued" or kind == "queue_error" then -- a queue's entry or error (queue.lua)
+    if type(conduit) == "table" then conduit:_dispatch(kind, a, b, c, d, e) end
+    return
+  end
   if type(conduit) == "userdata" then conduit = nil end
   if WSession.event(self, kind, conduit, a, b) then return end -- a websocket session's own
   if kind == "revocation" then
@@ -413,6 +417,27 @@ function Client:options()
   for k, v in pairs(self._opts) do o[k] = v end
   return o
 end
+--- A queue over Redis Streams (lua/twconduit/queue.lua): queue | nil, err.
+function Client:queue(opts)
+  check_open(self)
+  return require("twconduit.queue").new(self, opts)
+end
+
+--- Per partition lag and pending entries, and the dead-letter count, of every open
+-- queue of this client (async): { [name] = { partitions = {...}, dead = n } } | nil, err.
+function Client:queue_stats()
+  check_open(self)
+  local out = {}
+  for _, q in ipairs(self._queues or {}) do
+    if not q:closed() then
+      local st, err = q:redis_stats()
+      if not st then return nil, err end
+      out[q:name()] = st
+    end
+  end
+  return out
+end
+
 function Client:is_running() return not self._closed and self._core:running() end
 function Client:closed() return self._closed end
 

@@ -238,6 +238,7 @@ static __attribute__((unused)) const char *ev_name(tw_event_type t) {
   case TW_EV_WS_RECONNECTED: return "ws_reconnected";
   case TW_EV_WS_DISCONNECTED: return "ws_disconnected";
   case TW_EV_WS_TOKEN: return "ws_token";
+  case TW_EV_QUEUED: return "queued";
   }
   return "?";
 }
