@@ -207,6 +207,7 @@ __attribute__((visibility("default"))) int luaopen_twconduit_core(lua_State *L) 
   twl_conduit_open(L);
   twl_lifecycle_open(L);
   twl_client_open(L, mod);
+  twl_webhook_open(L);
   lua_settop(L, mod);
   return 1;
 }

@@ -219,6 +219,7 @@ int tw_client_free(tw_client *c) {
     tw_ws_close_all(c, 1000);
     if (tw_ws_live(c)) drain_sessions(c, 1000);
   }
+  tw_httpds_close_all(c);
   c->freeing = true;
   c->on_event = NULL;
   tw_conduits_free_all(c);

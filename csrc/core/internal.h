@@ -112,6 +112,17 @@ void tw_conduits_free_all(tw_client *c);
 /* Notifies every conduit that the client is closing (sockets get close frames). */
 void tw_conduits_close_all(tw_client *c);
 
+/* ---- HTTP server and webhooks (httpd.c, webhook.c, conduit.c) ---- */
+void tw_httpds_close_all(tw_client *c);
+tw_client *tw_httpd_client(const tw_httpd *h);
+/* drop(user) is called when the server closes with the route still there */
+void tw_httpd_route_on_drop(tw_httpd *h, const char *path, void (*drop)(void *user));
+/* A challenge of the conduit-shard form was answered for conduit_id / shard_id. */
+void tw_conduit_webhook_challenged(tw_client *c, const char *conduit_id, const char *shard_id);
+/* Delivers a webhook message for (cd, shard_id) when that conduit and shard still run
+ * here (counted on the shard), else for the client alone. */
+bool tw_conduit_webhook_deliver(tw_client *c, tw_conduit *cd, const char *shard_id, const tw_msg *m);
+
 /* ---- the client (client.c) ---- */
 struct tw_client {
   uv_loop_t own_loop;
@@ -144,6 +155,7 @@ struct tw_client {
   void *ssl_ctx; /* SSL_CTX for wss, made on first use */
 
   struct tw_conduit *conduits; /* list */
+  struct tw_httpd *httpds;     /* HTTP servers (httpd.c) */
   struct tw_timer *timers;     /* list of live timers */
   uint64_t rng;
   tw_client_stats stats;

@@ -7,6 +7,7 @@ local Client = require "twconduit.client"
 local Conduit = require "twconduit.conduit"
 local Shard = require "twconduit.shard"
 local Subscription = require "twconduit.subscription"
+require "twconduit.webhook" -- webhook servers, shards, subscriptions (adds methods)
 
 local M = {
   VERSION = core.VERSION,
