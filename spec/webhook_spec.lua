@@ -1,7 +1,7 @@
 -- Webhook shards, webhook subscriptions and mixed conduits against the emulator's
 -- webhook delivery (signed requests, retries on the same shard, challenges).
 local H = require "support.helper"
-local core = require "twconduit.core"
+local twconduit = require "twconduit"
 
 local SANITIZED = os.getenv("SANITIZED") ~= nil and os.getenv("SANITIZED") ~= ""
 local SECRET = "s3cret-for-webhooks"
@@ -78,5 +78,146 @@ describe("webhooks", function()
     local rs = s1:stats().routes["/shard1"]
     assert.equal(st.by_shard["2"], rs.notifications)
     assert.equal(0, rs.rejected)
+  end)
+end)
+
+describe("webhook delivery", function()
+  local m
+  setup(function()
+    m = H.start_mock { webhook_retry_base_s = 0.2, webhook_max_attempts = 6 }
+  end)
+  teardown(function() if m then m:stop() end end)
+  before_each(function() assert(m:reset()) end)
+
+  it("a stopped receiver is retried on the same shard and its events arrive when it is back", function()
+    local c = H.client(m)
+    finally(function() c:close() end)
+    local s1 = assert(c:webhook_server { port = 0 })
+    local s2 = assert(c:webhook_server { port = 0 })
+    local port2 = s2.port
+    local cd, whs = mixed(c, { s1, s2 })
+    local channels = H.channels(40, 3000)
+    H.subscribe_all(cd, "stream.online", channels)
+    local st = collector(cd)
+    s2:close()
+    local r = assert(m:trigger { type = "stream.online", channels = channels, count = 2 })
+    local total = r.produced
+    -- the other shards deliver at once; shard 3's events wait for their retries
+    H.wait_until(c, function() return st.n > 0 end, 20, "the first notifications")
+    assert.is_nil(st.by_shard["3"])
+    local s2b = assert(c:webhook_server { port = port2 })
+    assert(whs[2]:webhook_attach(s2b))
+    H.wait_until(c, function() return st.n >= total end, 30, total .. " notifications")
+    H.drain(c, 0.3)
+    assert.equal(total, st.n)
+    ledger_exactly_once(m, st, "stream.online", total)
+    assert.is_true(st.by_shard["3"] > 0)
+    -- the ledger shows the retries, all on shard 3
+    local retried = 0
+    for _, e in ipairs(assert(m:ledger()).entries) do
+      if e.shard == "3" and e.message_type == "notification" then
+        for _, a in ipairs(e.attempts) do assert.equal("3", a.shard) end
+        if #e.attempts > 1 then retried = retried + 1 end
+      end
+    end
+    assert.is_true(retried > 0) -- (a request on a dropped keep-alive connection may be
+    -- resent by the emulator's HTTP client within one attempt)
+    assert.equal("enabled", whs[2].status)
+  end)
+
+  it("rotates a secret: both are accepted during the grace period, nothing is lost", function()
+    local c = H.client(m)
+    finally(function() c:close() end)
+    local s1 = assert(c:webhook_server { port = 0 })
+    local cd = H.ready_conduit(c, { shards = 0, total = 1 })
+    local sh = assert(cd:add_webhook_shard { id = 0, server = s1, secret = SECRET })
+    assert.equal("0", sh.id)
+    local channels = H.channels(10, 4000)
+    H.subscribe_all(cd, "stream.online", channels)
+    local st = collector(cd)
+    -- the PATCH with the new secret is held: Twitch still signs with the old one
+    assert(m:fault { shard_patch = { hold = 1 } })
+    local done
+    twconduit.spawn(function() done = { sh:rotate_secret("a-new-secret-0123", { grace = 60 }) } end)
+    assert(m:trigger { type = "stream.online", channels = channels, count = 3 })
+    H.wait_until(c, function() return st.n >= 30 end, 20, "30 notifications under the old secret")
+    local path = sh:webhook_info().path
+    local rs = s1:stats().routes[path]
+    assert.equal(30, rs.old_secret)
+    assert(m:call("POST", "/shard_patches/release", {}))
+    H.wait_until(c, function() return done end, 20, "the rotation")
+    assert.is_true(done[1], tostring(done[2]))
+    assert(m:trigger { type = "stream.online", channels = channels, count = 3 })
+    H.wait_until(c, function() return st.n >= 60 end, 20, "30 more")
+    H.drain(c, 0.2)
+    rs = s1:stats().routes[path]
+    assert.equal(30, rs.old_secret) -- the new ones were signed with the new secret
+    assert.equal(0, rs.rejected)
+    ledger_exactly_once(m, st, "stream.online", 60)
+  end)
+
+  it("maintenance: a webhook shard goes offline and back without loss", function()
+    local c = H.client(m)
+    finally(function() c:close() end)
+    local s1 = assert(c:webhook_server { port = 0 })
+    local s2 = assert(c:webhook_server { port = 0 })
+    local port1 = s1.port
+    local cd, whs = mixed(c, { s1, s2 })
+    local k = whs[1] -- shard 2; the last is shard 3
+    local channels = H.channels(40, 5000)
+    H.subscribe_all(cd, "stream.online", channels)
+    local st = collector(cd)
+    local ok, err = cd:webhook_offline(k)
+    assert(ok, tostring(err))
+    assert.equal(3, cd.shard_count)
+    s1:close() -- k's receiver is down for its maintenance
+    local before = st.by_shard["2"] or 0
+    local r = assert(m:trigger { type = "stream.online", channels = channels, count = 3 })
+    H.wait_until(c, function() return st.n >= r.produced end, 30, "the events during maintenance")
+    assert.equal(before, st.by_shard["2"] or 0)
+    local s1b = assert(c:webhook_server { port = port1 })
+    assert(k:webhook_attach(s1b))
+    ok, err = cd:webhook_online(k)
+    assert(ok, tostring(err))
+    assert.equal(4, cd.shard_count)
+    local r2 = assert(m:trigger { type = "stream.online", channels = channels, count = 3 })
+    local total = r.produced + r2.produced
+    H.wait_until(c, function() return st.n >= total end, 30, "the events after maintenance")
+    H.drain(c, 0.3)
+    assert.equal(total, st.n)
+    ledger_exactly_once(m, st, "stream.online", total)
+    assert.is_true((st.by_shard["2"] or 0) > before, "shard 2 delivers again")
+    local shards = assert(c:conduit_shards(cd.id))
+    assert.equal(4, #shards)
+    for _, s in ipairs(shards) do assert.equal("enabled", s.status) end
+  end)
+
+  it("webhook subscriptions without a conduit: notifications and revocations", function()
+    local c = H.client(m)
+    finally(function() c:close() end)
+    local srv = assert(c:webhook_server { port = 0 })
+    local sub, err = c:subscribe { transport = "webhook", server = srv, secret = SECRET, type = "stream.online",
+      condition = { broadcaster_user_id = "6001" } }
+    assert(sub, tostring(err))
+    assert.equal("enabled", sub.status)
+    local got = {}
+    c:on("notification", function(_, msg) got[#got + 1] = msg end)
+    local r = assert(m:trigger { type = "stream.online", channels = { "6001" }, count = 2 })
+    H.wait_until(c, function() return #got >= 2 end, 20, "2 notifications")
+    assert.equal("webhook", got[1].transport)
+    assert.is_nil(got[1].conduit)
+    assert.equal("stream.online", got[1].type)
+    assert.equal(r.message_ids[1], got[1].id)
+    local rev
+    sub:on("revocation", function(s, status) rev = { s, status } end)
+    assert(m:revoke(sub.id, "authorization_revoked"))
+    H.wait_until(c, function() return rev end, 20, "the revocation")
+    assert.equal(sub, rev[1])
+    assert.equal("authorization_revoked", rev[2])
+    -- a wrong secret is refused before any request
+    local bad, berr = c:subscribe { transport = "webhook", server = srv, secret = "short", type = "stream.online",
+      condition = { broadcaster_user_id = "6002" } }
+    assert.is_nil(bad)
+    assert.equal("invalid_argument", berr.code)
   end)
 end)

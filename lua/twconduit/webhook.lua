@@ -186,6 +186,35 @@ local function wait_enabled(conduit, shard, timeout, what)
   end, timeout, conduit, what)
 end
 
+-- Twitch marks a callback enabled once it has read the challenge's answer, a moment
+-- after it was written: confirm with Get Conduit Shards (pred(list) -> done?).
+local function confirm(client, fetch, pred, timeout, what)
+  local deadline = client:now() + (timeout or 30)
+  while true do
+    local list, err = fetch()
+    if not list then return nil, err end
+    if pred(list) then return true end
+    if client:now() > deadline then
+      return nil, errors.new("timeout", ("timed out waiting for Twitch to enable %s"):format(what))
+    end
+    client:sleep(0.02)
+  end
+end
+
+local function wait_twitch_enabled(conduit, shard, timeout, what)
+  local s, err = wait_enabled(conduit, shard, timeout, what)
+  if not s then return nil, err end
+  local ok
+  ok, err = confirm(conduit._client, function() return conduit._client:conduit_shards(conduit.id) end,
+    function(list)
+      for _, x in ipairs(list) do
+        if x.id == shard.id then return x.status == "enabled" end
+      end
+    end, timeout, "shard " .. shard.id)
+  if not ok then return nil, err end
+  return shard
+end
+
 --- Adds a webhook shard to the conduit (async): the shard once Twitch enabled it (the
 -- challenge was answered), or nil, err.
 function Conduit:add_webhook_shard(spec)
@@ -219,7 +248,7 @@ function Conduit:add_webhook_shard(spec)
   route:bind(self._ud, s.id)
   rawset(s, "_webhook", { server = spec.server, route = route, path = full, callback = callback,
     secret = spec.secret })
-  return wait_enabled(self, s, spec.timeout or 30, "the webhook shard to be enabled")
+  return wait_twitch_enabled(self, s, spec.timeout or 30, "the webhook shard to be enabled")
 end
 
 --- Webhook details of a webhook shard run here: {server, path, callback}, else nil.
@@ -227,6 +256,20 @@ function Shard:webhook_info()
   local w = rawget(self, "_webhook")
   if not w then return nil end
   return { server = w.server, path = w.path, callback = w.callback }
+end
+
+--- Serves the shard's callback path on `server` again (after its previous server was
+-- closed, e.g. a restart on the same port). true | nil, err.
+function Shard:webhook_attach(server)
+  local w = rawget(self, "_webhook")
+  if not w then error("webhook_attach: not a webhook shard of this process", 2) end
+  if getmetatable(server) ~= Server then error("webhook_attach: a webhook server expected", 2) end
+  if self._ud:closed() then error("shard is closed", 2) end
+  if not w.route:closed() then w.route:close() end
+  local route, err = server:_route(w.path, w.secret, self._conduit._ud, self.id)
+  if not route then return nil, err end
+  w.route, w.server = route, server
+  return true
 end
 
 --- Rotates the shard's secret (async): the new one is PATCHed to Twitch, and both are
@@ -244,7 +287,7 @@ function Shard:rotate_secret(secret, opts)
   if not ok then return nil, err end
   w.secret = secret
   local s
-  s, err = wait_enabled(self._conduit, self, opts and opts.timeout or 30, "the new secret to be verified")
+  s, err = wait_twitch_enabled(self._conduit, self, opts and opts.timeout or 30, "the new secret to be verified")
   if not s then return nil, err end
   return true
 end
@@ -259,7 +302,7 @@ end
 local function wait_count(conduit, n, timeout)
   return conduit._client:_wait(function()
     if conduit.shard_count == n then return true end
-  end, timeout, conduit, "the conduit's shard count")
+  end, timeout, nil, "the conduit's shard count") -- polled: a resize emits no event
 end
 
 local function maintenance_pair(conduit, shard, fname)
@@ -286,7 +329,7 @@ function Conduit:webhook_offline(shard, timeout)
     local ok, err = shard._ud:_point_at(last._ud)
     if not ok then return nil, err end
     local s
-    s, err = wait_enabled(self, shard, timeout, "shard " .. shard.id .. " to take the last shard's callback")
+    s, err = wait_twitch_enabled(self, shard, timeout, "shard " .. shard.id .. " to take the last shard's callback")
     if not s then return nil, err end
   end
   last._ud:_hold(true) -- its slot goes: verification only reports it meanwhile
@@ -314,13 +357,13 @@ function Conduit:webhook_online(shard, timeout)
   local lw = st.last._webhook
   ok, err = st.last._ud:_set_webhook(lw.callback, lw.secret)
   if not ok then return nil, err end
-  ok, err = wait_enabled(self, st.last, timeout, "the last shard to be back")
+  ok, err = wait_twitch_enabled(self, st.last, timeout, "the last shard to be back")
   if not ok then return nil, err end
   if shard ~= st.last then
     local w = shard._webhook
     ok, err = shard._ud:_set_webhook(w.callback, w.secret)
     if not ok then return nil, err end
-    ok, err = wait_enabled(self, shard, timeout, "shard " .. shard.id .. " to be back on its callback")
+    ok, err = wait_twitch_enabled(self, shard, timeout, "shard " .. shard.id .. " to be back on its callback")
     if not ok then return nil, err end
   end
   rawset(self, "_webhook_maint", nil)
@@ -371,6 +414,9 @@ function Client:subscribe(spec)
   ok, err = self:_wait(function()
     if challenged[data.id] then return true end
   end, spec.timeout or 30, nil, "the subscription's challenge")
+  if not ok then return nil, err end
+  ok, err = confirm(self, function() return self:subscriptions { subscription_id = data.id } end,
+    function(list) return list[1] and list[1].status == "enabled" end, spec.timeout, "the subscription")
   if not ok then return nil, err end
   sub.status = "enabled"
   return sub
