@@ -494,9 +494,12 @@ static void process(conn *cn) {
     }
     if (cn->closing) break;
     if (cn->reply.pending) {
-      /* answered later: the request's bytes must stay where they are until then */
-      cn->reading = false;
-      uv_read_stop((uv_stream_t *)&cn->tcp);
+      /* answered later: the request's bytes stay where they are until then (reads go on
+       * into the buffer's spare room only, so a peer's close is still seen) */
+      if (cn->ssl) {
+        cn->reading = false;
+        uv_read_stop((uv_stream_t *)&cn->tcp);
+      }
       break;
     }
     consume(cn);
@@ -541,6 +544,11 @@ static void on_alloc(uv_handle_t *hd, size_t sug, uv_buf_t *b) {
   size_t want = 65536;
   if (cn->ssl) { /* ciphertext goes to a side buffer, plaintext to cn->in */
     *b = uv_buf_init(cn->h->tls_scratch, sizeof cn->h->tls_scratch);
+    return;
+  }
+  if (cn->reply.pending) { /* nothing may move: the spare room, or stop reading */
+    size_t room = cn->cap - cn->off - cn->len;
+    *b = uv_buf_init(room >= 1024 ? cn->in + cn->off + cn->len : NULL, room >= 1024 ? (unsigned)room : 0);
     return;
   }
   if (cn->off && cn->off + cn->len + want > cn->cap) {
@@ -588,6 +596,11 @@ static bool take_plain(conn *cn, const char *p, size_t n) {
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b) {
   conn *cn = st->data;
   if (cn->closing) return;
+  if (nread == UV_ENOBUFS && cn->reply.pending) { /* full while an answer is pending */
+    cn->reading = false;
+    uv_read_stop(st);
+    return;
+  }
   if (nread < 0) {
     conn_close(cn);
     return;
@@ -621,6 +634,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b) {
   }
   cn->last = now;
   if (was_idle && cn->len > 0) cn->req_start = now;
+  if (cn->reply.pending) return; /* kept for after the answer */
   if (buffer_limit(cn)) {
     refuse(cn, 413);
     return;
