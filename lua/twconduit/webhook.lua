@@ -287,7 +287,8 @@ function Shard:rotate_secret(secret, opts)
   if not ok then return nil, err end
   w.secret = secret
   local s
-  s, err = wait_twitch_enabled(self._conduit, self, opts and opts.timeout or 30, "the new secret to be verified")
+  s, err = wait_twitch_enabled(self._conduit, self, opts and opts.timeout or 30,
+    "the new secret to be verified")
   if not s then return nil, err end
   return true
 end
@@ -329,7 +330,8 @@ function Conduit:webhook_offline(shard, timeout)
     local ok, err = shard._ud:_point_at(last._ud)
     if not ok then return nil, err end
     local s
-    s, err = wait_twitch_enabled(self, shard, timeout, "shard " .. shard.id .. " to take the last shard's callback")
+    s, err = wait_twitch_enabled(self, shard, timeout,
+      "shard " .. shard.id .. " to take the last shard's callback")
     if not s then return nil, err end
   end
   last._ud:_hold(true) -- its slot goes: verification only reports it meanwhile
@@ -388,7 +390,8 @@ function Client:subscribe(spec)
     if not SUB_SPEC[k] then error(("unknown option '%s'"):format(tostring(k)), 2) end
   end
   if spec.transport ~= "webhook" then
-    error("subscribe: transport = \"webhook\" expected (websocket and conduit subscriptions: conduit:subscribe)", 2)
+    error("subscribe: transport = \"webhook\" expected "
+      .. "(websocket and conduit subscriptions: conduit:subscribe)", 2)
   end
   if type(spec.type) ~= "string" or spec.type == "" then error("type must be a string", 2) end
   if spec.version ~= nil and type(spec.version) ~= "string" then error("version must be a string", 2) end
