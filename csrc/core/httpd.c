@@ -209,6 +209,8 @@ struct conn {
   int handles;        /* uv handles still to be closed */
   SSL *ssl;
   BIO *rbio, *wbio;
+  tw_buf out;         /* answers of one processing pass, written at its end (one write
+                         for a pipelined batch) */
   conn *prev, *next;
 };
 
@@ -257,6 +259,7 @@ static void conn_maybe_free(conn *cn) {
   tw_httpd *h = cn->h;
   if (cn->ssl) SSL_free(cn->ssl); /* frees both BIOs */
   free(cn->in);
+  tw_buf_free(&cn->out);
   free(cn);
   h->live--;
   maybe_free_server(h);
@@ -304,7 +307,7 @@ static void tls_flush(conn *cn) {
   while ((n = BIO_read(cn->wbio, buf, sizeof buf)) > 0) sock_write(cn, buf, (size_t)n);
 }
 
-static void conn_write(conn *cn, const char *p, size_t n) {
+static void conn_write_now(conn *cn, const char *p, size_t n) {
   if (!cn->ssl) {
     sock_write(cn, p, n);
     return;
@@ -319,6 +322,28 @@ static void conn_write(conn *cn, const char *p, size_t n) {
     p += w;
     n -= (size_t)w;
     tls_flush(cn);
+  }
+}
+
+/* writes what the pass answered */
+static void flush_out(conn *cn) {
+  if (cn->out.len == 0) return;
+  size_t n = cn->out.len;
+  cn->out.len = 0;
+  conn_write_now(cn, cn->out.p, n);
+}
+
+static void conn_write(conn *cn, const char *p, size_t n) {
+  if (cn->closing) return;
+  if (!cn->processing) {
+    conn_write_now(cn, p, n);
+    return;
+  }
+  if (tw_buf_append(&cn->out, p, n) != 0) {
+    flush_out(cn);
+    conn_write_now(cn, p, n);
+  } else if (cn->out.len >= 65536) {
+    flush_out(cn);
   }
 }
 
@@ -379,6 +404,7 @@ static void refuse(conn *cn, int status) {
   char msg[64];
   int n = snprintf(msg, sizeof msg, "%d %s\n", status, reason(status));
   send_response(cn, status, "text/plain", msg, (size_t)n, NULL, true);
+  flush_out(cn);
   conn_close(cn);
 }
 
@@ -444,6 +470,7 @@ void tw_httpd_respond(tw_httpd_reply *rp, int status, const char *ctype, const c
   bool close = cn->close_after || cn->h->closing;
   send_response(cn, status, ctype, body, blen, extra, close);
   if (close) {
+    flush_out(cn);
     conn_close(cn);
     return;
   }
@@ -504,6 +531,7 @@ static void process(conn *cn) {
     }
     consume(cn);
   }
+  flush_out(cn);
   cn->processing = false;
   if (!cn->closing) arm_timer(cn);
 }
