@@ -221,6 +221,82 @@ static void parser_tests(void) {
   ok(all, "parse: malformed request lines, headers and lengths -> 400");
 }
 
+/* HTTPS: a self-signed certificate; a child process posts with libcurl (which offers h2
+ * and http/1.1 by ALPN: the server takes http/1.1) while the parent runs the loop */
+static void tls_test(tw_client *c, state *st, double now) {
+  if (system("command -v openssl >/dev/null") != 0) {
+    ok(1, "# SKIP openssl missing: HTTPS not tested here");
+    return;
+  }
+  char dir[] = "/tmp/twwh-XXXXXX", cmd[512], cert[128], key[128];
+  if (!mkdtemp(dir)) return;
+  snprintf(cmd, sizeof cmd,
+           "cd %s && openssl req -x509 -newkey rsa:2048 -keyout k.pem -out c.pem -days 1 -nodes -subj /CN=127.0.0.1 "
+           ">/dev/null 2>&1",
+           dir);
+  ok(system(cmd) == 0, "a self-signed certificate");
+  snprintf(cert, sizeof cert, "%s/c.pem", dir);
+  snprintf(key, sizeof key, "%s/k.pem", dir);
+  tw_error err;
+  tw_httpd_opts ho = TW_HTTPD_OPTS_INIT;
+  ho.tls_cert = cert;
+  ho.tls_key = key;
+  tw_httpd *h = tw_httpd_open(c, &ho, &err);
+  ok(h && tw_httpd_tls(h), "an HTTPS server: %s", h ? "listening" : err.message);
+  ho.tls_key = "/nonexistent.pem";
+  ok(tw_httpd_open(c, &ho, &err) == NULL && strcmp(err.code, "tls") == 0, "a missing key file: error 'tls'");
+  if (!h) return;
+  tw_webhook_opts wo = {.path = "/tls", .secret = SECRET};
+  tw_webhook *w = tw_webhook_listen(h, &wo, &err);
+  char *rq = request("/tls", "notification", "m-tls", now, NOTIF_BODY, NULL, NULL, strlen(NOTIF_BODY), NULL);
+  int before = st->notifications, fds[2];
+  if (pipe(fds) != 0) return;
+  pid_t pid = fork();
+  if (pid == 0) {
+    /* the headers of the raw request, as curl headers */
+    struct curl_slist *hl = NULL;
+    char *line = strtok(strstr(rq, "\r\n") + 2, "\r\n");
+    while (line && strncmp(line, "Content-Length", 14) != 0) {
+      hl = curl_slist_append(hl, line);
+      line = strtok(NULL, "\r\n");
+    }
+    char url[128];
+    snprintf(url, sizeof url, "https://127.0.0.1:%d/tls", tw_httpd_port(h));
+    CURL *e = curl_easy_init();
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, NOTIF_BODY);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT, 10L);
+    long code = 0, ver = 0;
+    if (curl_easy_perform(e) == CURLE_OK) {
+      curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+      curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &ver);
+    }
+    char out[64];
+    int n = snprintf(out, sizeof out, "%ld %ld", code, ver);
+    if (write(fds[1], out, (size_t)n) < 0) _exit(1);
+    _exit(0);
+  }
+  close(fds[1]);
+  int status;
+  double end = now_s() + 15;
+  while (waitpid(pid, &status, WNOHANG) == 0 && now_s() < end) tw_client_step(c, 10);
+  char res[64] = {0};
+  if (read(fds[0], res, sizeof res - 1) < 0) res[0] = 0;
+  close(fds[0]);
+  long code = 0, ver = 0;
+  sscanf(res, "%ld %ld", &code, &ver);
+  ok(code == 204 && ver == CURL_HTTP_VERSION_1_1 && st->notifications == before + 1,
+     "a signed notification over HTTPS (HTTP/1.1 by ALPN): %ld, delivered", code);
+  free(rq);
+  tw_webhook_close(w);
+  tw_httpd_close(h);
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd) != 0) ok(0, "cleanup");
+}
+
 int main(void) {
   tw_set_lws_log_level(0);
   parser_tests();
@@ -458,6 +534,8 @@ int main(void) {
     cJSON_Delete(a);
     mock_stop(&m);
   }
+
+  tls_test(c, st, now);
 
   tw_webhook_close(w);
   ok(send_one(c, request("/wh", "notification", "m-x", now, NOTIF_BODY, NULL, NULL, strlen(NOTIF_BODY), NULL)) == 404,
