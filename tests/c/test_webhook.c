@@ -274,10 +274,12 @@ static void tls_test(tw_client *c, state *st, double now) {
       curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
       curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &ver);
     }
+    curl_easy_cleanup(e);
+    curl_slist_free_all(hl);
+    free(rq);
     char out[64];
     int n = snprintf(out, sizeof out, "%ld %ld", code, ver);
-    if (write(fds[1], out, (size_t)n) < 0) _exit(1);
-    _exit(0);
+    _exit(write(fds[1], out, (size_t)n) < 0 ? 1 : 0);
   }
   close(fds[1]);
   int status;
