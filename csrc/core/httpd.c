@@ -218,6 +218,7 @@ struct tw_httpd {
   tw_client *c;
   uv_tcp_t listener;
   bool listening, closing, freed_listener;
+  bool abort;         /* the client is being freed: connections close at once */
   int port;
   route *routes;
   int nroutes, cap_routes;
@@ -241,13 +242,19 @@ typedef struct wreq {
 static void conn_close(conn *cn);
 static void process(conn *cn);
 
-static void maybe_free_server(tw_httpd *h) {
-  if (!h->closing || !h->freed_listener || h->live > 0) return;
-  for (tw_httpd **pp = (tw_httpd **)&h->c->httpds; *pp; pp = &(*pp)->next)
+/* the server leaves the client's list when it closes, so what is freed later (close
+ * callbacks, perhaps on a host's loop after tw_client_free) never touches the client */
+static void unlink_server(tw_httpd *h) {
+  for (tw_httpd **pp = &h->c->httpds; *pp; pp = &(*pp)->next)
     if (*pp == h) {
       *pp = h->next;
       break;
     }
+  h->next = NULL;
+}
+
+static void maybe_free_server(tw_httpd *h) {
+  if (!h->closing || !h->freed_listener || h->live > 0) return;
   for (int i = 0; i < h->nroutes; i++) free(h->routes[i].path);
   free(h->routes);
   if (h->ssl_ctx) SSL_CTX_free(h->ssl_ctx);
@@ -436,7 +443,7 @@ static void conn_close(conn *cn) {
   h->st.open_conns = h->nconns;
   uv_read_stop((uv_stream_t *)&cn->tcp);
   cn->sd.data = cn;
-  if (uv_shutdown(&cn->sd, (uv_stream_t *)&cn->tcp, on_shutdown) == 0)
+  if (!h->abort && uv_shutdown(&cn->sd, (uv_stream_t *)&cn->tcp, on_shutdown) == 0)
     uv_timer_start(&cn->timer, on_close_timer, 2000, 0);
   else
     finish_close(cn);
@@ -805,8 +812,6 @@ tw_httpd *tw_httpd_open(tw_client *c, const tw_httpd_opts *o, tw_error *err) {
   if (rc != 0) {
     tw_err_set(err, "listen_failed", 0, "cannot listen on %s:%d: %s", host, o->port, uv_strerror(rc));
     h->closing = true;
-    h->next = c->httpds;
-    c->httpds = h;
     uv_close((uv_handle_t *)&h->listener, on_listener_closed);
     return NULL;
   }
@@ -885,6 +890,7 @@ void tw_httpd_route_on_drop(tw_httpd *h, const char *path, void (*drop)(void *us
 void tw_httpd_close(tw_httpd *h) {
   if (!h || h->closing) return;
   h->closing = true;
+  unlink_server(h);
   for (int i = 0; i < h->nroutes; i++) {
     if (h->routes[i].drop) h->routes[i].drop(h->routes[i].user);
     free(h->routes[i].path);
@@ -895,5 +901,8 @@ void tw_httpd_close(tw_httpd *h) {
 }
 
 void tw_httpds_close_all(tw_client *c) {
-  for (tw_httpd *h = c->httpds; h; h = h->next) tw_httpd_close(h);
+  while (c->httpds) {
+    c->httpds->abort = true;
+    tw_httpd_close(c->httpds);
+  }
 }

@@ -546,6 +546,17 @@ int main(void) {
   tw_client_step(c, 20);
   ok(sock_open() < 0, "a closed server no longer listens");
   ok(tw_client_free(c) == TW_OK, "client freed");
+  /* a client freed with its server open and a request half-way in */
+  c = tw_client_new(&o, &err);
+  h = c ? tw_httpd_open(c, NULL, &err) : NULL;
+  w = h ? tw_webhook_listen(h, &wo, &err) : NULL;
+  port = tw_httpd_port(h);
+  fd = sock_open();
+  sock_send(c, fd, "POST /wh HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc", 46);
+  tw_client_step(c, 20);
+  ok(w && fd >= 0 && tw_client_free(c) == TW_OK, "a client freed with its server, a route and a connection open");
+  tw_webhook_close(w); /* after the client: only frees */
+  close(fd);
   free(st);
   return done_testing();
 }
