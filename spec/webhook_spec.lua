@@ -221,3 +221,83 @@ describe("webhook delivery", function()
     assert.equal("invalid_argument", berr.code)
   end)
 end)
+
+describe("webhook refusals from Lua's point of view", function()
+  local m
+  setup(function() m = H.start_mock() end)
+  teardown(function() if m then m:stop() end end)
+
+  -- runs curl in the background (the loop must keep running to answer) and returns
+  -- a function reading the HTTP status it got, once it has one
+  local function curl_bg(args)
+    local out = os.tmpname()
+    os.execute(("curl -s -o /dev/null -w '%%{http_code}' --max-time 20 %s > %s 2>/dev/null &"):format(args, out))
+    return function()
+      local f = io.open(out)
+      local s = f and f:read("a")
+      if f then f:close() end
+      if s and #s == 3 then
+        os.remove(out)
+        return tonumber(s)
+      end
+    end
+  end
+
+  local function signed(secret, id, ts, body)
+    local r = assert(m:call("POST", "/sign", { secret = secret, message_id = id, timestamp = ts, body = body }))
+    return r.signature
+  end
+
+  local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%S", t) .. ".000000000Z" end
+
+  it("forged, stale and 10 MB requests get 403 / 403 / 413 and never reach Lua", function()
+    if os.execute("command -v curl >/dev/null") ~= true then return pending("curl missing") end
+    local c = H.client(m)
+    finally(function() c:close() end)
+    local srv = assert(c:webhook_server { port = 0, max_body = 65536 })
+    local route = assert(srv:_route("/hook", SECRET))
+    assert(route)
+    local handled = 0
+    c:on("notification", function() handled = handled + 1 end)
+    local body = '{"subscription":{"id":"s","type":"stream.online","version":"1","status":"enabled"},'
+      .. '"event":{"broadcaster_user_id":"1"}}'
+    local bodyfile = os.tmpname()
+    local f = assert(io.open(bodyfile, "w"))
+    f:write(body)
+    f:close()
+    local url = srv.url .. "/hook"
+    local function post(id, ts, sig, file)
+      return curl_bg(("-X POST -H 'Content-Type: application/json' -H 'Expect:' "
+        .. "-H 'Twitch-Eventsub-Message-Id: %s' -H 'Twitch-Eventsub-Message-Timestamp: %s' "
+        .. "-H 'Twitch-Eventsub-Message-Type: notification' -H 'Twitch-Eventsub-Message-Signature: %s' "
+        .. "--data-binary @%s %s"):format(id, ts, sig, file or bodyfile, url))
+    end
+    local now = iso(os.time())
+    local forged = post("f-1", now, signed("not-the-secret-0", "f-1", now, body))
+    local old = iso(os.time() - 700)
+    local stale = post("f-2", old, signed(SECRET, "f-2", old, body))
+    local big = os.tmpname()
+    assert(os.execute(("head -c 10485760 /dev/zero > %s"):format(big)))
+    local huge = post("f-3", now, signed(SECRET, "f-3", now, body), big)
+    local good = post("f-4", now, signed(SECRET, "f-4", now, body))
+    local st = {}
+    H.wait_until(c, function()
+      st.forged, st.stale, st.huge, st.good = st.forged or forged(), st.stale or stale(), st.huge or huge(),
+        st.good or good()
+      return st.forged and st.stale and st.huge and st.good
+    end, 30, "curl's answers")
+    os.remove(big)
+    os.remove(bodyfile)
+    assert.equal(403, st.forged)
+    assert.equal(403, st.stale)
+    assert.equal(413, st.huge)
+    assert.equal(204, st.good)
+    H.drain(c, 0.1)
+    assert.equal(1, handled) -- only the good one
+    local s = srv:stats()
+    assert.equal(1, s.too_large)
+    assert.equal(1, s.routes["/hook"].bad_signature)
+    assert.equal(1, s.routes["/hook"].stale)
+    assert.equal(1, s.routes["/hook"].notifications)
+  end)
+end)
