@@ -231,7 +231,8 @@ describe("webhook refusals from Lua's point of view", function()
   -- a function reading the HTTP status it got, once it has one
   local function curl_bg(args)
     local out = os.tmpname()
-    os.execute(("curl -s -o /dev/null -w '%%{http_code}' --max-time 20 %s > %s 2>/dev/null &"):format(args, out))
+    os.execute(("curl -s -o /dev/null -w '%%{http_code}' --max-time 20 %s > %s 2>/dev/null &")
+      :format(args, out))
     return function()
       local f = io.open(out)
       local s = f and f:read("a")
@@ -244,7 +245,8 @@ describe("webhook refusals from Lua's point of view", function()
   end
 
   local function signed(secret, id, ts, body)
-    local r = assert(m:call("POST", "/sign", { secret = secret, message_id = id, timestamp = ts, body = body }))
+    local r = assert(m:call("POST", "/sign",
+      { secret = secret, message_id = id, timestamp = ts, body = body }))
     return r.signature
   end
 
