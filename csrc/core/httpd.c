@@ -548,7 +548,7 @@ static void on_timer(uv_timer_t *t) {
   uint64_t now = uv_now(cn->h->c->loop);
   tw_httpd *h = cn->h;
   if (cn->reply.pending) { /* the application is answering: not the peer's fault */
-    arm_timer(cn);
+    uv_timer_start(&cn->timer, on_timer, (uint64_t)(h->o.request_timeout_s * 1000), 0);
     return;
   }
   if (cn->req_start && now - cn->req_start >= (uint64_t)(h->o.request_timeout_s * 1000)) {
@@ -565,7 +565,8 @@ static void on_timer(uv_timer_t *t) {
 static void arm_timer(conn *cn) {
   tw_httpd *h = cn->h;
   uint64_t now = uv_now(h->c->loop), due;
-  if (cn->req_start) due = cn->req_start + (uint64_t)(h->o.request_timeout_s * 1000);
+  if (cn->reply.pending) due = now + (uint64_t)(h->o.request_timeout_s * 1000); /* looked at again then */
+  else if (cn->req_start) due = cn->req_start + (uint64_t)(h->o.request_timeout_s * 1000);
   else due = cn->last + (uint64_t)(h->o.idle_timeout_s * 1000);
   uint64_t in = due > now ? due - now : 0;
   /* re-arm only when the timer would fire too late (no timer work per request) */

@@ -431,6 +431,24 @@ int main(void) {
   ok(tw_httpd_reply_gone(st->held), "its connection closed meanwhile: the reply says so");
   tw_httpd_respond(st->held, 204, NULL, NULL, 0, NULL); /* goes nowhere, frees the connection */
   st->held = NULL;
+  /* held longer than request_timeout (1 s): the application's delay is no 408 */
+  fd = sock_open();
+  sock_send(c, fd, p1, strlen(p1));
+  uint64_t t1 = tw_client_now_ms(c);
+  int turns = 0;
+  while (tw_client_now_ms(c) - t1 < 1300) {
+    tw_client_step(c, 50);
+    turns++;
+  }
+  held = st->held;
+  st->held = NULL;
+  ok(held && !tw_httpd_reply_gone(held) && turns < 200,
+     "a reply held past request_timeout: the connection waits, its timer does not spin (%d loop turns)", turns);
+  tw_httpd_respond(held, 204, NULL, NULL, 0, NULL);
+  resp = read_responses(c, fd, 1, 5, &closed);
+  ok(status_of(resp) == 204, "then answered 204, not 408");
+  free(resp);
+  close(fd);
   tw_webhook_set_sink(w, NULL, NULL);
   free(p1);
 
