@@ -12,13 +12,18 @@
  *
  * Seed corpus: fuzz/corpus/webhook/ (requests of the emulator's webhook delivery,
  * secret "fuzz-secret-0123"); dictionary fuzz/webhook.dict. */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/hmac.h>
 
-#include "internal.h"
+#include "twconduit.h"
+
+/* the core's RFC 3339 parser (internal.h; declared here so that only twconduit.h's
+ * directory is needed to build this target) */
+bool tw_parse_rfc3339(const char *s, double *out);
 
 #define FUZZ_SECRET "fuzz-secret-0123"
 
