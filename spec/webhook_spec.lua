@@ -303,3 +303,43 @@ describe("webhook refusals from Lua's point of view", function()
     assert.equal(1, s.routes["/hook"].notifications)
   end)
 end)
+
+describe("webhook arguments", function()
+  local m
+  setup(function() m = H.start_mock() end)
+  teardown(function() if m then m:stop() end end)
+
+  it("wrong types raise, bad values return an error, a taken port is an error", function()
+    local c = H.client(m)
+    finally(function() c:close() end)
+    assert.has_error(function() c:webhook_server("x") end)
+    assert.has_error(function() c:webhook_server { port = "80" } end)
+    assert.has_error(function() c:webhook_server { bogus = 1 } end)
+    assert.has_error(function() c:webhook_server { tls = { cert = "c.pem" } } end)
+    local srv = assert(c:webhook_server { port = 0 })
+    local s2, err = c:webhook_server { port = srv.port }
+    assert.is_nil(s2)
+    assert.equal("listen_failed", err.code)
+    local _, terr = c:webhook_server { tls = { cert = "/nonexistent.pem", key = "/nonexistent.pem" } }
+    assert.equal("tls", terr.code)
+    local cd = H.ready_conduit(c, { shards = 0, total = 1 })
+    assert.has_error(function() cd:add_webhook_shard { server = {}, secret = SECRET } end)
+    assert.has_error(function() cd:add_webhook_shard { server = srv, secret = 12345678901 } end)
+    assert.has_error(function()
+      cd:add_webhook_shard { server = srv, path = "/a", callback = "http://x/a", secret = SECRET }
+    end)
+    assert.has_error(function() cd:add_webhook_shard { server = srv, path = "no-slash", secret = SECRET } end)
+    local sh, serr = cd:add_webhook_shard { server = srv, secret = "short" }
+    assert.is_nil(sh)
+    assert.equal("invalid_argument", serr.code)
+    local before = assert(m:state())
+    sh, serr = cd:add_webhook_shard { server = srv, secret = string.rep("x", 101) }
+    assert.is_nil(sh)
+    assert.equal("invalid_argument", serr.code)
+    -- refused before any request: Twitch saw no PATCH
+    assert.equal(before.helix_calls.total, assert(m:state()).helix_calls.total)
+    srv:close()
+    assert.is_true(srv:closed())
+    assert.has_error(function() srv:stats() end)
+  end)
+end)

@@ -48,7 +48,7 @@ static lua_Number opt_num(lua_State *L, int t, const char *k, lua_Number def) {
   lua_getfield(L, t, k);
   lua_Number v = def;
   if (!lua_isnil(L, -1)) {
-    if (!lua_isnumber(L, -1)) luaL_error(L, "%s must be a number", k);
+    if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "%s must be a number", k);
     v = lua_tonumber(L, -1);
   }
   lua_pop(L, 1);

@@ -137,7 +137,8 @@ local function callback_path(cb)
 end
 
 local function secret_ok(s)
-  return type(s) == "string" and #s >= 10 and #s <= 100 and not s:find("[^\32-\126]")
+  if type(s) ~= "string" then error(("secret must be a string, got %s"):format(type(s)), 3) end
+  return #s >= 10 and #s <= 100 and not s:find("[^\32-\126]")
 end
 
 local function secret_error()
