@@ -20,6 +20,7 @@ typedef struct state {
   int notifications, revocations, errors;
   char last_id[128], last_type[64], last_status[64];
   tw_transport_kind last_transport;
+  int last_event_len;       /* elements of a batched `events` array, -1 for an object */
   tw_httpd_reply *held;
   int sunk;
 } state;
@@ -33,6 +34,9 @@ static void on_event(void *user, const tw_event *ev) {
     snprintf(st->last_type, sizeof st->last_type, "%s", ev->msg->type ? ev->msg->type : "");
     snprintf(st->last_status, sizeof st->last_status, "%s", ev->msg->status ? ev->msg->status : "");
     st->last_transport = ev->msg->transport;
+    st->last_event_len = tw_json_type(ev->msg->doc, ev->msg->event) == TW_JSON_ARR
+                             ? (int)tw_json_len(ev->msg->doc, ev->msg->event)
+                             : -1;
   } else if (ev->type == TW_EV_ERROR) {
     st->errors++;
   }
@@ -556,6 +560,14 @@ int main(void) {
   }
 
   tls_test(c, st, now);
+
+  /* a batched type: the events array as Twitch sent it */
+  const char *bb = "{\"subscription\":{\"id\":\"sub-b\",\"status\":\"enabled\",\"type\":\"channel.batch.test\","
+                   "\"version\":\"1\"},\"events\":[{\"id\":\"1\"},{\"id\":\"2\"},{\"id\":\"3\"}]}";
+  int nb = st->notifications;
+  ok(send_one(c, request("/wh", "notification", "m-batch", now, bb, "the-next-secret-456", NULL, strlen(bb), NULL)) == 204 &&
+         st->notifications == nb + 1 && st->last_event_len == 3,
+     "a batched notification: one delivery with its events array (3)");
 
   tw_webhook_close(w);
   ok(send_one(c, request("/wh", "notification", "m-x", now, NOTIF_BODY, NULL, NULL, strlen(NOTIF_BODY), NULL)) == 404,
