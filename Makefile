@@ -97,11 +97,13 @@ host-example: $(HOST_BIN) module mock
 
 # under valgrind, no leaks and no errors: the core driven from C (no Lua), then the
 # emulator's own tests with the emulator under valgrind
-valgrind: $(BUILD)/tests/test_core $(BUILD)/tests/test_wsession mock mock-tests
+valgrind: $(BUILD)/tests/test_core $(BUILD)/tests/test_wsession mock mock-tests $(BUILD)/tests/test_webhook
 	TWCONDUIT_MOCK=$(MOCK_BIN) valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite,indirect \
 	  --show-leak-kinds=definite,indirect -q $(BUILD)/tests/test_core
 	TWCONDUIT_MOCK=$(MOCK_BIN) valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite,indirect \
 	  --show-leak-kinds=definite,indirect -q $(BUILD)/tests/test_wsession
+	TWCONDUIT_MOCK=$(MOCK_BIN) valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+	  --show-leak-kinds=definite,indirect -q $(BUILD)/tests/test_webhook
 	BUILD=$(BUILD) sh scripts/valgrind-mock.sh
 
 rock: module mock

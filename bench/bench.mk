@@ -6,10 +6,15 @@ $(BUILD)/bench/%: bench/%.c bench/bench_util.h $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Icsrc/core -Ibench $< -o $@ $(LDFLAGS_ALL) $(CORE_LIB) $(PKG_LIBS) -lm
 
-.PHONY: bench-bin
+.PHONY: bench-bin bench-webhook
 bench-bin: $(BENCH_BIN)
 
-bench: module mock $(BENCH_BIN)
+# the webhook receiver alone (bench/webhook_load.c): verified notifications/s, CPU each
+bench-webhook: $(BUILD)/bench/webhook_load
+	$(BUILD)/bench/webhook_load $(if $(BENCH_QUICK),--n 50000)
+
+bench: module mock $(BENCH_BIN) $(BUILD)/bench/webhook_load
+	$(BUILD)/bench/webhook_load $(if $(BENCH_QUICK),--n 50000) | tee $(BUILD)/bench/webhook.json
 	BUILD=$(BUILD) BENCH_QUICK=$(BENCH_QUICK) TWCONDUIT_MOCK=$(CURDIR)/$(MOCK_BIN) \
 	  LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/$(BUILD)/lib/?.so;;" \
 	  $(LUA) bench/run.lua $(BENCH_ARGS)

@@ -220,6 +220,7 @@ int tw_client_free(tw_client *c) {
     tw_ws_close_all(c, 1000);
     if (tw_ws_live(c)) drain_sessions(c, 1000);
   }
+  tw_httpds_close_all(c);
   c->freeing = true;
   c->on_event = NULL;
   tw_queues_free_all(c);
@@ -383,7 +384,11 @@ bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *
   }
   bool notif = m->message_type && m->message_type[0] == 'n';
   if (notif) c->stats.notifications++;
-  if (c->gateway && tw_queue_gateway_publish(c->gateway, m)) return true;
+  if (c->gateway) {
+    tw_httpd_reply *rp = c->deliver_reply; /* a webhook request answered once stored */
+    c->deliver_reply = NULL;
+    if (tw_queue_gateway_publish(c->gateway, m, rp ? tw_webhook_reply_stored : NULL, rp)) return true;
+  }
   tw_event ev = {.type = notif ? TW_EV_NOTIFICATION : TW_EV_REVOCATION,
                  .conduit = cd,
                  .shard = s,

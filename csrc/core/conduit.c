@@ -38,7 +38,7 @@ typedef struct tw_transport {
   char *callback, *secret;/* webhook */
 } tw_transport;
 
-enum { OP_ADD = 1, OP_RESIZE, OP_RELEASE, OP_POINT, OP_HANDOVER, OP_VERIFY };
+enum { OP_ADD = 1, OP_RESIZE, OP_RELEASE, OP_POINT, OP_HANDOVER, OP_VERIFY, OP_WEBHOOK };
 
 typedef struct tw_op {
   int kind;
@@ -72,6 +72,8 @@ struct tw_shard {
   bool next_is_reconnect;/* next came from session_reconnect (not a handover) */
   bool lost_pending;     /* set by verification, cleared by hold/release in a handler */
   bool enabled_when_lost;/* its socket ended while enabled, a replacement was on the way */
+  bool webhook;          /* a webhook shard: no socket of its own */
+  bool challenged;       /* the wanted webhook's challenge was answered here */
   unsigned attempt;
   uint64_t enabled_at;   /* loop ms the shard last became enabled: the backoff resets after a stable spell */
   uv_timer_t timer;
@@ -425,6 +427,10 @@ static void on_reconnect_request(void *owner, tw_session *ss, const char *url) {
 }
 
 static void shard_connect(tw_shard *s) {
+  if (s->webhook) { /* nothing to connect: Twitch calls it */
+    want_changed(s);
+    return;
+  }
   s->state = "connecting";
   s->cur = open_session(s, NULL);
   if (!s->cur) {
@@ -701,6 +707,12 @@ static void check_ready(tw_conduit *cd) {
 /* Twitch confirmed the transport the shard wants. */
 static void shard_assigned(tw_shard *s) {
   tw_conduit *cd = s->cd;
+  if (s->want.kind == TW_TRANSPORT_WEBHOOK && !s->challenged) {
+    /* Twitch took it; enabled once the challenge was answered */
+    if (strcmp(s->state, "enabled") != 0) s->state = "assigning";
+    snprintf(s->status, sizeof s->status, "webhook_callback_verification_pending");
+    return;
+  }
   if (strcmp(s->state, "enabled") != 0) s->enabled_at = uv_now(cd->c->loop);
   bool reconnected = false, swapped = false;
   if (s->next && tr_is_session(&s->want, s->next)) {
@@ -711,6 +723,7 @@ static void shard_assigned(tw_shard *s) {
   tw_op *op = s->op;
   if (op && op->kind == OP_POINT && !tr_eq(&s->assigned, &op->target)) op = NULL; /* not yet there */
   if (op && op->kind == OP_HANDOVER && !swapped) op = NULL;
+  if (op && op->kind == OP_WEBHOOK && !tr_eq(&s->assigned, &op->target)) op = NULL;
   s->enabled_when_lost = false;
   if (op && op->kind == OP_POINT) {
     s->pointed = true;
@@ -738,10 +751,38 @@ static void shard_assigned(tw_shard *s) {
   if (cd->ready_emitted) verify_arm(cd, 2000); /* after a reassignment */
 }
 
+/* A webhook transport refused by Twitch: the operation waiting for it fails (an added
+ * shard goes away again). True when handled. */
+static bool webhook_refused(tw_shard *s, const tw_error *err) {
+  tw_conduit *cd = s->cd;
+  if (s->want.kind != TW_TRANSPORT_WEBHOOK) return false;
+  if (s->op && s->op->kind == OP_POINT) return false;
+  if (s->op && s->op->kind == OP_WEBHOOK) {
+    op_finish(s->op, err); /* want stays: the caller may try again */
+    return true;
+  }
+  for (tw_op *op = cd->ops; op; op = op->next)
+    if (op->kind == OP_ADD)
+      for (size_t i = 0; i < op->n; i++)
+        if (op->shards[i] == s) {
+          tw_shard **list = op->shards;
+          size_t n = op->n;
+          op->shards = NULL;
+          op->n = 0;
+          op_finish(op, err);
+          for (size_t k = 0; k < n && !cd->free_scheduled; k++)
+            if (!list[k]->ever_enabled) shard_remove(list[k]);
+          free(list);
+          return true;
+        }
+  return true; /* nobody waits: the error was reported, want stays for a later retry */
+}
+
 /* The wanted transport was refused (a per-shard error, or the request failed). */
 static void assign_refused(tw_shard *s, bool request_failed, const tw_error *err) {
   tw_conduit *cd = s->cd;
   tw_op *op = s->op;
+  if (!request_failed && webhook_refused(s, err)) return;
   if (op && op->kind == OP_POINT) {
     /* back to the shard's own socket */
     if (s->cur && tw_ws_session_id(s->cur)) tr_set_ws(&s->want, tw_ws_session_id(s->cur));
@@ -1292,6 +1333,7 @@ int tw_shard_point_at(tw_shard *s, tw_shard *target, tw_op_fn cb, void *user, tw
   }
   s->held = true; /* its own socket is no longer cared for */
   tr_copy(&s->want, &op->target);
+  s->challenged = false;
   want_changed(s);
   if (tr_eq(&s->want, &s->assigned) && s->inflight.kind == TW_TRANSPORT_NONE)
     uv_timer_start(&s->timer, on_shard_timer, 0, 0); /* already there: completes from the loop */
@@ -1555,4 +1597,109 @@ void tw_conduits_free_all(tw_client *c) {
       do_free(cd); /* not freed through maybe_free: force */
     }
   }
+}
+
+/* ---- webhook shards ---- */
+static int webhook_args(const char *callback, const char *secret, tw_error *err) {
+  if (!callback || (strncmp(callback, "https://", 8) != 0 && strncmp(callback, "http://", 7) != 0))
+    return op_refuse(err, TW_EINVAL, "invalid_argument", "a webhook callback must be an http(s):// URL");
+  if (strlen(callback) > 2048) return op_refuse(err, TW_EINVAL, "invalid_argument", "the callback URL is too long");
+  if (!tw_webhook_secret_ok(secret))
+    return op_refuse(err, TW_EINVAL, "invalid_argument", "the webhook secret must be 10 to 100 ASCII characters");
+  return 0;
+}
+
+static bool tr_set_webhook(tw_transport *t, const char *callback, const char *secret) {
+  tr_clear(t);
+  t->callback = tw_strdup(callback);
+  t->secret = tw_strdup(secret);
+  if (!t->callback || !t->secret) {
+    tr_clear(t);
+    return false;
+  }
+  t->kind = TW_TRANSPORT_WEBHOOK;
+  return true;
+}
+
+int tw_conduit_add_webhook_shard(tw_conduit *cd, int id, const char *callback, const char *secret, tw_op_fn cb,
+                                 void *user, tw_shard **out, tw_error *err) {
+  if (!cd || cd->closing) return op_refuse(err, TW_ECLOSED, "closed", "the conduit is closed");
+  int rc = webhook_args(callback, secret, err);
+  if (rc) return rc;
+  if (!cd->started) return op_refuse(err, TW_EINVAL, "busy", "the conduit is still opening");
+  long top = cd->nshards ? cd->shards[cd->nshards - 1]->idn : cd->offset - 1;
+  /* no id: the slot the conduit gains by growing by one */
+  long idn = id >= 0 ? id : top + 1 > cd->shard_count ? top + 1 : cd->shard_count;
+  if (idn >= 20000) return op_refuse(err, TW_EINVAL, "invalid_argument", "a conduit has at most 20000 shards");
+  bool found;
+  shard_pos(cd, idn, &found);
+  if (found) return op_refuse(err, TW_EINVAL, "busy", "that shard id already runs here");
+  if (idn + 1 > cd->shard_count && sizing(cd)) return op_refuse(err, TW_EINVAL, "busy", "the conduit is being resized");
+  tw_op *op = op_new(cd, OP_ADD, NULL, cb, user);
+  if (op) op->shards = calloc(1, sizeof *op->shards);
+  tw_shard *s = op && op->shards ? shard_new(cd, idn) : NULL;
+  if (!s || !tr_set_webhook(&s->want, callback, secret)) {
+    if (s) shard_remove(s);
+    if (op) op_unlink_free(op);
+    return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
+  }
+  s->webhook = true;
+  snprintf(s->status, sizeof s->status, "webhook_callback_verification_pending");
+  op->shards[op->n++] = s;
+  if (out) *out = s;
+  if (cd->shard_count < idn + 1) {
+    if (resize_request(op, (int)idn + 1, err) != 0) {
+      shard_remove(s);
+      op_unlink_free(op);
+      return TW_EIO;
+    }
+  } else {
+    add_connect(op);
+  }
+  return 0;
+}
+
+int tw_shard_set_webhook(tw_shard *s, const char *callback, const char *secret, tw_op_fn cb, void *user,
+                         tw_error *err) {
+  int rc = check_shard_op(s, err);
+  if (rc) return rc;
+  if ((rc = webhook_args(callback, secret, err))) return rc;
+  if (s->cur || s->next)
+    return op_refuse(err, TW_EINVAL, "busy", "the shard has a websocket of its own: release it and add a webhook shard");
+  tw_op *op = op_new(s->cd, OP_WEBHOOK, s, cb, user);
+  if (!op) return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
+  if (!tr_set_webhook(&op->target, callback, secret) || !tr_set_webhook(&s->want, callback, secret)) {
+    op_unlink_free(op);
+    s->op = NULL;
+    return op_refuse(err, TW_ENOMEM, "no_memory", "out of memory");
+  }
+  s->webhook = true;
+  s->held = false;
+  s->pointed = false;
+  s->challenged = false;
+  tr_clear(&s->assigned); /* always sent again (a regrown slot, a rotation) */
+  s->queued = false;
+  want_changed(s);
+  return 0;
+}
+
+void tw_conduit_webhook_challenged(tw_client *c, const char *conduit_id, const char *shard_id) {
+  for (tw_conduit *cd = c->conduits; cd; cd = cd->next) {
+    if (cd->closing || !cd->id || strcmp(cd->id, conduit_id) != 0) continue;
+    tw_shard *s = tw_conduit_find_shard(cd, shard_id);
+    if (!s || s->releasing || s->want.kind != TW_TRANSPORT_WEBHOOK) continue;
+    s->challenged = true;
+    if (s->inflight.kind == TW_TRANSPORT_NONE && tr_eq(&s->want, &s->assigned)) shard_assigned(s);
+  }
+}
+
+bool tw_conduit_webhook_deliver(tw_client *c, tw_conduit *cd, const char *shard_id, const tw_msg *m) {
+  tw_conduit *live = NULL;
+  for (tw_conduit *x = c->conduits; x && cd; x = x->next)
+    if (x == cd && !x->closing) live = x;
+  tw_shard *s = live && shard_id && *shard_id ? tw_conduit_find_shard(live, shard_id) : NULL;
+  if (!s) return tw_client_deliver(c, m, live, NULL, NULL);
+  bool ok = tw_client_deliver(c, m, live, s, &s->stats.duplicates);
+  if (ok && m->message_type[0] == 'n') s->stats.notifications++;
+  return ok;
 }

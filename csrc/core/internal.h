@@ -138,9 +138,25 @@ void tw_conduits_close_all(tw_client *c);
 
 /* ---- queue transport (queue.c) ---- */
 struct tw_queue;
-/* Publishes m (after de-duplication and the replay guard); true: not for local handlers. */
-bool tw_queue_gateway_publish(struct tw_queue *q, const tw_msg *m);
+/* Publishes m (after de-duplication and the replay guard); true: not for local handlers.
+ * stored (may be NULL) is called once: when Redis (or the spool) holds m, or with the
+ * error that kept it from being stored (then also reported). */
+bool tw_queue_gateway_publish(struct tw_queue *q, const tw_msg *m, void (*stored)(void *user, const tw_error *err),
+                              void *user);
 void tw_queues_free_all(tw_client *c);
+/* ---- HTTP server and webhooks (httpd.c, webhook.c, conduit.c) ---- */
+void tw_httpds_close_all(tw_client *c);
+tw_client *tw_httpd_client(const tw_httpd *h);
+/* A queue's stored callback for a held webhook answer (webhook.c): 204 once stored, 503
+ * (Twitch retries) when it could not be. */
+void tw_webhook_reply_stored(void *reply, const tw_error *err);
+/* drop(user) is called when the server closes with the route still there */
+void tw_httpd_route_on_drop(tw_httpd *h, const char *path, void (*drop)(void *user));
+/* A challenge of the conduit-shard form was answered for conduit_id / shard_id. */
+void tw_conduit_webhook_challenged(tw_client *c, const char *conduit_id, const char *shard_id);
+/* Delivers a webhook message for (cd, shard_id) when that conduit and shard still run
+ * here (counted on the shard), else for the client alone. */
+bool tw_conduit_webhook_deliver(tw_client *c, tw_conduit *cd, const char *shard_id, const tw_msg *m);
 
 /* ---- the client (client.c) ---- */
 struct tw_client {
@@ -175,9 +191,13 @@ struct tw_client {
 
   struct tw_conduit *conduits; /* list */
   struct tw_wsession *wsessions; /* plain websocket sessions (wsession.c) */
+  struct tw_httpd *httpds;     /* HTTP servers (httpd.c) */
   struct tw_timer *timers;     /* list of live timers */
   struct tw_queue *queues;     /* list (queue.c) */
   struct tw_queue *gateway;    /* the queue delivered messages are published to; NULL: none */
+  tw_httpd_reply *deliver_reply; /* set by a webhook route around tw_client_deliver while a
+                                    gateway runs: taken (set NULL) by the publish, which then
+                                    answers it once the message is stored */
   uint64_t rng;
   tw_client_stats stats;
 };

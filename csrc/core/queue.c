@@ -554,10 +554,11 @@ int tw_queue_publish(tw_queue *q, const tw_msg *m, tw_queue_stored_fn cb, void *
   return enqueue(q, r, err) == 0 ? TW_OK : TW_EIO;
 }
 
-bool tw_queue_gateway_publish(tw_queue *q, const tw_msg *m) {
+bool tw_queue_gateway_publish(tw_queue *q, const tw_msg *m, tw_queue_stored_fn stored_fn, void *user) {
   tw_error e;
-  if (tw_queue_publish(q, m, NULL, NULL, &e) != TW_OK) {
+  if (tw_queue_publish(q, m, stored_fn, user, &e) != TW_OK) {
     q_error(q, e.code, "%s", e.message);
+    if (stored_fn) stored_fn(user, &e);
   }
   return !q->o.local;
 }
@@ -1195,9 +1196,13 @@ void tw_queue_free(tw_queue *q) {
   free(q->skey);
   free(q->last_id);
   free(q->acks);
-  pend_cb *p = q->fs_h;
+  pend_cb *p = q->fs_h; /* a spool sync that never ran: not known to be stored */
+  q->fs_h = q->fs_t = NULL;
   while (p) {
     pend_cb *n = p->next;
+    tw_error e;
+    tw_err_set(&e, "closed", 0, "queue closed before the message was stored");
+    p->cb(p->user, &e);
     free(p);
     p = n;
   }

@@ -454,6 +454,186 @@ TW_API void tw_timer_cancel(tw_timer *t);
 TW_API uint64_t tw_client_now_ms(tw_client *c);
 
 /* ------------------------------------------------------------------------------------ */
+/* HTTP server on the client's loop (httpd.c): the webhook receiver's listener, and the   */
+/* place for other routes (metrics, status) on the same port                              */
+
+typedef struct tw_httpd tw_httpd;
+typedef struct tw_httpd_reply tw_httpd_reply;
+
+typedef struct tw_httpd_opts {
+  const char *host;          /* address to bind; NULL: "127.0.0.1" */
+  int port;                  /* 0: a free port (tw_httpd_port tells which) */
+  const char *tls_cert;      /* PEM files: both set -> HTTPS (HTTP/1.1 only); NULL: plain */
+  const char *tls_key;
+  size_t max_body;           /* bytes; larger Content-Length -> 413 (default 1 MB) */
+  size_t max_header_bytes;   /* request line + headers; more -> 431 (default 16 KB) */
+  int max_headers;           /* header lines; more -> 431 (default 64) */
+  int max_conns;             /* open connections; the next one gets 503 (default 256) */
+  double request_timeout_s;  /* a started request must be whole within this -> 408 (10) */
+  double idle_timeout_s;     /* keep-alive connection without a request is closed (75) */
+} tw_httpd_opts;
+#define TW_HTTPD_OPTS_INIT {NULL, 0, NULL, NULL, 1u << 20, 16384, 64, 256, 10.0, 75.0}
+
+/* A request as parsed: every pointer points into the connection's buffer and is valid
+ * until the reply is sent (strings are NOT NUL-terminated: use the lengths). */
+typedef struct tw_http_header {
+  const char *name, *value;
+  size_t name_len, value_len;
+} tw_http_header;
+#define TW_HTTP_MAX_HEADERS 128
+typedef struct tw_http_request {
+  const char *method, *path, *query; /* query: after '?', NULL when none */
+  size_t method_len, path_len, query_len;
+  int minor;                         /* HTTP/1.x */
+  int keep_alive;
+  tw_http_header headers[TW_HTTP_MAX_HEADERS];
+  int nheaders;
+  const char *body;
+  size_t body_len;
+  size_t head_len;                   /* bytes of request line + headers */
+} tw_http_request;
+
+/* The limits tw_http_parse applies (from tw_httpd_opts). */
+typedef struct tw_http_limits {
+  size_t max_body, max_header_bytes;
+  int max_headers;
+} tw_http_limits;
+
+/* Parses one HTTP/1.x request from buf[0..len) — pure, no allocation (the fuzzer calls
+ * it). Returns the bytes the request takes (> 0) with *rq filled, 0 when more bytes are
+ * needed, or -status for a request that must be refused: -400 malformed, -413 body too
+ * large, -431 headers too large or too many, -501 Transfer-Encoding, -505 not HTTP/1.x. */
+TW_API long tw_http_parse(const char *buf, size_t len, const tw_http_limits *lim, tw_http_request *rq);
+/* The value of header `name` (case-insensitive), or NULL; *len gets its length. */
+TW_API const char *tw_http_header_get(const tw_http_request *rq, const char *name, size_t *len);
+
+/* A route: called once per request whose path equals the route's path exactly (any
+ * method; the handler checks it). The handler answers with tw_httpd_respond, at once or
+ * LATER (after an asynchronous step, e.g. a queue's confirmed write): the connection
+ * holds its next pipelined requests until then. `reply` stays valid until
+ * tw_httpd_respond is called for it, even if the connection or the server closes first
+ * (tw_httpd_reply_gone then tells so and the answer goes nowhere). */
+typedef void (*tw_httpd_route_fn)(void *user, const tw_http_request *rq, tw_httpd_reply *reply);
+
+/* Listens on the client's loop. NULL with err filled when the address cannot be bound or
+ * the TLS files cannot be loaded. Freed by tw_httpd_close or with the client. */
+TW_API tw_httpd *tw_httpd_open(tw_client *c, const tw_httpd_opts *o, tw_error *err);
+TW_API int tw_httpd_port(const tw_httpd *h);
+TW_API int tw_httpd_tls(const tw_httpd *h);
+/* Adds (or replaces) the handler of an exact path ("/a/b"). Returns 0 or TW_EINVAL. */
+TW_API int tw_httpd_route(tw_httpd *h, const char *path, tw_httpd_route_fn fn, void *user, tw_error *err);
+/* Removes the route of path; returns 0, or TW_EINVAL when there was none. */
+TW_API int tw_httpd_unroute(tw_httpd *h, const char *path);
+/* Answers a request (exactly once per reply). content_type may be NULL (no body type);
+ * extra_headers (may be NULL) are "Name: value\r\n" lines. */
+TW_API void tw_httpd_respond(tw_httpd_reply *reply, int status, const char *content_type, const char *body,
+                             size_t body_len, const char *extra_headers);
+TW_API int tw_httpd_reply_gone(const tw_httpd_reply *reply);
+/* Stops listening, closes the connections (after writing what was answered); replies
+ * still pending then go nowhere. Safe from route handlers; idempotent per server. */
+TW_API void tw_httpd_close(tw_httpd *h);
+
+typedef struct tw_httpd_stats {
+  uint64_t connections, requests, responses;
+  uint64_t refused_conns;      /* 503: over max_conns */
+  uint64_t bad_requests;       /* 400 / 501 / 505 */
+  uint64_t too_large;          /* 413 */
+  uint64_t headers_too_large;  /* 431 */
+  uint64_t timeouts;           /* 408 */
+  uint64_t not_found;          /* 404: no route */
+  uint64_t tls_errors;
+  int open_conns;
+} tw_httpd_stats;
+TW_API void tw_httpd_get_stats(const tw_httpd *h, tw_httpd_stats *out);
+
+/* ------------------------------------------------------------------------------------ */
+/* Webhook receiver (webhook.c): one route per callback path on a tw_httpd               */
+
+/* An HMAC-SHA256 key prepared once (OpenSSL EVP_MAC), reused for every request. */
+typedef struct tw_hmac_key tw_hmac_key;
+TW_API tw_hmac_key *tw_hmac_key_new(const char *secret, size_t len);
+TW_API void tw_hmac_key_free(tw_hmac_key *k);
+
+/* What tw_webhook_check found in a request's headers (copied, NUL-terminated). */
+typedef struct tw_webhook_check {
+  int status;            /* 0: verified; else the HTTP status to answer (400, 403, 405) */
+  const char *reason;    /* stable code when status != 0: "method", "missing_header",
+                            "bad_signature_format", "bad_signature", "bad_timestamp", "stale",
+                            "future", "header_too_long" */
+  int key;               /* index of the key that matched */
+  int retry;             /* Twitch-Eventsub-Message-Retry, -1 when absent */
+  double timestamp_s;    /* epoch seconds of the message timestamp */
+  char id[128], timestamp[48], message_type[48], sub_type[128], sub_version[16];
+} tw_webhook_check;
+
+/* Verifies a webhook request, in this order: POST; the id, timestamp, type and signature
+ * headers present; the signature is "sha256=" + 64 hex digits; the HMAC-SHA256 of id ||
+ * timestamp || raw body under one of keys[0..nkeys) (compared with CRYPTO_memcmp); only
+ * then the timestamp (older than max_age_s or more than max_future_s ahead of now_s ->
+ * 403). The message id is not looked up here (the caller records it only after this
+ * check passed). Pure apart from the keys' reusable contexts: the fuzzer calls it. */
+TW_API int tw_webhook_check_request(const tw_http_request *rq, tw_hmac_key *const *keys, size_t nkeys, double now_s,
+                                    double max_age_s, double max_future_s, tw_webhook_check *out);
+
+typedef struct tw_webhook tw_webhook;
+
+typedef struct tw_webhook_opts {
+  const char *path;       /* exact path on the server, e.g. "/eventsub/shard0" */
+  const char *secret;     /* 10..100 ASCII characters */
+  tw_conduit *conduit;    /* deliveries name this conduit and shard (NULL: none, e.g. a */
+  const char *shard_id;   /* subscription's own callback) */
+  double max_age_s;       /* default 600 */
+  double max_future_s;    /* default 60 */
+} tw_webhook_opts;
+
+/* What a webhook route reports besides messages (from the loop). kind: "challenge"
+ * (answered; id = the subscription id, or the shard id for the conduit-shard form, with
+ * conduit_id set). */
+typedef void (*tw_webhook_event_fn)(void *user, tw_webhook *w, const char *kind, const char *id,
+                                    const char *conduit_id);
+/* A sink takes verified notifications and revocations instead of the default (answer 204
+ * at once, then tw_client_deliver). It must answer `reply` exactly once, now or later —
+ * e.g. 204 only after a queue confirmed its write, 503 when it failed (Twitch retries).
+ * m and its strings are valid during the call only (tw_json_ref(m->doc) to keep the
+ * document). */
+typedef void (*tw_webhook_sink_fn)(void *user, tw_webhook *w, const tw_msg *m, tw_httpd_reply *reply);
+
+TW_API tw_webhook *tw_webhook_listen(tw_httpd *h, const tw_webhook_opts *o, tw_error *err);
+TW_API void tw_webhook_on_event(tw_webhook *w, tw_webhook_event_fn fn, void *user);
+TW_API void tw_webhook_set_sink(tw_webhook *w, tw_webhook_sink_fn fn, void *user);
+/* New secret at once; the previous one is still accepted for grace_s seconds. */
+TW_API int tw_webhook_rotate(tw_webhook *w, const char *secret, double grace_s, tw_error *err);
+/* Names another conduit/shard for the deliveries (NULL: none). */
+TW_API void tw_webhook_bind(tw_webhook *w, tw_conduit *cd, const char *shard_id);
+/* Removes the route and frees w (requests already being answered finish). */
+TW_API void tw_webhook_close(tw_webhook *w);
+/* 10..100 printable ASCII characters: 1 when acceptable. */
+TW_API int tw_webhook_secret_ok(const char *secret);
+
+typedef struct tw_webhook_stats {
+  uint64_t requests, notifications, revocations, challenges, duplicates;
+  uint64_t rejected;           /* every request answered 4xx below */
+  uint64_t bad_request;        /* 400 / 405: missing headers, not POST, bad body */
+  uint64_t bad_signature;      /* 403: malformed or wrong signature */
+  uint64_t stale, future;      /* 403: timestamp outside the window */
+  uint64_t old_secret;         /* verified with the previous secret (grace period) */
+} tw_webhook_stats;
+TW_API void tw_webhook_get_stats(const tw_webhook *w, tw_webhook_stats *out);
+
+/* Webhook shards (conduit.c). The secret is checked (10-100 ASCII) before any request.
+ * Adds shard `id` (-1: the next free id; the conduit grows on Twitch when needed) pointed
+ * at callback/secret; completes when Twitch accepted the PATCH and the challenge was
+ * answered (tw_webhook routes do that). Until then its status reads
+ * "webhook_callback_verification_pending". *out (may be NULL) gets the new shard. */
+TW_API int tw_conduit_add_webhook_shard(tw_conduit *cd, int id, const char *callback, const char *secret,
+                                        tw_op_fn cb, void *user, tw_shard **out, tw_error *err);
+/* Points shard s at callback/secret (a new secret, a new callback, or the same again:
+ * always re-PATCHed); the shard stops following another shard (point-at) and is no
+ * longer held. Completes like add. */
+TW_API int tw_shard_set_webhook(tw_shard *s, const char *callback, const char *secret, tw_op_fn cb, void *user,
+                                tw_error *err);
+
+/* ------------------------------------------------------------------------------------ */
 /* Small utilities                                                                       */
 
 /* Logging of libwebsockets (process-wide, so only on request). level: 0 errors only,

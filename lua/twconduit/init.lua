@@ -8,6 +8,7 @@ local Conduit = require "twconduit.conduit"
 local Shard = require "twconduit.shard"
 local Subscription = require "twconduit.subscription"
 local WSession = require("twconduit.wsession").WSession
+require "twconduit.webhook" -- webhook servers, shards, subscriptions (adds methods)
 
 local M = {
   VERSION = core.VERSION,
