@@ -153,9 +153,43 @@ local function check_safe(cd, what, except)
   return true
 end
 
--- polled every 50 ms (completions of the core's verbs are not all events)
+-- Waits until pred() gives a value (or nil, err): checked after every event of the
+-- conduit and every 10 ms (not every completion of the core's verbs is an event).
 local function wait(cd, pred, timeout, what)
-  return cd._client:_wait(pred, timeout, nil, what)
+  local v, e = pred()
+  if v then return v end
+  if e then return nil, e end
+  local client = cd._client
+  local core = client._core
+  return async.await(client, function(done)
+    local finished, poll_id, deadline_id = false, nil, nil
+    local check
+    local function finish(...)
+      if finished then return end
+      finished = true
+      if poll_id then core:cancel_timer(poll_id) end
+      if deadline_id then core:cancel_timer(deadline_id) end
+      cd:_unwatch(check)
+      done(...)
+    end
+    check = function()
+      if finished then return end
+      local ok, err = pred()
+      if ok then finish(ok) elseif err then finish(nil, err) end
+    end
+    local function poll()
+      poll_id = nil
+      if finished then return end
+      check()
+      if not finished and not core:closed() then poll_id = core:timer(0.01, poll) end
+    end
+    cd:_watch(check)
+    poll_id = core:timer(0.01, poll)
+    deadline_id = core:timer(timeout, function()
+      deadline_id = nil
+      finish(nil, errors.new("timeout", ("timed out after %gs waiting for %s"):format(timeout, what)))
+    end)
+  end, 3)
 end
 
 local function op_timeout(cd) return cd._client._opts.http_timeout * 4 + 10 end
@@ -687,15 +721,24 @@ function M.rebalance(cd)
     end
     local here = #cd:shards()
     if range.all then
-      local n = cd.shard_count
+      local n = #list -- Twitch's count, as read (another process or a crash may have changed it)
       if here < n then
         -- shards on Twitch that nothing here serves (a crash mid-operation): shrink to ours
         local top = -1
         for _, s in ipairs(cd:shards()) do top = math.max(top, tonumber(s.id)) end
         if top + 1 == here then
           step(op, "Twitch has %d shards, %d run here: shrinking to %d", n, here, here)
-          ok, err = set_count(cd, here)
+          ok, err = cd:_resize(here)
           if not ok then return nil, err end
+          for _ = 1, 50 do
+            list, err = client:conduit_shards(cd.id)
+            if not list then return nil, err end
+            if #list == here then break end
+            client:sleep(0.1)
+          end
+          if #list ~= here then
+            return fail("verify_failed", "Twitch still lists %d shards after shrinking to %d", #list, here)
+          end
           report.removed = n - here
           report.repaired = report.repaired + 1
         else
