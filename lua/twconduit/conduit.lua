@@ -234,9 +234,15 @@ function Conduit:delete()
   return self._client:delete_conduit(id)
 end
 
--- the operations, health and policies (operations.lua, health.lua), the state store
-require("twconduit.operations").install(Conduit)
-require("twconduit.health").install(Conduit)
+-- the operations, health and policies (operations.lua, health.lua), loaded on first use
+local function lazy(mod, name)
+  return function(...) return require(mod)[name](...) end
+end
+for _, k in ipairs { "resize", "remove_shard", "handover", "handover_all", "maintain", "rebalance" } do
+  Conduit[k] = lazy("twconduit.operations", k)
+end
+Conduit.operation = lazy("twconduit.operations", "current")
+for _, k in ipairs { "health", "monitor", "unmonitor", "policy" } do Conduit[k] = lazy("twconduit.health", k) end
 
 --- Keeps the conduit's id, range and subscriptions in st (twconduit.state) once known.
 function Conduit:_use_state(st)

@@ -104,6 +104,8 @@ function M.health(cd)
     end
     local t = s:_transport()
     local tw = h.twitch[s.id]
+    -- Twitch's view counts for the session the shard is on now (or while it is down)
+    if tw and tw.session_id ~= s.session_id and s.state == "enabled" then tw = nil end
     local row = {
       id = s.id, status = s.state, twitch_status = tw and tw.status or s.status,
       transport = t.method, session = s.session_id, assigned = t.assigned,
@@ -115,8 +117,7 @@ function M.health(cd)
     }
     out.rate = out.rate + row.rate
     out.shards[#out.shards + 1] = row
-    local down = s.state ~= "enabled" or (tw and tw.status ~= "enabled" and tw.checked_at and
-      (tw.session_id == s.session_id))
+    local down = s.state ~= "enabled" or (tw ~= nil and tw.status ~= "enabled")
     if down then out.down[#out.down + 1] = s.id else nlive = nlive + 1 end
   end
   if nlive == 0 and #out.shards > 0 then out.status = "down"
@@ -395,13 +396,6 @@ function M.policy(cd, p, opts)
   end
   pol.timer = client._core:timer(pol.interval, tick)
   return pol
-end
-
-function M.install(Conduit)
-  Conduit.health = M.health
-  Conduit.monitor = M.monitor
-  Conduit.unmonitor = M.unmonitor
-  Conduit.policy = M.policy
 end
 
 return M

@@ -163,13 +163,13 @@ local function wait(cd, pred, timeout, what)
   local core = client._core
   return async.await(client, function(done)
     local finished, poll_id, deadline_id = false, nil, nil
-    local check
+    local check, watcher
     local function finish(...)
       if finished then return end
       finished = true
       if poll_id then core:cancel_timer(poll_id) end
       if deadline_id then core:cancel_timer(deadline_id) end
-      cd:_unwatch(check)
+      cd:_unwatch(watcher)
       done(...)
     end
     check = function()
@@ -183,7 +183,15 @@ local function wait(cd, pred, timeout, what)
       check()
       if not finished and not core:closed() then poll_id = core:timer(0.01, poll) end
     end
-    cd:_watch(check)
+    -- an event wakes the check from the loop, never inside the core's emit (the verb that
+    -- emitted it has not finished there: a shard_enabled comes before its point completes)
+    local soon = false
+    watcher = function()
+      if soon or finished then return end
+      soon = true
+      core:timer(0, function() soon = false; check() end)
+    end
+    cd:_watch(watcher)
     poll_id = core:timer(0.01, poll)
     deadline_id = core:timer(timeout, function()
       deadline_id = nil
@@ -756,14 +764,6 @@ function M.rebalance(cd)
     end
     return report
   end)
-end
-
---- Adds the operations to the Conduit class.
-function M.install(Conduit)
-  for _, k in ipairs { "resize", "remove_shard", "handover", "handover_all", "maintain", "rebalance" } do
-    Conduit[k] = M[k]
-  end
-  function Conduit:operation() return M.current(self) end
 end
 
 return M
