@@ -15,12 +15,12 @@ describe("autoscale policy", function()
     local high = O.SAN and 300 or 500
     local up_to = O.SAN and 3 or 4 -- ceil(high / (0.6 * 200)), capped at max = 4
     c:monitor { sample = 0.1, window = 1.5, poll = 0 }
-    if os.getenv("DEBUG_OPS") then c:on("operation", function(ev) print("op", ev.name, ev.phase, ev.message, client:now()) end) end
     local p = autoscale { target = 200, sustain = 1, cooldown = 3, max = 4 }
     local pol = c:policy(p, { interval = 0.2, cooldown = 3 })
 
     local st = assert(m:stream { type = "stream.online", channels = t.chans, rate = high, count = high * 60 })
-    H.wait_until(client, function() return c.shard_count == up_to and not c:operation() end, 30, "the scale-up")
+    H.wait_until(client, function() return c.shard_count == up_to and not c:operation() end, 30,
+      "the scale-up")
     assert.are.equal(1, #pol.actions)
     assert.are.same({ resize = up_to }, { resize = pol.actions[1].resize })
     -- the rate holds: 4 shards at 125/s each sit inside the 40-80 % band

@@ -32,7 +32,9 @@ describe("conduit operations under a stream", function()
     assert.are.equal(2, #c:shards())
     local cd, by2 = O.twitch(m, c.id)
     assert.are.equal(2, #cd.shards)
-    for i = 0, 1 do assert.are.equal(c:shard(tostring(i)).session_id, by2[tostring(i)].transport.session_id) end
+    for i = 0, 1 do
+      assert.are.equal(c:shard(tostring(i)).session_id, by2[tostring(i)].transport.session_id)
+    end
     for _, sid in ipairs(top) do O.closed_cleanly(m, client, sid) end
     local _, fallbacks = O.check_ledger(m, t)
     -- shrinking took no shard off a socket: no notification needed a second attempt
@@ -167,7 +169,7 @@ describe("conduit operations under a stream", function()
     client:close()
   end)
 
-  it("rebalance repairs what a crash mid-operation left: a shard pointed elsewhere, a spare left over", function()
+  it("rebalance repairs what a crash left: a shard pointed elsewhere, a spare left over", function()
     local t = O.setup(m, 3)
     local c, client = t.c, t.client
     c:_lost_policy("report") -- the verification only reports: rebalance repairs

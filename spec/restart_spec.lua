@@ -34,11 +34,11 @@ describe("restart from a state file", function()
     assert(os.execute("mkdir -p " .. dir))
     local statef, nch = dir .. "/state.json", O.CHANNELS
     local pids = {}
-    local env = ("TWR_CLIENT_ID=%s TWR_CLIENT_SECRET=%s TWR_API_BASE=%s TWR_AUTH_BASE=%s TWR_EVENTSUB_WS=%s"):format(
-      m.client_id, m.client_secret, m.api_base, m.auth_base, m.eventsub_ws)
+    local env = ("TWR_CLIENT_ID=%s TWR_CLIENT_SECRET=%s TWR_API_BASE=%s TWR_AUTH_BASE=%s TWR_EVENTSUB_WS=%s")
+      :format(m.client_id, m.client_secret, m.api_base, m.auth_base, m.eventsub_ws)
     local function start(n)
-      local cmd = ("%s exec lua5.4 spec/support/restart_child.lua %s %s/log%d %s/ready%d %d 2>%s/err%d & echo $! > %s/pid%d")
-        :format(env, statef, dir, n, dir, n, nch, dir, n, dir, n)
+      local cmd = ("%s exec lua5.4 spec/support/restart_child.lua %s %s/log%d %s/ready%d %d 2>%s/err%d"
+        .. " & echo $! > %s/pid%d"):format(env, statef, dir, n, dir, n, nch, dir, n, dir, n)
       assert(os.execute("sh -c '" .. cmd:gsub("'", "'\\''") .. "'"))
       local f = assert(io.open(("%s/pid%d"):format(dir, n)))
       local pid = tonumber(f:read("l"))
@@ -68,8 +68,10 @@ describe("restart from a state file", function()
 
     local chans = {}
     for i = 1, nch do chans[i] = tostring(9000 + i) end
-    local st = assert(m:stream { type = "stream.online", channels = chans, rate = O.RATE, count = O.RATE * 120 })
-    H.wait_until(client, function() return count_lines(dir .. "/log1") >= O.RATE / 2 end, 15, "the first run handling")
+    local st = assert(m:stream { type = "stream.online", channels = chans, rate = O.RATE,
+      count = O.RATE * 120 })
+    H.wait_until(client, function() return count_lines(dir .. "/log1") >= O.RATE / 2 end, 15,
+      "the first run handling")
     assert(os.execute("kill -KILL " .. pid1))
     pids[1] = nil
     -- the emulator sees both sockets go; events routed meanwhile have no enabled shard
@@ -79,15 +81,17 @@ describe("restart from a state file", function()
       end
       return true
     end, 15, "the killed process's sessions to end")
-    H.wait_until(client, function() return assert(m:ledger()).dropped >= O.RATE / 10 end, 15, "events while down")
+    H.wait_until(client, function() return assert(m:ledger()).dropped >= O.RATE / 10 end, 15,
+      "events while down")
 
     start(2)
     local r2 = H.wait_until(client, function() return ready(2) end, 30, "the second run to be ready")
     assert.are.equal(r1.id, r2.id)
-    H.wait_until(client, function() return count_lines(dir .. "/log2") >= O.RATE / 2 end, 15, "the second run handling")
+    H.wait_until(client, function() return count_lines(dir .. "/log2") >= O.RATE / 2 end, 15,
+      "the second run handling")
     assert(m:stop_stream(st.stream_id))
-    local polled, settled = 0, nil
-    settled = H.wait_until(client, function()
+    local polled = 0
+    local settled = H.wait_until(client, function()
       if client:now() - polled < 0.2 then return false end
       polled = client:now()
       local l = assert(m:ledger())
@@ -137,8 +141,9 @@ describe("restart from a state file", function()
     assert.is_true(dropped > 0 and delivered1 > 0 and delivered2 > 0)
     -- what the first run never handled is the tail it was sent just before the kill
     for _, seq in ipairs(missing1) do assert.is_true(seq > last_handled1 - 200, "a gap in the middle") end
-    print(("# restart: %d produced, %d handled by the first run (+%d in flight at the kill), %d dropped while down, %d handled by the second")
-      :format(produced, delivered1 - #missing1, #missing1, dropped, delivered2))
+    print(("# restart: %d produced, %d handled by the first run (+%d in flight at the kill), "
+      .. "%d dropped while down, %d handled by the second"):format(produced, delivered1 - #missing1,
+      #missing1, dropped, delivered2))
     client:close()
   end)
 end)

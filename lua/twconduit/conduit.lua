@@ -235,14 +235,31 @@ function Conduit:delete()
 end
 
 -- the operations, health and policies (operations.lua, health.lua), loaded on first use
-local function lazy(mod, name)
-  return function(...) return require(mod)[name](...) end
-end
-for _, k in ipairs { "resize", "remove_shard", "handover", "handover_all", "maintain", "rebalance" } do
-  Conduit[k] = lazy("twconduit.operations", k)
-end
-Conduit.operation = lazy("twconduit.operations", "current")
-for _, k in ipairs { "health", "monitor", "unmonitor", "policy" } do Conduit[k] = lazy("twconduit.health", k) end
+local function ops() return require "twconduit.operations" end
+local function health() return require "twconduit.health" end
+
+--- Scales to n shards (see docs/api.md, Operations). Async: true | nil, err.
+function Conduit:resize(n) return ops().resize(self, n) end
+--- Removes shard id from the middle: the last shard's socket serves it, then the conduit shrinks.
+function Conduit:remove_shard(id) return ops().remove_shard(self, id) end
+--- Gives shard id a new socket with zero loss ({method = "direct" | "spare"}).
+function Conduit:handover(id, opts) return ops().handover(self, id, opts) end
+--- Rolls every websocket shard run here ({concurrency = 20}).
+function Conduit:handover_all(opts) return ops().handover_all(self, opts) end
+--- Takes shard id out of service, runs fn(shard), puts it back.
+function Conduit:maintain(id, fn) return ops().maintain(self, id, fn) end
+--- Repairs shards whose transport is gone or not ours, one at a time.
+function Conduit:rebalance() return ops().rebalance(self) end
+--- The operation running now ({id, name, args, phase}) or nil.
+function Conduit:operation() return ops().current(self) end
+--- Per-shard health (docs/api.md, Health).
+function Conduit:health() return health().health(self) end
+--- Starts the health monitor.
+function Conduit:monitor(opts) return health().monitor(self, opts) end
+--- Stops it.
+function Conduit:unmonitor() return health().unmonitor(self) end
+--- Runs a scaling policy on a timer; returns its handle.
+function Conduit:policy(p, opts) return health().policy(self, p, opts) end
 
 --- Keeps the conduit's id, range and subscriptions in st (twconduit.state) once known.
 function Conduit:_use_state(st)

@@ -181,7 +181,8 @@ local function check_down(cd, mon)
   if n >= 2 then
     if not mon.two_down then
       mon.two_down = true
-      alert(cd, "two_down", ("%d shards are down at once (%s): Twitch retries on one other shard only"):format(
+      local text = "%d shards are down at once (%s): Twitch retries on one other shard only"
+      alert(cd, "two_down", text:format(
         n, table.concat(ids, ", ")), { shards = ids })
     end
   else
@@ -351,7 +352,8 @@ function M.policy(cd, p, opts)
   end
   local function evaluate()
     if pol.stopped or cd._ud:closed() or pol.running then return end
-    if pol.subs_every > 0 and (not pol.subs_at or client:now() - pol.subs_at >= pol.subs_every) then fetch_subs() end
+    local due = not pol.subs_at or client:now() - pol.subs_at >= pol.subs_every
+    if pol.subs_every > 0 and due then fetch_subs() end
     if ops.current(cd) then return end
     if pol.last_at and client:now() - pol.last_at < pol.cooldown then return end
     local ok, actions = pcall(fn, M.snapshot(cd, pol))

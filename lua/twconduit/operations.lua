@@ -444,7 +444,7 @@ M.default_handover = "direct"
 
 -- direct: a new socket, the shard PATCHed to it, the old socket kept until traffic
 -- arrives on the new one (one keepalive interval at most), then closed with the handshake
-local function handover_direct(cd, op, s)
+local function handover_direct(cd, _, s)
   local old = s.session_id
   local ok, err = s:_handover()
   if not ok then return nil, err end
@@ -465,7 +465,8 @@ local function handover_spare(cd, op, s)
   local client = cd._client
   local range = M.range(cd)
   if not range.all then
-    return fail("out_of_range", "the spare-shard handover grows the conduit: only a process running every shard")
+    return fail("out_of_range",
+      "the spare-shard handover grows the conduit: only a process running every shard")
   end
   local ok, err = check_safe(cd, "the spare-shard handover")
   if not ok then return nil, err end
@@ -521,7 +522,9 @@ local function handover_one(cd, op, s, method)
   if method_of(s) ~= "websocket" then
     return fail("invalid_argument", "shard %s is not a websocket shard", s.id)
   end
-  if not is_live(s) then return fail("unsafe", "shard %s has no live socket to hand over (%s)", s.id, s.state) end
+  if not is_live(s) then
+    return fail("unsafe", "shard %s has no live socket to hand over (%s)", s.id, s.state)
+  end
   if method == "spare" then return handover_spare(cd, op, s) end
   return handover_direct(cd, op, s)
 end
@@ -655,8 +658,7 @@ function M.maintain(cd, id, fn)
       if s._ud:closed() or sibling._ud:closed() then return end
       local now = sibling.session_id
       if sibling.state == "enabled" and now and now ~= target and sibling:_transport().assigned then
-        local ok = s:_point_at(sibling)
-        if ok then target = now end
+        if s:_point_at(sibling) then target = now end
       end
     end
     cd:_watch(follow)
@@ -712,7 +714,8 @@ function M.rebalance(cd)
       local tw = twitch[s.id]
       local t = s:_transport()
       local tws = tw and tw.transport and tw.transport.session_id
-      if tw and t.method == "websocket" and is_live(s) and (tws ~= t.session_id or tw.status ~= "enabled") then
+      local elsewhere = tw and (tws ~= t.session_id or tw.status ~= "enabled")
+      if elsewhere and t.method == "websocket" and is_live(s) then
         step(op, "shard %s: Twitch shows %s (%s), reassigning", s.id, tostring(tws), tostring(tw.status))
         if s:_held() then s:_hold(false) end
         local old = s.session_id

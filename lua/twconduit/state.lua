@@ -58,8 +58,8 @@ function M.open(opt)
   local store = M.store(opt)
   local data, err = store.load()
   if data == nil and err then error(tostring(err), 3) end
-  local self = setmetatable({ store = store, data = data or {}, restored = data ~= nil and data.conduit_id ~= nil },
-    State)
+  local restored = data ~= nil and data.conduit_id ~= nil
+  local self = setmetatable({ store = store, data = data or {}, restored = restored }, State)
   self.data.subscriptions = self.data.subscriptions or {}
   self.index = {}
   for _, s in ipairs(self.data.subscriptions) do
