@@ -239,8 +239,22 @@ describe("conduit operations: sequencing and refusals", function()
     assert.are.equal(4, c.shard_count)
 
     -- a range process resizes within its range only
-    local r = H.ready_conduit(client, { id = c.id, offset = 4, shards = 0, total = 6 })
+    local r = H.ready_conduit(client, { id = c.id, offset = 4, shards = 2, total = 6 })
+    assert.are.equal(6, r.shard_count)
     ok, err = r:resize(3)
+    assert.is_nil(ok)
+    assert.are.equal("out_of_range", err.code)
+    assert.matches("shards 4..5", err.message)
+    ok, err = r:resize(1) -- shard 5 moves onto shard 4's socket; Twitch keeps 6 shards
+    assert.is_true(ok, tostring(err))
+    assert.are.equal(1, #r:shards())
+    assert.are.equal(6, r.shard_count)
+    local _, by = O.twitch(m, c.id)
+    assert.are.equal(r:shard("4").session_id, by["5"].transport.session_id)
+    ok, err = r:resize(2) -- and back within the range
+    assert.is_true(ok, tostring(err))
+    assert.is_truthy(r:shard("5"))
+    ok, err = r:add_shards(1)
     assert.is_nil(ok)
     assert.are.equal("out_of_range", err.code)
     assert.has_error(function() c:resize(0) end)

@@ -81,6 +81,16 @@ function Conduit:add_shards(n, timeout)
     errors.argerror(2, "add_shards", "non-negative number expected")
   end
   if self._ud:closed() then error("conduit is closed", 2) end
+  local o = self._open
+  if o and (o.offset ~= nil or o.total ~= nil) then -- a range process stays in its range
+    local top = (o.offset or 0) - 1
+    for _, s in ipairs(self:shards()) do top = math.max(top, tonumber(s.id)) end
+    local last = (o.offset or 0) + o.shards - 1
+    if top + n > last then
+      return nil, errors.new("out_of_range", ("this process runs shards %d..%d: %d more would pass %d")
+        :format(o.offset or 0, last, n, last))
+    end
+  end
   local list, err = self._ud:add_shards(n)
   if not list then return nil, err end
   for i, s in ipairs(list) do

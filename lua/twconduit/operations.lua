@@ -355,8 +355,10 @@ function M.resize(cd, n)
   check_open(cd)
   return run(cd, "resize", { n = n }, function(op)
     local ok, err = resize_body(cd, op, n)
-    if ok and cd._state then cd._state:shards(#cd:shards()) end
-    if ok then cd._open.shards = #cd:shards() end
+    if ok and M.range(cd).all then
+      cd._open.shards = #cd:shards() -- a range process keeps its range; this one is all shards
+      if cd._state then cd._state:shards(#cd:shards()) end
+    end
     return ok, err
   end)
 end
