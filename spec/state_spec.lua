@@ -36,6 +36,9 @@ describe("state store", function()
     assert.are.equal(3, #c:shards())
     local again = assert(c:subscribe { type = "stream.online", condition = { broadcaster_user_id = "42" } })
     assert.are.equal(sub.id, again.id)
+    -- deleting it forgets it: the next subscribe creates it again
+    assert(again:delete())
+    assert.are.equal(0, #core.json_decode(saved).subscriptions)
     calls = assert(m:state()).helix_calls.by_route
     local now_creates = (calls["POST /eventsub/conduits"] or 0) + (calls["POST /eventsub/subscriptions"] or 0)
     assert.are.equal(creates, now_creates)

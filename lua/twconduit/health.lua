@@ -50,7 +50,7 @@ end
 local function state(cd)
   local h = cd._health
   if not h then
-    h = { samples = {}, per = {}, twitch = {}, down_since = {}, alerts = {}, window = 60 }
+    h = { per = setmetatable({}, { __mode = "k" }), twitch = {}, down_since = {}, alerts = {}, window = 60 }
     cd._health = h
   end
   return h
@@ -59,7 +59,9 @@ end
 local function sample(cd)
   local h = state(cd)
   local now = cd._client:now()
+  local here = {}
   for _, s in ipairs(cd:shards()) do
+    here[s.id] = true
     local p = h.per[s._ud]
     if not p then
       p = { ring = {}, first = now }
@@ -78,6 +80,12 @@ local function sample(cd)
     else
       h.down_since[s.id] = nil
     end
+  end
+  for id in pairs(h.down_since) do -- shards that left (released, resized away) are not down
+    if not here[id] then h.down_since[id] = nil end
+  end
+  for id in pairs(h.twitch) do
+    if not here[id] then h.twitch[id] = nil end
   end
 end
 M.sample = sample

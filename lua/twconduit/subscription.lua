@@ -32,7 +32,11 @@ events.methods(Subscription, ALLOWED)
 --- Deletes the subscription on Twitch (async). Returns true | nil, err.
 function Subscription:delete()
   local ok, err = self._client:delete_subscription(self.id)
-  if ok then self.status = "deleted" end
+  if ok then
+    self.status = "deleted"
+    local st = self._conduit and self._conduit._state
+    if st then st:forget(self.id) end -- a restart must not answer with it
+  end
   return ok, err
 end
 
