@@ -85,4 +85,34 @@ describe("conduit health", function()
     c:unmonitor()
     client:close()
   end)
+
+  it("repairs a shard Twitch disabled while its socket looked fine (seen on the second conduit)", function()
+    local t = O.setup(m, 3)
+    local c, client = t.c, t.client
+    local watch = H.ready_conduit(client, { shards = 1 })
+    c:monitor { sample = 0.1, window = 2, poll = 0, transport = watch, backoff_min = 0.2 }
+    H.wait_until(client, function() return (c._monitor or {}).subscription ~= nil end, 10,
+      "the conduit.shard.disabled subscription")
+    local s1 = c:shard("1")
+    local old = s1.session_id
+    local repaired = false
+    c:on("operation", function(op)
+      if op.name == "handover" and op.phase == "done" then repaired = true end
+    end)
+    O.during_stream(m, t, function()
+      -- Twitch stops routing to shard 1; its socket stays open and says nothing
+      assert(m:call("POST", ("/conduits/%s/shards/1/disable"):format(c.id),
+        { status = "websocket_failed_ping_pong" }))
+      H.wait_until(client, function() return repaired end, 15, "the repair")
+      return true
+    end)
+    assert.are_not.equal(old, s1.session_id)
+    local _, by = O.twitch(m, c.id)
+    assert.are.equal("enabled", by["1"].status)
+    assert.are.equal(s1.session_id, by["1"].transport.session_id)
+    assert.are.equal("healthy", c:health().status)
+    O.check_ledger(m, t)
+    c:unmonitor()
+    client:close()
+  end)
 end)
