@@ -63,14 +63,16 @@ describe("autoscale policy", function()
         lag = { p99 = p99 } }
     end
     local range = { all = true }
-    assert.is_nil(keep:tick { shards = { row("0", "enabled", 0.1) }, shard_count = 1, running = 1, range = range })
+    assert.is_nil(keep:tick { shards = { row("0", "enabled", 0.1) }, shard_count = 1, running = 1,
+      range = range })
     assert.are.same({ handover = "1" }, keep:tick { shards = { row("0", "enabled", 0.1),
       row("1", "websocket_failed_ping_pong", 0.1) }, shard_count = 2, running = 2, range = range })
     assert.are.same({ handover = "0" }, keep:tick { shards = { row("0", "enabled", 3) }, shard_count = 1,
       running = 1, range = range })
     assert.are.same({ rebalance = true }, keep:tick { shards = { row("0", "enabled", 0.1) },
       shard_count = 2, running = 1, range = range })
-    assert.is_nil(keep:tick { shards = { row("0", "x", 9) }, operation = "resize", running = 1, range = range })
+    assert.is_nil(keep:tick { shards = { row("0", "x", 9) }, operation = "resize", running = 1,
+      range = range })
     assert.has_error(function() require("twconduit.policies.keep_healthy") { nope = 1 } end,
       "unknown option 'nope'")
   end)
