@@ -59,6 +59,12 @@ examples() {
     echo "not ok $n - examples/bot.lua runs against the emulator"; tail -5 /tmp/twconduit-example-bot.log
   fi
   n=$((n + 1))
+  if timeout 60 "$LUA" examples/autoscale_bot.lua >/tmp/twconduit-example-autoscale.log 2>&1; then
+    echo "ok $n - examples/autoscale_bot.lua scales up and back down against the emulator"
+  else
+    echo "not ok $n - examples/autoscale_bot.lua scales up and back down against the emulator"; tail -5 /tmp/twconduit-example-autoscale.log
+  fi
+  n=$((n + 1))
   if [ -x "$BUILD/bin/twconduit-host-example" ] &&
      timeout 120 "$BUILD/bin/twconduit-host-example" examples/host_script.lua >/tmp/twconduit-example-host.log 2>&1; then
     echo "ok $n - examples/host.c drives twconduit from its own poll loop"

@@ -63,6 +63,12 @@ static int sh_stats(lua_State *L) {
   SET_U(lost);
   SET_U(last_close_code);
   SET_U(backoff_attempt);
+  lua_createtable(L, TW_LAG_BUCKETS, 0);
+  for (int k = 0; k < TW_LAG_BUCKETS; k++) {
+    lua_pushinteger(L, (lua_Integer)st.lag_buckets[k]);
+    lua_rawseti(L, -2, k + 1);
+  }
+  lua_setfield(L, -2, "lag_buckets");
   return 1;
 }
 

@@ -1046,12 +1046,51 @@ static void c_shard_patches_release(hreq_t *r, cJSON *body)
     ok_obj(r, o);
 }
 
+/* POST /conduits/<id>/shards/<shard>/disable {"status"?}: Twitch disables the shard
+ * while its socket stays open (a silent outage: a half-open connection Twitch gave up
+ * on). The status is set, conduit.shard.disabled is sent, nothing is routed to it. */
+static void c_disable(hreq_t *r, conduit_t *c, const char *sid, cJSON *body)
+{
+    char *end;
+    long idx = strtol(sid, &end, 10);
+    if (*end || !*sid || idx < 0 || idx >= c->shard_count) {
+        cerr(r, 400, "The shard id is outside of the conduit's range");
+        return;
+    }
+    const cJSON *st = body ? cJSON_GetObjectItemCaseSensitive(body, "status") : NULL;
+    if (st && (!cJSON_IsString(st) || !*st->valuestring || strlen(st->valuestring) >= 48 ||
+               !strcmp(st->valuestring, "enabled"))) {
+        cerr(r, 400, "status must be a shard status other than enabled");
+        return;
+    }
+    shard_set_disabled(c, (int)idx, st ? st->valuestring : "websocket_network_timeout");
+    cJSON *o = cJSON_CreateObject();
+    cJSON *d = cJSON_AddArrayToObject(o, "data");
+    cJSON_AddItemToArray(d, shard_json(c, (int)idx));
+    ok_obj(r, o);
+}
+
 /* POST /conduits/<id>/shards/<shard>: what an Update Conduit Shards request for that
  * one shard would do, from outside (another process), at once and without faults. */
 static void c_repoint(hreq_t *r, const char *rest, cJSON *body)
 {
     char cid[128], sid[64];
     const char *sl = strchr(rest, '/');
+    size_t rl = strlen(rest);
+    if (sl && rl > 8 && !strcmp(rest + rl - 8, "/disable") && (size_t)(sl - rest) < sizeof cid &&
+        !strncmp(sl, "/shards/", 8) && (size_t)(rest + rl - 8 - (sl + 8)) < sizeof sid) {
+        memcpy(cid, rest, (size_t)(sl - rest));
+        cid[sl - rest] = 0;
+        size_t n = (size_t)(rest + rl - 8 - (sl + 8));
+        memcpy(sid, sl + 8, n);
+        sid[n] = 0;
+        conduit_t *dc = find_conduit(cid);
+        if (!dc)
+            cerr(r, 404, "conduit not found");
+        else
+            c_disable(r, dc, sid, body);
+        return;
+    }
     if (!sl || (size_t)(sl - rest) >= sizeof cid || strncmp(sl, "/shards/", 8) || !sl[8] ||
         strlen(sl + 8) >= sizeof sid || strchr(sl + 8, '/')) {
         cerr(r, 404, "unknown control path");

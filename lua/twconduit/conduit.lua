@@ -81,6 +81,16 @@ function Conduit:add_shards(n, timeout)
     errors.argerror(2, "add_shards", "non-negative number expected")
   end
   if self._ud:closed() then error("conduit is closed", 2) end
+  local o = self._open
+  if o and (o.offset ~= nil or o.total ~= nil) then -- a range process stays in its range
+    local top = (o.offset or 0) - 1
+    for _, s in ipairs(self:shards()) do top = math.max(top, tonumber(s.id)) end
+    local last = (o.offset or 0) + o.shards - 1
+    if top + n > last then
+      return nil, errors.new("out_of_range", ("this process runs shards %d..%d: %d more would pass %d")
+        :format(o.offset or 0, last, n, last))
+    end
+  end
   local list, err = self._ud:add_shards(n)
   if not list then return nil, err end
   for i, s in ipairs(list) do
@@ -169,10 +179,16 @@ function Conduit:subscribe(spec)
   local id, err = self:_wait_id()
   if not id then return nil, err end
   local version = spec.version or "1"
+  local st = self._state
+  local known = st and st:find(spec.type, version, spec.condition)
+  if known then return client:_subscription(known, self) end -- remembered: no Create call
   local data
   data, err = client:create_subscription { type = spec.type, version = version,
     condition = spec.condition, transport = { method = "conduit", conduit_id = id } }
-  if data then return client:_subscription(data, self) end
+  if data then
+    if st then st:remember(data) end
+    return client:_subscription(data, self)
+  end
   if not (errors.is(err) and (err.code == "conflict" or err.status == 409)) then
     return nil, err
   end
@@ -182,7 +198,10 @@ function Conduit:subscribe(spec)
   for _, s in ipairs(list) do
     if s.version == version and same_condition(spec.condition, s.condition) then
       local t = type(s.transport) == "table" and s.transport or {}
-      if t.conduit_id == id then return client:_subscription(s, self) end
+      if t.conduit_id == id then
+        if st then st:remember(s) end
+        return client:_subscription(s, self)
+      end
       fallback = fallback or s
     end
   end
@@ -223,6 +242,45 @@ function Conduit:delete()
   self:close()
   self._client:_forget_conduit(self)
   return self._client:delete_conduit(id)
+end
+
+-- the operations, health and policies (operations.lua, health.lua), loaded on first use
+local function ops() return require "twconduit.operations" end
+local function health() return require "twconduit.health" end
+
+--- Scales to n shards (see docs/api.md, Operations). Async: true | nil, err.
+function Conduit:resize(n) return ops().resize(self, n) end
+--- Removes shard id from the middle: the last shard's socket serves it, then the conduit shrinks.
+function Conduit:remove_shard(id) return ops().remove_shard(self, id) end
+--- Gives shard id a new socket with zero loss ({method = "direct" | "spare"}).
+function Conduit:handover(id, opts) return ops().handover(self, id, opts) end
+--- Rolls every websocket shard run here ({concurrency = 20}).
+function Conduit:handover_all(opts) return ops().handover_all(self, opts) end
+--- Takes shard id out of service, runs fn(shard), puts it back.
+function Conduit:maintain(id, fn) return ops().maintain(self, id, fn) end
+--- Repairs shards whose transport is gone or not ours, one at a time.
+function Conduit:rebalance() return ops().rebalance(self) end
+--- The operation running now ({id, name, args, phase}) or nil.
+function Conduit:operation() return ops().current(self) end
+--- Per-shard health (docs/api.md, Health).
+function Conduit:health() return health().health(self) end
+--- Starts the health monitor.
+function Conduit:monitor(opts) return health().monitor(self, opts) end
+--- Stops it.
+function Conduit:unmonitor() return health().unmonitor(self) end
+--- Runs a scaling policy on a timer; returns its handle.
+function Conduit:policy(p, opts) return health().policy(self, p, opts) end
+
+--- Keeps the conduit's id, range and subscriptions in st (twconduit.state) once known.
+function Conduit:_use_state(st)
+  self._state = st
+  local client = self._client
+  require("twconduit.async").spawn(function()
+    local id = self:_wait_id()
+    if not id then return end
+    local ok, err = st:conduit(id, self._open)
+    if not ok then client:_report(err, nil, self) end
+  end)
 end
 
 return Conduit

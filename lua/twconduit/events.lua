@@ -13,6 +13,7 @@ M.library = {
   shard_disabled = true, reconnect = true, revocation = true, error = true, token = true,
   shard_released = true, shard_lost = true,
   session_connected = true, session_disconnected = true, session_token = true, -- websocket sessions
+  operation = true, alert = true, -- conduit operations and the health monitor (Lua)
 }
 
 local function callable(fn)

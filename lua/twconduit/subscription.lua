@@ -33,7 +33,11 @@ events.methods(Subscription, ALLOWED)
 function Subscription:delete()
   if self._session then return self._session:_delete(self) end -- made with a user token
   local ok, err = self._client:delete_subscription(self.id)
-  if ok then self.status = "deleted" end
+  if ok then
+    self.status = "deleted"
+    local st = self._conduit and self._conduit._state
+    if st then st:forget(self.id) end -- a restart must not answer with it
+  end
   return ok, err
 end
 

@@ -655,6 +655,29 @@ static void test_repoint(void)
              !strcmp(S(js(o, "data.0.status")), "webhook_callback_verification_pending"),
          "repoint: webhook transport -> verification pending");
     cJSON_Delete(o);
+    /* disable: Twitch gives up on shard 0 while B stays connected */
+    snprintf(p, sizeof p, "/conduits/%s/shards/0/disable", cid);
+    o = ctl("POST", p, "{\"status\":\"enabled\"}", &st);
+    t_ok(st == 400, "disable: status enabled -> 400");
+    cJSON_Delete(o);
+    o = ctl("POST", p, "{\"status\":\"websocket_failed_ping_pong\"}", &st);
+    t_ok(st == 200 && !strcmp(S(js(o, "data.0.status")), "websocket_failed_ping_pong") &&
+             !strcmp(S(js(o, "data.0.transport.session_id")), b.session_id),
+         "disable: shard 0 disabled, still pointing at B");
+    cJSON_Delete(o);
+    cJSON *sb = session_rec(b.session_id);
+    t_ok(cJSON_IsTrue(jget(sb, "connected")) && cJSON_GetArraySize(jget(sb, "shards")) == 0,
+         "disable: B stays connected and lists no enabled shard");
+    cJSON_Delete(sb);
+    snprintf(p, sizeof p, "/conduits/%s/shards/9/disable", cid);
+    o = ctl("POST", p, "{}", &st);
+    t_ok(st == 400, "disable: shard out of range -> 400");
+    cJSON_Delete(o);
+    o = ctl("POST", "/conduits/nope/shards/0/disable", "{}", &st);
+    t_ok(st == 404, "disable: unknown conduit -> 404");
+    cJSON_Delete(o);
+    snprintf(p, sizeof p, "/conduits/%s/shards/1", cid);
+
     cJSON *s1 = state_shard(cid, 1);
     t_ok(s1 && cJSON_IsNull(jget(s1, "session_connected")) &&
              !strcmp(S(js(s1, "transport.method")), "webhook"),
