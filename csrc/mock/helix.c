@@ -1391,7 +1391,74 @@ static hfault_t *take_fault(const char *path)
     return NULL;
 }
 
+void count_helix_status(int status)
+{
+    if (status >= 100 && status < 600)
+        M->helix_by_status[status]++;
+}
+
+cJSON *helix_status_json(void)
+{
+    cJSON *o = cJSON_CreateObject();
+    for (int st = 100; st < 600; st++)
+        if (M->helix_by_status[st]) {
+            char k[8];
+            snprintf(k, sizeof k, "%d", st);
+            cJSON_AddNumberToObject(o, k, (double)M->helix_by_status[st]);
+        }
+    return o;
+}
+
+/* Create Subscription for a client's app token, as another process of that app would
+ * (control API: not counted, no rate limit). 0 and the id, or the HTTP status and
+ * Twitch's message. */
+int mock_sub_create(const char *client_id, const cJSON *item, char *id_out, size_t idlen, char *msg,
+                    size_t msglen)
+{
+    token_t tk;
+    memset(&tk, 0, sizeof tk);
+    snprintf(tk.client_id, sizeof tk.client_id, "%s", client_id);
+    hreq_t tmp;
+    memset(&tmp, 0, sizeof tmp);
+    h_sub_create(&tmp, &tk, (cJSON *)item);
+    cJSON *o = tmp.resp.len ? cJSON_ParseWithLength(tmp.resp.p, tmp.resp.len) : NULL;
+    int st = tmp.status;
+    buf_free(&tmp.resp);
+    if (st == 202) {
+        const cJSON *d = o ? cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "data"), 0) : NULL;
+        snprintf(id_out, idlen, "%s", d ? jstr(d, "id") : "");
+        cJSON_Delete(o);
+        return 0;
+    }
+    snprintf(msg, msglen, "%s", o && jstr(o, "message") ? jstr(o, "message") : "rejected");
+    cJSON_Delete(o);
+    return st ? st : 500;
+}
+
+/* Deletes a subscription of any client; 0, or 404 */
+int mock_sub_delete(const char *id)
+{
+    for (sub_t **pp = &M->subs; *pp; pp = &(*pp)->next) {
+        sub_t *s = *pp;
+        if (!strcmp(s->id, id)) {
+            *pp = s->next;
+            free_sub(s);
+            return 0;
+        }
+    }
+    return 404;
+}
+
+static void helix_route(hreq_t *r);
+
 static void helix(hreq_t *r)
+{
+    helix_route(r);
+    if (!r->deferred) /* a kept Update Conduit Shards request is counted when answered */
+        count_helix_status(r->status);
+}
+
+static void helix_route(hreq_t *r)
 {
     const char *sub = r->path + 6; /* after "/helix" */
     count_route(r->method, sub);
