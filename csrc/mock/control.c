@@ -685,6 +685,31 @@ static void c_sub_create(hreq_t *r, cJSON *body)
     ok_obj(r, o);
 }
 
+/* POST /ratelimit {"client_id"?, "level"?}: the client's app-token bucket set to level
+ * points (default: full) -> {"client_id","level","limit"} */
+static void c_ratelimit(hreq_t *r, cJSON *body)
+{
+    const char *cid = body ? jstr(body, "client_id") : NULL;
+    if (!cid)
+        cid = M->clients[0].id;
+    const cJSON *lv = body ? cJSON_GetObjectItemCaseSensitive(body, "level") : NULL;
+    if (lv && (!cJSON_IsNumber(lv) || lv->valuedouble < 0)) {
+        cerr(r, 400, "level must be a non-negative number");
+        return;
+    }
+    double level = lv ? lv->valuedouble : -1;
+    int lim = mock_bucket_set(cid, level);
+    if (lim < 0) {
+        cerr(r, 404, "unknown client_id");
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "client_id", cid);
+    cJSON_AddNumberToObject(o, "level", level < 0 || level > lim ? lim : level);
+    cJSON_AddNumberToObject(o, "limit", lim);
+    ok_obj(r, o);
+}
+
 /* POST /subscriptions/delete {"ids":[...]}: deletes them (any client), as another process
  * would -> {"deleted":N,"not_found":[ids]} */
 static void c_sub_delete(hreq_t *r, cJSON *body)
@@ -1545,6 +1570,8 @@ void handle_control(hreq_t *r, const char *p, cJSON *body)
         c_sub_create(r, body);
     else if (post && !strcmp(p, "/subscriptions/delete"))
         c_sub_delete(r, body);
+    else if (post && !strcmp(p, "/ratelimit"))
+        c_ratelimit(r, body);
     else if (get && !strcmp(p, "/helix_calls"))
         c_helix_calls(r);
     else if (post && !strncmp(p, "/subscriptions/", 15))

@@ -553,6 +553,18 @@ static void bucket_refill(bucket_ref k)
     *k.us = now;
 }
 
+/* Sets a client's app-token bucket to level points (< 0: full); returns the limit, or -1
+ * for an unknown client (control API). */
+int mock_bucket_set(const char *client_id, double level)
+{
+    client_t *cl = find_client(client_id);
+    if (!cl)
+        return -1;
+    cl->bucket = level < 0 || level > M->cfg.rate_limit ? M->cfg.rate_limit : level;
+    cl->bucket_us = mono_us();
+    return M->cfg.rate_limit;
+}
+
 static void rl_headers(hreq_t *r, bucket_ref k, int force_empty)
 {
     double lim = M->cfg.rate_limit;

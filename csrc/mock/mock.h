@@ -475,6 +475,7 @@ cJSON *helix_status_json(void);
 int mock_sub_create(const char *client_id, const cJSON *item, char *id_out, size_t idlen, char *msg,
                     size_t msglen);
 int mock_sub_delete(const char *id);
+int mock_bucket_set(const char *client_id, double level);
 void json_error(hreq_t *r, int status, const char *err, const char *msg);
 void set_json(hreq_t *r, int status, cJSON *o);
 cJSON *shard_json(conduit_t *c, int i);

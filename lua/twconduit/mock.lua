@@ -151,6 +151,10 @@ function Mock:helix_calls() return self:call("GET", "/helix_calls") end
 function Mock:create_subscriptions(list, client_id)
   return self:call("POST", "/subscriptions", { subscriptions = list, client_id = client_id })
 end
+--- Sets the app-token bucket of a client (default the first) to level points (nil: full).
+function Mock:set_bucket(level, client_id)
+  return self:call("POST", "/ratelimit", { level = level, client_id = client_id })
+end
 function Mock:delete_subscriptions(ids) return self:call("POST", "/subscriptions/delete", { ids = ids }) end
 
 --- Stops the emulator: POST /_mock/shutdown, else kill; then closes the pipe. Idempotent.

@@ -115,6 +115,24 @@ int main(void)
     cJSON_Delete(d);
     cJSON_Delete(o);
 
+    /* the bucket set by the control API: the next answer's Ratelimit-Remaining */
+    cJSON_Delete(control_json(&m, "POST", "/ratelimit", "{\"level\":10}", &st));
+    t_ok(st == 200, "POST /ratelimit (%ld)", st);
+    helix(&m, &r, "GET", "/eventsub/conduits", NULL);
+    char rem[32] = "";
+    resp_header(&r, "Ratelimit-Remaining", rem, sizeof rem);
+    t_ok(r.status == 200 && atoi(rem) == 9, "the bucket was set to 10: Remaining 9 after one call (%s)", rem);
+    resp_free(&r);
+    cJSON_Delete(control_json(&m, "POST", "/ratelimit", "{}", &st));
+    helix(&m, &r, "GET", "/eventsub/conduits", NULL);
+    resp_header(&r, "Ratelimit-Remaining", rem, sizeof rem);
+    t_ok(atoi(rem) == 799, "refilled: Remaining 799 (%s)", rem);
+    resp_free(&r);
+    cJSON_Delete(control_json(&m, "POST", "/ratelimit", "{\"level\":-1}", &st));
+    t_ok(st == 400, "a negative level is refused (%ld)", st);
+    cJSON_Delete(control_json(&m, "POST", "/ratelimit", "{\"client_id\":\"who\"}", &st));
+    t_ok(st == 404, "an unknown client is refused (%ld)", st);
+
     /* by_status in /_mock/state too */
     cJSON *s = control_json(&m, "GET", "/state", NULL, &st);
     t_ok(jn(s, "helix_calls.by_status.409") == c409 + 1, "/_mock/state helix_calls.by_status");
