@@ -1238,9 +1238,13 @@ static void c_faults(hreq_t *r, cJSON *body)
         const cJSON *st = cJSON_GetObjectItemCaseSensitive(it, "status");
         const cJSON *cn = cJSON_GetObjectItemCaseSensitive(it, "count");
         const cJSON *pa = cJSON_GetObjectItemCaseSensitive(it, "path");
+        const cJSON *ms = cJSON_GetObjectItemCaseSensitive(it, "message");
+        const cJSON *rh = cJSON_GetObjectItemCaseSensitive(it, "ratelimit_headers");
         if (!cJSON_IsNumber(st) || st->valuedouble < 400 || st->valuedouble > 599 ||
-            (cn && (!cJSON_IsNumber(cn) || cn->valuedouble < 1)) || (pa && !cJSON_IsString(pa))) {
-            cerr(r, 400, "helix faults need status 400..599, count >= 1, path string");
+            (cn && (!cJSON_IsNumber(cn) || cn->valuedouble < 1)) || (pa && !cJSON_IsString(pa)) ||
+            (ms && !cJSON_IsString(ms)) || (rh && !cJSON_IsBool(rh))) {
+            cerr(r, 400, "helix faults need status 400..599, count >= 1, path string, message string, "
+                         "ratelimit_headers boolean");
             return;
         }
     }
@@ -1287,6 +1291,9 @@ static void c_faults(hreq_t *r, cJSON *body)
         f->count = cn ? (int)cn->valuedouble : 1;
         const char *pa = jstr(it, "path");
         f->path = pa ? xstrdup(pa) : NULL;
+        const char *ms = jstr(it, "message");
+        f->message = ms ? xstrdup(ms) : NULL;
+        f->no_headers = cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(it, "ratelimit_headers"));
         hfault_t **pp = &M->hfaults;
         while (*pp)
             pp = &(*pp)->next;

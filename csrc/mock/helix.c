@@ -152,6 +152,7 @@ void reset_helix_state(void)
         hfault_t *f = M->hfaults;
         M->hfaults = f->next;
         free(f->path);
+        free(f->message);
         free(f);
     }
     M->latency_ms = 0;
@@ -1414,7 +1415,7 @@ cJSON *helix_status_json(void)
     cJSON *o = cJSON_CreateObject();
     for (int st = 100; st < 600; st++)
         if (M->helix_by_status[st]) {
-            char k[8];
+            char k[16];
             snprintf(k, sizeof k, "%d", st);
             cJSON_AddNumberToObject(o, k, (double)M->helix_by_status[st]);
         }
@@ -1477,7 +1478,10 @@ static void helix_route(hreq_t *r)
     client_t *hdr_client = r->client_id_hdr[0] ? find_client(r->client_id_hdr) : NULL;
     hfault_t *f = take_fault(r->path);
     if (f) {
-        int st = f->status;
+        int st = f->status, no_headers = f->no_headers;
+        char custom[256] = "";
+        if (f->message)
+            snprintf(custom, sizeof custom, "%s", f->message);
         if (--f->count <= 0) {
             for (hfault_t **pp = &M->hfaults; *pp; pp = &(*pp)->next)
                 if (*pp == f) {
@@ -1485,13 +1489,15 @@ static void helix_route(hreq_t *r)
                     break;
                 }
             free(f->path);
+            free(f->message);
             free(f);
         }
-        rl_headers(r, client_bucket(hdr_client), st == 429);
+        if (!no_headers)
+            rl_headers(r, client_bucket(hdr_client), st == 429);
         const char *msg = st == 401   ? "Invalid OAuth token"
                           : st == 429 ? "Too Many Requests"
                                       : "injected fault";
-        herr(r, st, msg);
+        herr(r, st, custom[0] ? custom : msg);
         return;
     }
     const char *tok = NULL;

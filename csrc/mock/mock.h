@@ -277,6 +277,8 @@ typedef struct hfault {
     int status;
     int count;
     char *path;
+    char *message;  /* the error body's message, NULL: the default for the status */
+    int no_headers; /* answer without Ratelimit-* headers */
 } hfault_t;
 
 /* ---------- helix call counters ---------- */
