@@ -48,7 +48,8 @@ local function run(name, bound, start)
   print(("%-22s calls %6d  lower bound %6d  (%s)  429s %d  %.1f s  %.0f calls/s"):format(name, calls,
     bound, calls == bound and "met" or "MISSED", r429, secs, calls / secs))
   if calls > LIMIT then
-    print(("%-22s bucket utilisation %.1f %% (%d points spent of %.0f offered: %d at the start + %.1f s x %d/min)")
+    print(("%-22s bucket utilisation %.1f %% (%d points spent of %.0f offered: "
+      .. "%d at the start + %.1f s x %d/min)")
       :format("", 100 * calls / offered, calls, offered, LIMIT, secs, LIMIT))
   else
     print(("%-22s within the starting bucket (%d points): utilisation not measured"):format("", LIMIT))

@@ -372,9 +372,8 @@ end
 -- what to do now: deletes (ids) and creates (keys)
 function R:_plan()
   local creates, deletes = {}, {}
-  for key, spec in pairs(self.wanted) do
+  for key in pairs(self.wanted) do
     if not self.existing[key] and not self.failed[key] then creates[#creates + 1] = key end
-    local _ = spec
   end
   for key, ex in pairs(self.existing) do
     if not self.wanted[key] and ex.id and (self.retired[key] or self.prune) then
@@ -382,7 +381,9 @@ function R:_plan()
     end
   end
   if self.prune then
-    for id, x in pairs(self.extras) do deletes[#deletes + 1] = { id = id, key = x.key, cost = x.cost, extra = true } end
+    for id, x in pairs(self.extras) do
+      deletes[#deletes + 1] = { id = id, key = x.key, cost = x.cost, extra = true }
+    end
   end
   table.sort(creates)
   table.sort(deletes, function(a, b) return a.id < b.id end)
@@ -472,9 +473,7 @@ function R:_create_all(creates)
   end
   while #queue > 0 do
     local again = {}
-    local pos = 0
     self:_pool(queue, function(key)
-      pos = pos + 1
       if self.stalled then return "stop" end
       local spec = self.wanted[key]
       if not spec or self.existing[key] or self.failed[key] then return end -- no longer needed
