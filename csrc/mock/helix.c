@@ -1015,6 +1015,22 @@ void shards_patch_answer(hreq_t *r, const char *cid, const char *conduit_id, con
 
 static int cond_equal(const cJSON *a, const cJSON *b) { return cJSON_Compare(a, b, 1); }
 
+/* a hash of a condition object that ignores key order: equal conditions hash equal */
+static uint32_t cond_hash(const cJSON *cond)
+{
+    uint32_t h = 0;
+    for (const cJSON *f = cond ? cond->child : NULL; f; f = f->next) {
+        uint32_t x = 2166136261u;
+        for (const char *p = f->string ? f->string : ""; *p; p++)
+            x = (x ^ (unsigned char)*p) * 16777619u;
+        x = (x ^ 0xff) * 16777619u;
+        for (const char *p = cJSON_IsString(f) ? f->valuestring : ""; *p; p++)
+            x = (x ^ (unsigned char)*p) * 16777619u;
+        h += x * 2654435761u;
+    }
+    return h;
+}
+
 static int sub_active(const sub_t *s)
 {
     return !strcmp(s->status, "enabled") ||
@@ -1041,13 +1057,6 @@ static int total_cost(const token_t *t)
     return n;
 }
 
-static int total_subs(const token_t *t)
-{
-    int n = 0;
-    for (sub_t *s = M->subs; s; s = s->next)
-        n += sub_visible(s, t);
-    return n;
-}
 
 /* websocket transport: max_total_cost per client and user (Twitch: 10) */
 #define WS_MAX_TOTAL_COST 10
@@ -1212,9 +1221,19 @@ static void h_sub_create(hreq_t *r, const token_t *tk, cJSON *body)
             return;
         }
     }
+    /* one pass: the duplicate check, what the token sees (total, total_cost), the tail */
+    uint32_t ch = cond_hash(cond);
+    int seen_total = 0, cost_now = 0;
+    sub_t **tailp = &M->subs;
     for (sub_t *s = M->subs; s; s = s->next) {
-        if (strcmp(s->client_id, cid) || !sub_active(s) || strcmp(s->type, type) ||
-            strcmp(s->version, version) || s->method != m || !cond_equal(s->condition, cond))
+        tailp = &s->next;
+        if (sub_visible(s, tk)) {
+            seen_total++;
+            if (sub_active(s))
+                cost_now += s->cost;
+        }
+        if (s->method != m || s->cond_hash != ch || strcmp(s->client_id, cid) || !sub_active(s) ||
+            strcmp(s->type, type) || strcmp(s->version, version) || !cond_equal(s->condition, cond))
             continue;
         const char *st = m == M_CONDUIT ? s->conduit_id : m == T_WEBHOOK ? s->callback : s->session_id;
         if (st && !strcmp(st, target)) {
@@ -1256,7 +1275,7 @@ static void h_sub_create(hreq_t *r, const token_t *tk, cJSON *body)
         }
     }
     int cost = sub_cost(ty, cond, cid);
-    if (total_cost(tk) + cost > max_total_cost(tk)) {
+    if (cost_now + cost > max_total_cost(tk)) {
         herr(r, 429, "The maximum total cost has been reached");
         return;
     }
@@ -1266,6 +1285,7 @@ static void h_sub_create(hreq_t *r, const token_t *tk, cJSON *body)
     s->type = xstrdup(type);
     s->version = xstrdup(version);
     s->condition = cJSON_Duplicate(cond, 1);
+    s->cond_hash = ch;
     s->method = m;
     s->cost = cost;
     s->order = ++M->sub_order;
@@ -1284,17 +1304,14 @@ static void h_sub_create(hreq_t *r, const token_t *tk, cJSON *body)
         strcpy(s->status, "enabled");
         sess->assigned = 1;
     }
-    sub_t **pp = &M->subs;
-    while (*pp)
-        pp = &(*pp)->next;
-    *pp = s;
+    *tailp = s;
     if (m == T_WEBHOOK)
         wh_challenge_sub(s);
     cJSON *o = cJSON_CreateObject();
     cJSON *d = cJSON_AddArrayToObject(o, "data");
     cJSON_AddItemToArray(d, sub_json(s));
-    cJSON_AddNumberToObject(o, "total", total_subs(tk));
-    cJSON_AddNumberToObject(o, "total_cost", total_cost(tk));
+    cJSON_AddNumberToObject(o, "total", seen_total + sub_visible(s, tk));
+    cJSON_AddNumberToObject(o, "total_cost", cost_now + (sub_visible(s, tk) && sub_active(s) ? cost : 0));
     cJSON_AddNumberToObject(o, "max_total_cost", max_total_cost(tk));
     set_json(r, 202, o);
 }

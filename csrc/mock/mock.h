@@ -107,6 +107,7 @@ typedef struct sub {
     int wh_failures;
     uint64_t order;
     char user_id[32]; /* websocket transport: the user whose token made it */
+    uint32_t cond_hash; /* of the condition, independent of key order (duplicate check) */
 } sub_t;
 #define M_CONDUIT 3
 
