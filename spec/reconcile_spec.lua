@@ -172,6 +172,35 @@ describe("declarative subscriptions", function()
     same_as(m, id, list)
   end)
 
+  it("takes want_add and want_remove made during a run without reading Twitch again", function()
+    assert(m:config { rate_limit = 6000 })
+    local c = H.client(m)
+    finally(function() c:close() end)
+    local cd = assert(c:conduit { shards = 0, total = 1 })
+    local id = assert(cd:_wait_id())
+    local n = SAN and 150 or 300
+    local list = want_list(n, 4000)
+    local before = counters(m)
+    cd:want(list)
+    H.wait_until(c, function() return cd:reconcile_status().created >= n // 4 end, 30, "creates to flow")
+    local removed, final = {}, {}
+    for i = 1, n do
+      if i % 10 == 0 then removed[#removed + 1] = list[i] else final[#final + 1] = list[i] end
+    end
+    local added = want_list(10, 8000)
+    for _, w in ipairs(added) do final[#final + 1] = w end
+    cd:want_remove(removed)
+    cd:want_add(added)
+    local st = assert(cd:reconcile_wait(60))
+    local d = delta(before, counters(m))
+    same_as(m, id, final)
+    assert.equal(1, d.get)
+    assert.equal(0, d.s429 + d.s409)
+    assert.equal(d.get + d.post + d.delete, st.calls)
+    assert.equal(d.post - d.delete, #final) -- each removed one created before its removal is deleted
+    assert.equal(#final, st.wanted)
+  end)
+
   it("adopts what exists: the listing (any key order) and a 409", function()
     local c = H.client(m)
     finally(function() c:close() end)
