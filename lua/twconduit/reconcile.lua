@@ -413,7 +413,13 @@ function R:_pool(list, fn)
         i = i + 1
         local item = list[i]
         if item == nil then break end
-        if fn(item) == "stop" then stopped = true end
+        local ok, r = xpcall(fn, debug.traceback, item)
+        if not ok then -- a bug: the run stops with it instead of hanging
+          self.stalled = self.stalled or errors.new("callback_error", tostring(r))
+          self.client:_report(self.stalled, nil, self.conduit)
+          r = "stop"
+        end
+        if r == "stop" then stopped = true end
       end
       active = active - 1
       if active == 0 then done(true) end
