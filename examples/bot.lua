@@ -67,6 +67,22 @@ conduit:on("shard_disabled", function(shard, status)
   print(("shard %s disabled (%s)"):format(shard.id, tostring(status)))
 end)
 
+-- reconciliation progress: one line rewritten in place on a terminal, a line per phase otherwise
+local tty = os.getenv "TERM" and os.getenv "TERM" ~= "dumb"
+local last_phase
+conduit:on("reconcile", function(st)
+  local line = ("subscriptions: %-8s %d/%d, %d calls%s%s"):format(st.phase, st.done, st.total, st.calls,
+    st.eta and st.eta > 0 and (", eta %ds"):format(math.ceil(st.eta)) or "",
+    #st.errors > 0 and (", %d error(s)"):format(#st.errors) or "")
+  if tty then
+    io.write("\r", line, "\27[K", st.phase == "done" and "\n" or "")
+    io.flush()
+  elseif st.phase ~= last_phase then
+    print(line)
+  end
+  last_phase = st.phase
+end)
+
 local handled = 0
 conduit:on("channel.chat.message", function(event, msg)
   handled = handled + 1
@@ -92,12 +108,15 @@ twconduit.spawn(function()
     return client:stop()
   end
   print(("conduit %s ready with %d shards"):format(conduit.id, #conduit:shards()))
+  -- the subscriptions the bot wants; the reconciler creates what is missing
+  local want = {}
   for _, ch in ipairs(channels) do
-    assert(conduit:subscribe { type = "channel.chat.message", version = "1",
-      condition = { broadcaster_user_id = ch, user_id = live and ch or "1" } })
-    assert(conduit:subscribe { type = "stream.online", version = "1",
-      condition = { broadcaster_user_id = ch } })
+    want[#want + 1] = { type = "channel.chat.message", version = "1",
+      condition = { broadcaster_user_id = ch, user_id = live and ch or "1" } }
+    want[#want + 1] = { type = "stream.online", version = "1", condition = { broadcaster_user_id = ch } }
   end
+  conduit:want(want)
+  assert(conduit:reconcile_wait(60))
   if live then return end
   local a = assert(emulator:trigger { type = "channel.chat.message", channels = channels, count = 5 })
   local b = assert(emulator:trigger { type = "stream.online", channels = channels, count = 1 })

@@ -15,7 +15,7 @@ WRAP
 chmod +x "$work/mock"
 n=0
 fail=0
-for t in mock_helix mock_ws mock_webhook mock_shards mock_http mock_users mock_types; do
+for t in mock_helix mock_ws mock_webhook mock_shards mock_http mock_users mock_types mock_subctl; do
   n=$((n + 1))
   if TWCONDUIT_MOCK="$work/mock" timeout 600 "$BUILD/tests/$t" >"$work/$t.out" 2>&1; then
     echo "ok $n - $t passes with the emulator under valgrind ($(grep -c '^ok' "$work/$t.out") checks)"

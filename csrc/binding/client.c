@@ -426,7 +426,7 @@ static void on_timer(void *user) {
   finish_pending(req, NULL);
 }
 
-/* client:helix(method, path, body_or_nil, fn) -> id | nil, err
+/* client:helix(method, path, body_or_nil, fn[, "background"]) -> id | nil, err
  * fn(status, body_table_or_string_or_nil, err_or_nil) is called once, from the loop. */
 static int cl_helix(lua_State *L) {
   twl_client *cl = twl_check_client(L, 1);
@@ -435,6 +435,8 @@ static int cl_helix(lua_State *L) {
   size_t blen = 0;
   const char *body = luaL_optlstring(L, 4, NULL, &blen);
   luaL_checktype(L, 5, LUA_TFUNCTION);
+  static const char *const prios[] = {"bot", "background", NULL};
+  int prio = luaL_checkoption(L, 6, "bot", prios);
   twl_req *req = req_new(cl);
   if (req == NULL) return luaL_error(L, "out of memory");
   lua_getiuservalue(L, 1, TWL_UV_PENDING);
@@ -442,7 +444,7 @@ static int cl_helix(lua_State *L) {
   lua_rawseti(L, -2, req->id);
   tw_error err;
   memset(&err, 0, sizeof err);
-  int rc = tw_helix(cl->c, method, path, body, blen, on_response, req, &err);
+  int rc = tw_helix_prio(cl->c, prio, method, path, body, blen, on_response, req, &err);
   if (rc != TW_OK) {
     lua_pushnil(L);
     lua_rawseti(L, -2, req->id);
@@ -454,6 +456,36 @@ static int cl_helix(lua_State *L) {
   cl->npending++;
   twl_client_update_anchor(cl, L, 1);
   lua_pushinteger(L, req->id);
+  return 1;
+}
+
+/* client:ratelimit() -> { limit, remaining, reset, hold_until, waiting = {bot, background},
+ * inflight = {...}, sent = {...}, final_429 } */
+static int cl_ratelimit(lua_State *L) {
+  twl_client *cl = twl_check_client(L, 1);
+  tw_ratelimit rl;
+  tw_client_ratelimit(cl->c, &rl);
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, rl.limit);
+  lua_setfield(L, -2, "limit");
+  lua_pushnumber(L, rl.remaining);
+  lua_setfield(L, -2, "remaining");
+  lua_pushinteger(L, rl.reset);
+  lua_setfield(L, -2, "reset");
+  lua_pushnumber(L, rl.hold_until);
+  lua_setfield(L, -2, "hold_until");
+  lua_pushinteger(L, (lua_Integer)rl.final_429);
+  lua_setfield(L, -2, "final_429");
+  const char *names[] = {"waiting", "inflight", "sent"};
+  for (int k = 0; k < 3; k++) {
+    lua_createtable(L, 0, 2);
+    for (int p = 0; p < 2; p++) {
+      lua_Integer v = k == 0 ? rl.waiting[p] : k == 1 ? rl.inflight[p] : (lua_Integer)rl.sent[p];
+      lua_pushinteger(L, v);
+      lua_setfield(L, -2, p ? "background" : "bot");
+    }
+    lua_setfield(L, -2, names[k]);
+  }
   return 1;
 }
 
@@ -924,6 +956,7 @@ void twl_client_open(lua_State *L, int modidx) {
       {"stats", cl_stats},
       {"options", cl_options},
       {"helix", cl_helix},
+      {"ratelimit", cl_ratelimit},
       {"timer", cl_timer},
       {"cancel_timer", cl_cancel_timer},
       {"open_conduit", cl_open_conduit},

@@ -1,10 +1,16 @@
 /* helix.c - Helix requests with the app token, rate limiting and retries; OAuth.
  *
- * Every request goes through one queue. A request is sent when a token is ready, fewer
- * than http_max_inflight are in flight and the rate-limit bucket (as last reported by
- * Ratelimit-Remaining / Ratelimit-Reset) has room; otherwise it waits for a timer.
+ * Every request goes through one queue per priority (bot calls, then background work).
+ * A request is sent when a token is ready, fewer than http_max_inflight are in flight
+ * (background: one slot is left to bot calls) and the rate-limit bucket has room;
+ * otherwise it waits for a timer. The bucket is mirrored from the newest answer's
+ * Ratelimit-Remaining (minus what is still in flight) and refilled at Ratelimit-Limit
+ * points a minute in between, so a long run spends the refill as it comes instead of
+ * draining the bucket into 429s; background requests leave limit/50 points to bot calls.
  * Retries: a bucket 429 waits for the reset; 5xx and network failures back off
- * exponentially with jitter; a 401 gets a new token once and is retried once. */
+ * exponentially with jitter; a 401 gets a new token once and is retried once. A 429
+ * without a rate-limit header or naming a limit (cost ceiling, subscriptions with that
+ * type and condition) is final. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +29,7 @@ typedef struct hreq {
   uint64_t token_gen;   /* token generation the last attempt used */
   uint64_t not_before;  /* loop ms */
   uint64_t sent_seq;    /* order of the last attempt */
+  int prio;             /* TW_PRIO_BOT / TW_PRIO_BACKGROUND */
   struct hreq *next;
 } hreq;
 
@@ -39,11 +46,18 @@ struct tw_helix_state {
   unsigned validate_401s; /* validations refused in a row */
   tw_error token_err;
   bool token_failed;    /* last fetch failed for good: requests fail at once until retried */
-  hreq *head, *tail;    /* queued */
-  int inflight;
+  hreq *head, *tail;    /* queued bot requests */
+  hreq *bg_head, *bg_tail; /* queued background requests */
+  int inflight, inflight_bg;
   uint64_t send_seq, seq_at_429; /* replies to requests sent before the last 429 carry stale headers */
-  int rl_remaining;     /* -1 unknown */
+  uint64_t hdr_seq;     /* the attempt whose answer the bucket mirrors */
+  int rl_remaining;     /* -1 unknown; only used while the limit is unknown */
+  int rl_limit;         /* -1 unknown */
+  double rl_level;      /* points left by our estimate (may go below 0), valid when rl_limit > 0 */
+  uint64_t rl_level_ms; /* loop ms of rl_level */
   double rl_reset;      /* wall seconds */
+  double rl_hold_until; /* after a bucket 429: wall seconds */
+  uint64_t sent_by_prio[2], final_429;
   uv_timer_t pump_timer;
   uv_timer_t validate_timer;
   uv_timer_t token_retry_timer;
@@ -80,24 +94,28 @@ static void finish(hreq *r, int status, tw_json *body, const char *raw, size_t r
 }
 
 static void enqueue(tw_helix_state *hx, hreq *r, bool front) {
+  hreq **head = r->prio ? &hx->bg_head : &hx->head, **tail = r->prio ? &hx->bg_tail : &hx->tail;
   r->next = NULL;
-  if (!hx->head) hx->head = hx->tail = r;
+  if (!*head) *head = *tail = r;
   else if (front) {
-    r->next = hx->head;
-    hx->head = r;
+    r->next = *head;
+    *head = r;
   } else {
-    hx->tail->next = r;
-    hx->tail = r;
+    (*tail)->next = r;
+    *tail = r;
   }
 }
 
 static void fail_all_queued(tw_helix_state *hx, const tw_error *err) {
-  hreq *r = hx->head;
-  hx->head = hx->tail = NULL;
-  while (r) {
-    hreq *n = r->next;
-    finish(r, err->status, NULL, NULL, 0, err);
-    r = n;
+  for (int p = 0; p < 2; p++) {
+    hreq *r = p ? hx->bg_head : hx->head;
+    if (p) hx->bg_head = hx->bg_tail = NULL;
+    else hx->head = hx->tail = NULL;
+    while (r) {
+      hreq *n = r->next;
+      finish(r, err->status, NULL, NULL, 0, err);
+      r = n;
+    }
   }
 }
 
@@ -339,13 +357,17 @@ static void send_req(tw_helix_state *hx, hreq *r) {
   r->token_gen = hx->token_gen;
   r->sent_seq = ++hx->send_seq;
   hx->inflight++;
+  if (r->prio) hx->inflight_bg++;
+  hx->sent_by_prio[r->prio]++;
   c->stats.helix_requests++;
   if (hx->rl_remaining > 0) hx->rl_remaining--; /* optimistic until the answer says */
+  if (hx->rl_limit > 0 && !r->token) hx->rl_level -= 1; /* a caller's own token is not the app's bucket */
   tw_http_req *hr = tw_http_start(c->http, r->method, url, hdrs, r->body, r->body_len,
                                   (long)(c->http_timeout_s * 1000), on_response, r);
   tw_http_set_max_body(hr, body_cap(r->path));
   if (!hr) {
     hx->inflight--;
+    if (r->prio) hx->inflight_bg--;
     tw_error err;
     tw_err_set(&err, "network", 0, "could not start the request");
     finish(r, 0, NULL, NULL, 0, &err);
@@ -353,10 +375,51 @@ static void send_req(tw_helix_state *hx, hreq *r) {
   memset(auth, 0, sizeof auth);
 }
 
+/* the bucket refilled up to loop time now */
+static void refill(tw_helix_state *hx, uint64_t now) {
+  if (hx->rl_limit <= 0) return;
+  if (now > hx->rl_level_ms) {
+    hx->rl_level += (double)(now - hx->rl_level_ms) * hx->rl_limit / 60000.0;
+    if (hx->rl_level > hx->rl_limit) hx->rl_level = hx->rl_limit;
+  }
+  hx->rl_level_ms = now;
+}
+
+/* whether a request of priority prio may be sent now; else *wake gets when to look again */
+static bool bucket_room(tw_helix_state *hx, int prio, uint64_t now, uint64_t *wake) {
+  tw_client *c = hx->c;
+  double wall = tw_wall_now();
+  if (hx->rl_hold_until > wall) {
+    uint64_t w = now + (uint64_t)((hx->rl_hold_until - wall) * 1000) + 50;
+    if (w < *wake) *wake = w;
+    c->stats.helix_rate_waits++;
+    return false;
+  }
+  hx->rl_hold_until = 0;
+  if (hx->rl_limit <= 0) { /* no limit known: the last Remaining, and Reset */
+    if (hx->rl_remaining == 0 && wall < hx->rl_reset) {
+      uint64_t w = now + (uint64_t)((hx->rl_reset - wall) * 1000) + 50;
+      if (w < *wake) *wake = w;
+      c->stats.helix_rate_waits++;
+      return false;
+    }
+    if (hx->rl_remaining == 0) hx->rl_remaining = -1; /* the bucket has refilled */
+    return true;
+  }
+  refill(hx, now);
+  double need = 1;
+  if (prio == TW_PRIO_BACKGROUND) need += hx->rl_limit / 50;
+  if (hx->rl_level >= need) return true;
+  uint64_t w = now + (uint64_t)((need - hx->rl_level) * 60000.0 / hx->rl_limit) + 1;
+  if (w < *wake) *wake = w;
+  c->stats.helix_rate_waits++;
+  return false;
+}
+
 static void pump(tw_helix_state *hx) {
   tw_client *c = hx->c;
   if (hx->closing) return;
-  if (!hx->head) return;
+  if (!hx->head && !hx->bg_head) return;
   if (hx->tstate == TOK_NONE && !hx->token_failed) fetch_token(hx);
   if (hx->tstate != TOK_OK) return; /* on_token / on_validate pump again */
   if (hx->token_expires > 0 && tw_wall_now() >= hx->token_expires - hx->token_margin && c->client_secret) {
@@ -365,30 +428,58 @@ static void pump(tw_helix_state *hx) {
   }
   uint64_t now = now_ms(c);
   uint64_t next_wake = UINT64_MAX;
-  hreq *prev = NULL, *r = hx->head;
-  while (r && hx->inflight < c->http_max_inflight) {
-    if (r->not_before > now) {
-      if (r->not_before < next_wake) next_wake = r->not_before;
-      prev = r;
-      r = r->next;
-      continue;
+  int bg_max = c->http_max_inflight > 1 ? c->http_max_inflight - 1 : 1;
+  for (int p = 0; p < 2; p++) {
+    hreq **head = p ? &hx->bg_head : &hx->head, **tail = p ? &hx->bg_tail : &hx->tail;
+    hreq *prev = NULL, *r = *head;
+    bool blocked = false;
+    while (r && hx->inflight < c->http_max_inflight && (!p || hx->inflight_bg < bg_max)) {
+      if (r->not_before > now) {
+        if (r->not_before < next_wake) next_wake = r->not_before;
+        prev = r;
+        r = r->next;
+        continue;
+      }
+      if (!bucket_room(hx, p, now, &next_wake)) {
+        blocked = true;
+        break;
+      }
+      hreq *n = r->next;
+      if (prev) prev->next = n;
+      else *head = n;
+      if (*tail == r) *tail = prev;
+      send_req(hx, r);
+      r = n;
     }
-    double wall = tw_wall_now();
-    if (hx->rl_remaining == 0 && wall < hx->rl_reset) {
-      uint64_t w = (uint64_t)((hx->rl_reset - wall) * 1000) + 50;
-      if (now + w < next_wake) next_wake = now + w;
-      c->stats.helix_rate_waits++;
-      break;
-    }
-    if (hx->rl_remaining == 0) hx->rl_remaining = -1; /* the bucket has refilled */
-    hreq *n = r->next;
-    if (prev) prev->next = n;
-    else hx->head = n;
-    if (hx->tail == r) hx->tail = prev;
-    send_req(hx, r);
-    r = n;
+    if (blocked && !p) break; /* what a bot call may not spend, background may not either */
   }
   if (next_wake != UINT64_MAX) uv_timer_start(&hx->pump_timer, on_pump_timer, next_wake - now, 0);
+}
+
+/* the bucket from an answer's headers: only the newest attempt's, minus what is still in
+ * flight (those may be charged after this answer was computed) */
+static void mirror(tw_helix_state *hx, const hreq *r, const tw_http_result *res) {
+  bool fresh = r->sent_seq > hx->seq_at_429; /* sent after the last 429 was seen */
+  if (fresh && res->rl_reset >= 0 && (double)res->rl_reset > hx->rl_reset) hx->rl_reset = (double)res->rl_reset;
+  if (!fresh || res->rl_remaining < 0 || r->sent_seq <= hx->hdr_seq) return;
+  hx->hdr_seq = r->sent_seq;
+  hx->rl_remaining = res->rl_remaining;
+  if (res->rl_limit > 0) hx->rl_limit = res->rl_limit;
+  if (hx->rl_limit > 0) {
+    hx->rl_level = (double)res->rl_remaining - hx->inflight;
+    hx->rl_level_ms = now_ms(hx->c);
+  }
+}
+
+/* a 429 that no wait can cure: the cost ceiling, too many subscriptions with that type
+ * and condition, other limits (Twitch sends those without a rate-limit header) */
+static bool limit_429(const tw_http_result *res) {
+  if (res->rl_remaining != 0) return true; /* absent, or the bucket had room */
+  char m[200];
+  body_message(res->body, res->body_len, m, sizeof m, "");
+  for (char *p = m; *p; p++)
+    if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
+  return strstr(m, "total cost") || strstr(m, "type and condition");
 }
 
 static void on_response(void *user, const tw_http_result *res) {
@@ -400,10 +491,9 @@ static void on_response(void *user, const tw_http_result *res) {
   tw_client *c = r->c;
   tw_helix_state *hx = c->hx;
   hx->inflight--;
-  bool fresh = r->sent_seq > hx->seq_at_429 && !r->token; /* sent after the last 429 was seen, with the app token */
-  if (fresh && res->rl_remaining >= 0) hx->rl_remaining = res->rl_remaining;
-  if (fresh && res->rl_reset >= 0 && (double)res->rl_reset > hx->rl_reset) hx->rl_reset = (double)res->rl_reset;
-  c->stats.ratelimit_remaining = hx->rl_remaining;
+  if (r->prio) hx->inflight_bg--;
+  if (!r->token) mirror(hx, r, res); /* answers to a caller's own token say nothing of the app's bucket */
+  c->stats.ratelimit_remaining = hx->rl_limit > 0 ? (int)(hx->rl_level > 0 ? hx->rl_level : 0) : hx->rl_remaining;
   int st = res->status;
   tw_error err;
   tw_err_clear(&err);
@@ -420,16 +510,19 @@ static void on_response(void *user, const tw_http_result *res) {
     pump(hx);
     return;
   }
-  if (st == 429) {
-    bool bucket = res->rl_remaining <= 0; /* 0 or absent: the bucket; otherwise a limit */
-    if (bucket && r->waits_429 < 10) {
+  bool final_429 = st == 429 && limit_429(res);
+  if (st == 429 && !final_429) { /* the bucket: wait for its reset */
+    if (r->waits_429 < 10) {
       r->waits_429++;
       c->stats.helix_retries++;
       hx->rl_remaining = 0;
+      hx->rl_level = 0;
+      hx->rl_level_ms = now_ms(c);
       hx->seq_at_429 = hx->send_seq;
       if (res->rl_reset >= 0) hx->rl_reset = (double)res->rl_reset;
       double wall = tw_wall_now();
       if (hx->rl_reset <= wall) hx->rl_reset = wall + 1;
+      hx->rl_hold_until = hx->rl_reset;
       r->not_before = 0;
       enqueue(hx, r, true);
       pump(hx);
@@ -466,7 +559,10 @@ static void on_response(void *user, const tw_http_result *res) {
       body_message(res->body, res->body_len, m, sizeof m, "request failed");
       redact(c, m);
       const char *code = tw_http_code(st);
-      if (st == 429 && res->rl_remaining > 0) code = "limit_exceeded";
+      if (final_429) {
+        code = "limit_exceeded";
+        hx->final_429++;
+      }
       if (st == 401 && !c->client_secret) code = "unauthorized";
       tw_err_set(&err, code, st, "%s %s: %s", r->method, r->path, m);
     }
@@ -477,11 +573,11 @@ static void on_response(void *user, const tw_http_result *res) {
 }
 
 static int helix_queue(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
-                       tw_response_fn cb, void *user, tw_error *err, bool urgent, const char *token);
+                       tw_response_fn cb, void *user, tw_error *err, bool urgent, int prio, const char *token);
 
 int tw_helix(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
              tw_response_fn cb, void *user, tw_error *err) {
-  return helix_queue(c, method, path, body, body_len, cb, user, err, false, NULL);
+  return helix_queue(c, method, path, body, body_len, cb, user, err, false, TW_PRIO_BOT, NULL);
 }
 
 int tw_helix_with_token(tw_client *c, const char *token, const char *method, const char *path, const char *body,
@@ -490,16 +586,25 @@ int tw_helix_with_token(tw_client *c, const char *token, const char *method, con
     tw_err_set(err, "invalid_argument", 0, "helix: a token is required");
     return TW_EINVAL;
   }
-  return helix_queue(c, method, path, body, body_len, cb, user, err, false, token);
+  return helix_queue(c, method, path, body, body_len, cb, user, err, false, TW_PRIO_BOT, token);
 }
 
 int tw_helix_urgent(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
                     tw_response_fn cb, void *user, tw_error *err) {
-  return helix_queue(c, method, path, body, body_len, cb, user, err, true, NULL);
+  return helix_queue(c, method, path, body, body_len, cb, user, err, true, TW_PRIO_BOT, NULL);
+}
+
+int tw_helix_prio(tw_client *c, int prio, const char *method, const char *path, const char *body,
+                  size_t body_len, tw_response_fn cb, void *user, tw_error *err) {
+  if (prio != TW_PRIO_BOT && prio != TW_PRIO_BACKGROUND) {
+    tw_err_set(err, "invalid_argument", 0, "helix: unknown priority %d", prio);
+    return TW_EINVAL;
+  }
+  return helix_queue(c, method, path, body, body_len, cb, user, err, false, prio, NULL);
 }
 
 static int helix_queue(tw_client *c, const char *method, const char *path, const char *body, size_t body_len,
-                       tw_response_fn cb, void *user, tw_error *err, bool urgent, const char *token) {
+                       tw_response_fn cb, void *user, tw_error *err, bool urgent, int prio, const char *token) {
   if (!c || !method || !path || path[0] != '/') {
     tw_err_set(err, "invalid_argument", 0, "helix: method and a path starting with '/' are required");
     return TW_EINVAL;
@@ -529,6 +634,7 @@ static int helix_queue(tw_client *c, const char *method, const char *path, const
   }
   r->cb = cb;
   r->user = user;
+  r->prio = prio;
   enqueue(hx, r, urgent);
   /* send on the next loop iteration, so a burst of calls shares token fetch and pacing */
   uv_timer_start(&hx->pump_timer, on_pump_timer, 0, 0);
@@ -540,11 +646,39 @@ nomem:
 
 const char *tw_client_token(const tw_client *c) { return c->hx ? c->hx->token : NULL; }
 
+void tw_client_ratelimit(const tw_client *c, tw_ratelimit *out) {
+  memset(out, 0, sizeof *out);
+  out->limit = -1;
+  out->remaining = -1;
+  out->reset = -1;
+  const tw_helix_state *hx = c ? c->hx : NULL;
+  if (!hx) return;
+  out->limit = hx->rl_limit;
+  if (hx->rl_limit > 0) {
+    uint64_t now = uv_now(c->loop);
+    double lv = hx->rl_level;
+    if (now > hx->rl_level_ms) lv += (double)(now - hx->rl_level_ms) * hx->rl_limit / 60000.0;
+    out->remaining = lv > hx->rl_limit ? hx->rl_limit : lv;
+  } else {
+    out->remaining = hx->rl_remaining;
+  }
+  out->reset = hx->rl_reset > 0 ? (int64_t)hx->rl_reset : -1;
+  out->hold_until = hx->rl_hold_until > tw_wall_now() ? hx->rl_hold_until : 0;
+  for (int p = 0; p < 2; p++)
+    for (const hreq *r = p ? hx->bg_head : hx->head; r; r = r->next) out->waiting[p]++;
+  out->inflight[0] = hx->inflight - hx->inflight_bg;
+  out->inflight[1] = hx->inflight_bg;
+  out->sent[0] = hx->sent_by_prio[0];
+  out->sent[1] = hx->sent_by_prio[1];
+  out->final_429 = hx->final_429;
+}
+
 tw_helix_state *tw_helix_new(tw_client *c) {
   tw_helix_state *hx = calloc(1, sizeof *hx);
   if (!hx) return NULL;
   hx->c = c;
   hx->rl_remaining = -1;
+  hx->rl_limit = -1;
   uv_timer_init(c->loop, &hx->pump_timer);
   uv_timer_init(c->loop, &hx->validate_timer);
   uv_timer_init(c->loop, &hx->token_retry_timer);
@@ -572,13 +706,15 @@ void tw_helix_state_closing(tw_helix_state *hx) { hx->closing = true; }
 void tw_helix_free(tw_helix_state *hx) {
   if (!hx) return;
   hx->closing = true;
-  hreq *r = hx->head;
-  while (r) {
-    hreq *n = r->next;
-    hreq_free(r);
-    r = n;
+  for (int p = 0; p < 2; p++) {
+    hreq *r = p ? hx->bg_head : hx->head;
+    while (r) {
+      hreq *n = r->next;
+      hreq_free(r);
+      r = n;
+    }
   }
-  hx->head = hx->tail = NULL;
+  hx->head = hx->tail = hx->bg_head = hx->bg_tail = NULL;
   if (hx->token) memset(hx->token, 0, strlen(hx->token));
   free(hx->token);
   hx->token = NULL;

@@ -265,6 +265,27 @@ TW_API int tw_helix(tw_client *c, const char *method, const char *path, const ch
 /* The app token in use (borrowed; NULL before the first one). */
 TW_API const char *tw_client_token(const tw_client *c);
 
+/* Priorities: TW_PRIO_BOT (what tw_helix uses) is served before TW_PRIO_BACKGROUND
+ * (bulk work such as subscription reconciliation), which also leaves a reserve of the
+ * bucket and one request slot to bot calls. */
+enum { TW_PRIO_BOT = 0, TW_PRIO_BACKGROUND = 1 };
+TW_API int tw_helix_prio(tw_client *c, int prio, const char *method, const char *path, const char *body,
+                         size_t body_len, tw_response_fn cb, void *user, tw_error *err);
+
+/* The client's one Helix rate-limit bucket, mirrored from the Ratelimit-* headers and
+ * refilled at limit per minute between answers. */
+typedef struct tw_ratelimit {
+  int limit;              /* Ratelimit-Limit, -1 before any answer carried it */
+  double remaining;       /* points the client may spend now (its estimate), -1 unknown */
+  int64_t reset;          /* Ratelimit-Reset last seen (epoch s), -1 unknown */
+  double hold_until;      /* after a bucket 429: wall seconds until which nothing is sent, else 0 */
+  int waiting[2];         /* queued requests by priority (bot, background) */
+  int inflight[2];        /* requests on the wire by priority */
+  uint64_t sent[2];       /* HTTP attempts by priority */
+  uint64_t final_429;     /* 429s not retried (limits, cost ceiling) */
+} tw_ratelimit;
+TW_API void tw_client_ratelimit(const tw_client *c, tw_ratelimit *out);
+
 /* ------------------------------------------------------------------------------------ */
 /* Conduits and websocket shards                                                         */
 

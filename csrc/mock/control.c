@@ -627,6 +627,117 @@ static void c_session_action(hreq_t *r, const char *rest, cJSON *body)
 
 /* ---------------- misc ---------------- */
 
+/* GET /helix_calls: the Helix counters of /state without the rest */
+static void c_helix_calls(hreq_t *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "total", (double)M->helix_total);
+    cJSON *br = cJSON_AddObjectToObject(o, "by_route");
+    for (route_ctr_t *rc = M->routes; rc; rc = rc->next)
+        cJSON_AddNumberToObject(br, rc->name, (double)rc->n);
+    cJSON_AddItemToObject(o, "by_status", helix_status_json());
+    ok_obj(r, o);
+}
+
+/* POST /subscriptions {"client_id"?, "subscriptions":[{type, version?, condition,
+ * transport}]}: Create Subscription for each, with the app token of that client (default
+ * the first), as another process would; no Helix counter, no rate limit.
+ * -> {"ids":[id or null], "errors":[{"index","status","message"}]} */
+static void c_sub_create(hreq_t *r, cJSON *body)
+{
+    const cJSON *list = body ? cJSON_GetObjectItemCaseSensitive(body, "subscriptions") : NULL;
+    if (!cJSON_IsArray(list)) {
+        cerr(r, 400, "subscriptions must be an array");
+        return;
+    }
+    const char *cid = jstr(body, "client_id");
+    if (!cid)
+        cid = M->clients[0].id;
+    int known = 0;
+    for (int i = 0; i < M->nclients; i++)
+        known |= !strcmp(M->clients[i].id, cid);
+    if (!known) {
+        cerr(r, 404, "unknown client_id");
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON *ids = cJSON_AddArrayToObject(o, "ids");
+    cJSON *errs = cJSON_AddArrayToObject(o, "errors");
+    int i = 0;
+    for (const cJSON *it = list->child; it; it = it->next, i++) {
+        char id[ID_LEN] = "", msg[256] = "";
+        cJSON *item = cJSON_Duplicate(it, 1);
+        if (cJSON_IsObject(item) && !cJSON_GetObjectItemCaseSensitive(item, "version"))
+            cJSON_AddStringToObject(item, "version", "1");
+        int st = mock_sub_create(cid, item, id, sizeof id, msg, sizeof msg);
+        cJSON_Delete(item);
+        if (st == 0) {
+            cJSON_AddItemToArray(ids, cJSON_CreateString(id));
+        } else {
+            cJSON_AddItemToArray(ids, cJSON_CreateNull());
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddNumberToObject(e, "index", i);
+            cJSON_AddNumberToObject(e, "status", st);
+            cJSON_AddStringToObject(e, "message", msg);
+            cJSON_AddItemToArray(errs, e);
+        }
+    }
+    ok_obj(r, o);
+}
+
+/* POST /ratelimit {"client_id"?, "level"?}: the client's app-token bucket set to level
+ * points (default: full) -> {"client_id","level","limit"} */
+static void c_ratelimit(hreq_t *r, cJSON *body)
+{
+    const char *cid = body ? jstr(body, "client_id") : NULL;
+    if (!cid)
+        cid = M->clients[0].id;
+    const cJSON *lv = body ? cJSON_GetObjectItemCaseSensitive(body, "level") : NULL;
+    if (lv && (!cJSON_IsNumber(lv) || lv->valuedouble < 0)) {
+        cerr(r, 400, "level must be a non-negative number");
+        return;
+    }
+    double level = lv ? lv->valuedouble : -1;
+    int lim = mock_bucket_set(cid, level);
+    if (lim < 0) {
+        cerr(r, 404, "unknown client_id");
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "client_id", cid);
+    cJSON_AddNumberToObject(o, "level", level < 0 || level > lim ? lim : level);
+    cJSON_AddNumberToObject(o, "limit", lim);
+    ok_obj(r, o);
+}
+
+/* POST /subscriptions/delete {"ids":[...]}: deletes them (any client), as another process
+ * would -> {"deleted":N,"not_found":[ids]} */
+static void c_sub_delete(hreq_t *r, cJSON *body)
+{
+    const cJSON *list = body ? cJSON_GetObjectItemCaseSensitive(body, "ids") : NULL;
+    if (!cJSON_IsArray(list)) {
+        cerr(r, 400, "ids must be an array of strings");
+        return;
+    }
+    for (const cJSON *it = list->child; it; it = it->next)
+        if (!cJSON_IsString(it)) {
+            cerr(r, 400, "ids must be an array of strings");
+            return;
+        }
+    cJSON *o = cJSON_CreateObject();
+    int n = 0;
+    cJSON *nf = cJSON_CreateArray();
+    for (const cJSON *it = list->child; it; it = it->next) {
+        if (mock_sub_delete(it->valuestring) == 0)
+            n++;
+        else
+            cJSON_AddItemToArray(nf, cJSON_CreateString(it->valuestring));
+    }
+    cJSON_AddNumberToObject(o, "deleted", n);
+    cJSON_AddItemToObject(o, "not_found", nf);
+    ok_obj(r, o);
+}
+
 static void c_revoke(hreq_t *r, const char *rest, cJSON *body)
 {
     char id[ID_LEN + 8];
@@ -682,6 +793,7 @@ static void sp_apply(spatch_t *sp)
     if (r) {
         r->held = NULL;
         r->status = tmp.status;
+        count_helix_status(tmp.status);
         buf_t t = r->resp;
         r->resp = tmp.resp;
         tmp.resp = t;
@@ -1165,9 +1277,13 @@ static void c_faults(hreq_t *r, cJSON *body)
         const cJSON *st = cJSON_GetObjectItemCaseSensitive(it, "status");
         const cJSON *cn = cJSON_GetObjectItemCaseSensitive(it, "count");
         const cJSON *pa = cJSON_GetObjectItemCaseSensitive(it, "path");
+        const cJSON *ms = cJSON_GetObjectItemCaseSensitive(it, "message");
+        const cJSON *rh = cJSON_GetObjectItemCaseSensitive(it, "ratelimit_headers");
         if (!cJSON_IsNumber(st) || st->valuedouble < 400 || st->valuedouble > 599 ||
-            (cn && (!cJSON_IsNumber(cn) || cn->valuedouble < 1)) || (pa && !cJSON_IsString(pa))) {
-            cerr(r, 400, "helix faults need status 400..599, count >= 1, path string");
+            (cn && (!cJSON_IsNumber(cn) || cn->valuedouble < 1)) || (pa && !cJSON_IsString(pa)) ||
+            (ms && !cJSON_IsString(ms)) || (rh && !cJSON_IsBool(rh))) {
+            cerr(r, 400, "helix faults need status 400..599, count >= 1, path string, message string, "
+                         "ratelimit_headers boolean");
             return;
         }
     }
@@ -1214,6 +1330,9 @@ static void c_faults(hreq_t *r, cJSON *body)
         f->count = cn ? (int)cn->valuedouble : 1;
         const char *pa = jstr(it, "path");
         f->path = pa ? xstrdup(pa) : NULL;
+        const char *ms = jstr(it, "message");
+        f->message = ms ? xstrdup(ms) : NULL;
+        f->no_headers = cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(it, "ratelimit_headers"));
         hfault_t **pp = &M->hfaults;
         while (*pp)
             pp = &(*pp)->next;
@@ -1426,6 +1545,7 @@ static void c_state(hreq_t *r)
     cJSON *br = cJSON_AddObjectToObject(hc, "by_route");
     for (route_ctr_t *rc = M->routes; rc; rc = rc->next)
         cJSON_AddNumberToObject(br, rc->name, (double)rc->n);
+    cJSON_AddItemToObject(hc, "by_status", helix_status_json());
     char ts[40];
     fmt_time(emu_now(), ts);
     cJSON_AddStringToObject(o, "clock", ts);
@@ -1492,6 +1612,14 @@ void handle_control(hreq_t *r, const char *p, cJSON *body)
         ok_obj(r, o);
     } else if (post && !strncmp(p, "/sessions/", 10))
         c_session_action(r, p + 10, body);
+    else if (post && !strcmp(p, "/subscriptions"))
+        c_sub_create(r, body);
+    else if (post && !strcmp(p, "/subscriptions/delete"))
+        c_sub_delete(r, body);
+    else if (post && !strcmp(p, "/ratelimit"))
+        c_ratelimit(r, body);
+    else if (get && !strcmp(p, "/helix_calls"))
+        c_helix_calls(r);
     else if (post && !strncmp(p, "/subscriptions/", 15))
         c_revoke(r, p + 15, body);
     else if (post && !strcmp(p, "/sign")) {

@@ -152,6 +152,7 @@ void reset_helix_state(void)
         hfault_t *f = M->hfaults;
         M->hfaults = f->next;
         free(f->path);
+        free(f->message);
         free(f);
     }
     M->latency_ms = 0;
@@ -551,6 +552,18 @@ static void bucket_refill(bucket_ref k)
     if (*k.level > lim)
         *k.level = lim;
     *k.us = now;
+}
+
+/* Sets a client's app-token bucket to level points (< 0: full); returns the limit, or -1
+ * for an unknown client (control API). */
+int mock_bucket_set(const char *client_id, double level)
+{
+    client_t *cl = find_client(client_id);
+    if (!cl)
+        return -1;
+    cl->bucket = level < 0 || level > M->cfg.rate_limit ? M->cfg.rate_limit : level;
+    cl->bucket_us = mono_us();
+    return M->cfg.rate_limit;
 }
 
 static void rl_headers(hreq_t *r, bucket_ref k, int force_empty)
@@ -1002,6 +1015,22 @@ void shards_patch_answer(hreq_t *r, const char *cid, const char *conduit_id, con
 
 static int cond_equal(const cJSON *a, const cJSON *b) { return cJSON_Compare(a, b, 1); }
 
+/* a hash of a condition object that ignores key order: equal conditions hash equal */
+static uint32_t cond_hash(const cJSON *cond)
+{
+    uint32_t h = 0;
+    for (const cJSON *f = cond ? cond->child : NULL; f; f = f->next) {
+        uint32_t x = 2166136261u;
+        for (const char *p = f->string ? f->string : ""; *p; p++)
+            x = (x ^ (unsigned char)*p) * 16777619u;
+        x = (x ^ 0xff) * 16777619u;
+        for (const char *p = cJSON_IsString(f) ? f->valuestring : ""; *p; p++)
+            x = (x ^ (unsigned char)*p) * 16777619u;
+        h += x * 2654435761u;
+    }
+    return h;
+}
+
 static int sub_active(const sub_t *s)
 {
     return !strcmp(s->status, "enabled") ||
@@ -1028,13 +1057,6 @@ static int total_cost(const token_t *t)
     return n;
 }
 
-static int total_subs(const token_t *t)
-{
-    int n = 0;
-    for (sub_t *s = M->subs; s; s = s->next)
-        n += sub_visible(s, t);
-    return n;
-}
 
 /* websocket transport: max_total_cost per client and user (Twitch: 10) */
 #define WS_MAX_TOTAL_COST 10
@@ -1199,9 +1221,19 @@ static void h_sub_create(hreq_t *r, const token_t *tk, cJSON *body)
             return;
         }
     }
+    /* one pass: the duplicate check, what the token sees (total, total_cost), the tail */
+    uint32_t ch = cond_hash(cond);
+    int seen_total = 0, cost_now = 0;
+    sub_t **tailp = &M->subs;
     for (sub_t *s = M->subs; s; s = s->next) {
-        if (strcmp(s->client_id, cid) || !sub_active(s) || strcmp(s->type, type) ||
-            strcmp(s->version, version) || s->method != m || !cond_equal(s->condition, cond))
+        tailp = &s->next;
+        if (sub_visible(s, tk)) {
+            seen_total++;
+            if (sub_active(s))
+                cost_now += s->cost;
+        }
+        if (s->method != m || s->cond_hash != ch || strcmp(s->client_id, cid) || !sub_active(s) ||
+            strcmp(s->type, type) || strcmp(s->version, version) || !cond_equal(s->condition, cond))
             continue;
         const char *st = m == M_CONDUIT ? s->conduit_id : m == T_WEBHOOK ? s->callback : s->session_id;
         if (st && !strcmp(st, target)) {
@@ -1243,7 +1275,7 @@ static void h_sub_create(hreq_t *r, const token_t *tk, cJSON *body)
         }
     }
     int cost = sub_cost(ty, cond, cid);
-    if (total_cost(tk) + cost > max_total_cost(tk)) {
+    if (cost_now + cost > max_total_cost(tk)) {
         herr(r, 429, "The maximum total cost has been reached");
         return;
     }
@@ -1253,6 +1285,7 @@ static void h_sub_create(hreq_t *r, const token_t *tk, cJSON *body)
     s->type = xstrdup(type);
     s->version = xstrdup(version);
     s->condition = cJSON_Duplicate(cond, 1);
+    s->cond_hash = ch;
     s->method = m;
     s->cost = cost;
     s->order = ++M->sub_order;
@@ -1271,17 +1304,14 @@ static void h_sub_create(hreq_t *r, const token_t *tk, cJSON *body)
         strcpy(s->status, "enabled");
         sess->assigned = 1;
     }
-    sub_t **pp = &M->subs;
-    while (*pp)
-        pp = &(*pp)->next;
-    *pp = s;
+    *tailp = s;
     if (m == T_WEBHOOK)
         wh_challenge_sub(s);
     cJSON *o = cJSON_CreateObject();
     cJSON *d = cJSON_AddArrayToObject(o, "data");
     cJSON_AddItemToArray(d, sub_json(s));
-    cJSON_AddNumberToObject(o, "total", total_subs(tk));
-    cJSON_AddNumberToObject(o, "total_cost", total_cost(tk));
+    cJSON_AddNumberToObject(o, "total", seen_total + sub_visible(s, tk));
+    cJSON_AddNumberToObject(o, "total_cost", cost_now + (sub_visible(s, tk) && sub_active(s) ? cost : 0));
     cJSON_AddNumberToObject(o, "max_total_cost", max_total_cost(tk));
     set_json(r, 202, o);
 }
@@ -1391,14 +1421,84 @@ static hfault_t *take_fault(const char *path)
     return NULL;
 }
 
+void count_helix_status(int status)
+{
+    if (status >= 100 && status < 600)
+        M->helix_by_status[status]++;
+}
+
+cJSON *helix_status_json(void)
+{
+    cJSON *o = cJSON_CreateObject();
+    for (int st = 100; st < 600; st++)
+        if (M->helix_by_status[st]) {
+            char k[16];
+            snprintf(k, sizeof k, "%d", st);
+            cJSON_AddNumberToObject(o, k, (double)M->helix_by_status[st]);
+        }
+    return o;
+}
+
+/* Create Subscription for a client's app token, as another process of that app would
+ * (control API: not counted, no rate limit). 0 and the id, or the HTTP status and
+ * Twitch's message. */
+int mock_sub_create(const char *client_id, const cJSON *item, char *id_out, size_t idlen, char *msg,
+                    size_t msglen)
+{
+    token_t tk;
+    memset(&tk, 0, sizeof tk);
+    snprintf(tk.client_id, sizeof tk.client_id, "%s", client_id);
+    hreq_t tmp;
+    memset(&tmp, 0, sizeof tmp);
+    h_sub_create(&tmp, &tk, (cJSON *)item);
+    cJSON *o = tmp.resp.len ? cJSON_ParseWithLength(tmp.resp.p, tmp.resp.len) : NULL;
+    int st = tmp.status;
+    buf_free(&tmp.resp);
+    if (st == 202) {
+        const cJSON *d = o ? cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "data"), 0) : NULL;
+        snprintf(id_out, idlen, "%s", d ? jstr(d, "id") : "");
+        cJSON_Delete(o);
+        return 0;
+    }
+    snprintf(msg, msglen, "%s", o && jstr(o, "message") ? jstr(o, "message") : "rejected");
+    cJSON_Delete(o);
+    return st ? st : 500;
+}
+
+/* Deletes a subscription of any client; 0, or 404 */
+int mock_sub_delete(const char *id)
+{
+    for (sub_t **pp = &M->subs; *pp; pp = &(*pp)->next) {
+        sub_t *s = *pp;
+        if (!strcmp(s->id, id)) {
+            *pp = s->next;
+            free_sub(s);
+            return 0;
+        }
+    }
+    return 404;
+}
+
+static void helix_route(hreq_t *r);
+
 static void helix(hreq_t *r)
+{
+    helix_route(r);
+    if (!r->deferred) /* a kept Update Conduit Shards request is counted when answered */
+        count_helix_status(r->status);
+}
+
+static void helix_route(hreq_t *r)
 {
     const char *sub = r->path + 6; /* after "/helix" */
     count_route(r->method, sub);
     client_t *hdr_client = r->client_id_hdr[0] ? find_client(r->client_id_hdr) : NULL;
     hfault_t *f = take_fault(r->path);
     if (f) {
-        int st = f->status;
+        int st = f->status, no_headers = f->no_headers;
+        char custom[256] = "";
+        if (f->message)
+            snprintf(custom, sizeof custom, "%s", f->message);
         if (--f->count <= 0) {
             for (hfault_t **pp = &M->hfaults; *pp; pp = &(*pp)->next)
                 if (*pp == f) {
@@ -1406,13 +1506,15 @@ static void helix(hreq_t *r)
                     break;
                 }
             free(f->path);
+            free(f->message);
             free(f);
         }
-        rl_headers(r, client_bucket(hdr_client), st == 429);
+        if (!no_headers)
+            rl_headers(r, client_bucket(hdr_client), st == 429);
         const char *msg = st == 401   ? "Invalid OAuth token"
                           : st == 429 ? "Too Many Requests"
                                       : "injected fault";
-        herr(r, st, msg);
+        herr(r, st, custom[0] ? custom : msg);
         return;
     }
     const char *tok = NULL;

@@ -107,6 +107,7 @@ typedef struct sub {
     int wh_failures;
     uint64_t order;
     char user_id[32]; /* websocket transport: the user whose token made it */
+    uint32_t cond_hash; /* of the condition, independent of key order (duplicate check) */
 } sub_t;
 #define M_CONDUIT 3
 
@@ -277,6 +278,8 @@ typedef struct hfault {
     int status;
     int count;
     char *path;
+    char *message;  /* the error body's message, NULL: the default for the status */
+    int no_headers; /* answer without Ratelimit-* headers */
 } hfault_t;
 
 /* ---------- helix call counters ---------- */
@@ -412,6 +415,7 @@ typedef struct mock {
     int duplicate_next, stale_next;
     route_ctr_t *routes;
     uint64_t helix_total;
+    uint64_t helix_by_status[600]; /* Helix answers by HTTP status */
     /* clock */
     double emu_base;   /* emulator epoch seconds at mono_base */
     int64_t mono_base; /* us */
@@ -468,6 +472,13 @@ void url_decode(char *s);
 
 /* helix.c */
 void handle_request(hreq_t *r);
+/* Helix answers by status (helix.c); control-side subscription changes */
+void count_helix_status(int status);
+cJSON *helix_status_json(void);
+int mock_sub_create(const char *client_id, const cJSON *item, char *id_out, size_t idlen, char *msg,
+                    size_t msglen);
+int mock_sub_delete(const char *id);
+int mock_bucket_set(const char *client_id, double level);
 void json_error(hreq_t *r, int status, const char *err, const char *msg);
 void set_json(hreq_t *r, int status, cJSON *o);
 cJSON *shard_json(conduit_t *c, int i);

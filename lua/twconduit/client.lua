@@ -331,6 +331,7 @@ function Client:_event(kind, conduit, a, b, c, d, e)
       if l then self._run(list_plan(l, sub), 1, conduit, sub, sub.status) end
       if self._closed then return end
     end
+    if conduit and conduit._rc then conduit._rc:revoked(id, e or (c and c.status)) end
     chain(self, nil, conduit, "revocation", c, b)
   elseif kind == "ready" or kind == "started" then
     chain(self, nil, conduit, kind, conduit)
@@ -583,7 +584,13 @@ function Client:helix(method, path, opts)
   end
   opts = opts or {}
   for k in pairs(opts) do
-    if k ~= "query" and k ~= "body" then error(("unknown option '%s'"):format(tostring(k)), 2) end
+    if k ~= "query" and k ~= "body" and k ~= "priority" then
+      error(("unknown option '%s'"):format(tostring(k)), 2)
+    end
+  end
+  local prio = opts.priority or "bot"
+  if prio ~= "bot" and prio ~= "background" then
+    error("priority must be \"bot\" or \"background\"", 2)
   end
   local full = path
   if opts.query ~= nil then
@@ -608,7 +615,7 @@ function Client:helix(method, path, opts)
       else
         done(resp, status)
       end
-    end)
+    end, prio)
     if not id then done(nil, err) end
   end, 2)
 end
@@ -815,6 +822,11 @@ function Client:_subscription(data, conduit)
   end
   return sub
 end
+
+--- The Helix rate-limit bucket shared by every call of this client: { limit, remaining,
+-- reset, hold_until, waiting = { bot, background }, inflight = {...}, sent = {...},
+-- final_429 }.
+function Client:ratelimit() check_open(self); return self._core:ratelimit() end
 
 --- Waits `s` seconds on the client's loop (async).
 function Client:sleep(s)

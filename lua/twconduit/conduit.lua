@@ -222,6 +222,9 @@ function Conduit:subscriptions()
   return out
 end
 
+-- declarative subscriptions: want, want_add, want_remove, reconcile_wait, reconcile_status
+require("twconduit.reconcile").install(Conduit)
+
 --- Closes the sockets; the conduit stays on Twitch. Idempotent; safe in callbacks.
 function Conduit:close()
   if not self._ud:closed() then

@@ -14,6 +14,7 @@ M.library = {
   shard_released = true, shard_lost = true,
   session_connected = true, session_disconnected = true, session_token = true, -- websocket sessions
   operation = true, alert = true, -- conduit operations and the health monitor (Lua)
+  reconcile = true,
 }
 
 local function callable(fn)

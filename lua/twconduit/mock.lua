@@ -145,6 +145,17 @@ function Mock:ledger(since)
 end
 function Mock:config(t) return self:call("POST", "/config", t) end
 function Mock:reset() return self:call("POST", "/reset", {}) end
+--- Helix counters: { total, by_route = {...}, by_status = { ["202"] = n, ... } }
+function Mock:helix_calls() return self:call("GET", "/helix_calls") end
+--- Subscriptions made / deleted behind the client's back (another process of the app).
+function Mock:create_subscriptions(list, client_id)
+  return self:call("POST", "/subscriptions", { subscriptions = list, client_id = client_id })
+end
+--- Sets the app-token bucket of a client (default the first) to level points (nil: full).
+function Mock:set_bucket(level, client_id)
+  return self:call("POST", "/ratelimit", { level = level, client_id = client_id })
+end
+function Mock:delete_subscriptions(ids) return self:call("POST", "/subscriptions/delete", { ids = ids }) end
 
 --- Stops the emulator: POST /_mock/shutdown, else kill; then closes the pipe. Idempotent.
 function Mock:stop()
