@@ -6,7 +6,8 @@
  *   conduit: add_shards(n) -> list of the new shard objects | nil, err
  *            _resize(n), _verify(), _lost_policy("reassign" | "report") -> true | nil, err
  *   shard:   release(), _point_at(target), _handover(), _hold(bool) -> true | nil, err
- *            _transport() -> {method, session_id, callback, status, assigned}, _held()
+ *            _transport() -> {method, session_id, callback, status, assigned}, _held(),
+ *            _renumber(id)
  */
 #include <string.h>
 
@@ -124,6 +125,14 @@ static int sh_handover(lua_State *L) {
   return result(L, rc, &e);
 }
 
+static int sh_renumber(lua_State *L) {
+  twl_obj *b = live_box(L, 1, TWL_SHARD_MT, "shard");
+  const char *id = luaL_checkstring(L, 2);
+  tw_error e;
+  int rc = tw_shard_renumber(b->obj, id, &e);
+  return result(L, rc, &e);
+}
+
 static int sh_hold(lua_State *L) {
   twl_obj *b = live_box(L, 1, TWL_SHARD_MT, "shard");
   int on = lua_isnoneornil(L, 2) ? 1 : lua_toboolean(L, 2);
@@ -179,6 +188,7 @@ void twl_lifecycle_open(lua_State *L) {
   static const luaL_Reg shard[] = {{"release", sh_release},   {"_point_at", sh_point_at},
                                    {"_handover", sh_handover}, {"_hold", sh_hold},
                                    {"_held", sh_held},         {"_transport", sh_transport},
+                                   {"_renumber", sh_renumber},
                                    {NULL, NULL}};
   add_methods(L, TWL_CONDUIT_MT, conduit);
   add_methods(L, TWL_SHARD_MT, shard);

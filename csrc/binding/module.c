@@ -206,6 +206,7 @@ __attribute__((visibility("default"))) int luaopen_twconduit_core(lua_State *L) 
   twl_shard_open(L);
   twl_conduit_open(L);
   twl_lifecycle_open(L);
+  twl_statefile_open(L, mod);
   twl_client_open(L, mod);
   twl_webhook_open(L);
   lua_settop(L, mod);

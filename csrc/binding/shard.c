@@ -49,7 +49,7 @@ static int sh_stats(lua_State *L) {
   tw_shard_stats st;
   memset(&st, 0, sizeof st);
   tw_shard_get_stats(s, &st);
-  lua_createtable(L, 0, 12);
+  lua_createtable(L, 0, 13);
   SET_U(notifications);
   SET_U(duplicates);
   SET_U(keepalives);
@@ -62,6 +62,12 @@ static int sh_stats(lua_State *L) {
   SET_U(failed_connects);
   SET_U(lost);
   SET_U(last_close_code);
+  lua_createtable(L, TW_LAG_BUCKETS, 0);
+  for (int k = 0; k < TW_LAG_BUCKETS; k++) {
+    lua_pushinteger(L, (lua_Integer)st.lag_buckets[k]);
+    lua_rawseti(L, -2, k + 1);
+  }
+  lua_setfield(L, -2, "lag_buckets");
   return 1;
 }
 

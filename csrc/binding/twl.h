@@ -106,6 +106,7 @@ void twl_enter_end(twl_client *cl, int top);
 /* Sets up cl->fr on L with the client userdata at index ud (used by step/run). */
 void twl_webhook_open(lua_State *L);   /* webhook.c: HTTP server, webhook routes and shards */
 void twl_lifecycle_open(lua_State *L); /* lifecycle.c: shard-set verbs of conduits and shards */
+void twl_statefile_open(lua_State *L, int mod); /* statefile.c: core.write_atomic */
 /* a table {method, session_id, callback, status} of t (empty for NULL) */
 void twl_push_transport(lua_State *L, const tw_transport_info *t);
 void twl_frame_begin(twl_client *cl, lua_State *L, int ud, twl_frame *saved);

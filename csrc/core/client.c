@@ -369,9 +369,10 @@ bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *
     if (dup_counter) (*dup_counter)++;
     return false;
   }
-  double t;
-  if (c->max_age_s >= 0 && m->timestamp && tw_parse_rfc3339(m->timestamp, &t) &&
-      guard_wall_now(c) - t > c->max_age_s) {
+  double t, age = 0;
+  bool timed = (c->max_age_s >= 0 || s) && m->timestamp && tw_parse_rfc3339(m->timestamp, &t);
+  if (timed) age = guard_wall_now(c) - t;
+  if (timed && c->max_age_s >= 0 && age > c->max_age_s) {
     c->stats.stale++;
     tw_error e;
     tw_err_set(&e, "stale_message", 0, "message %s is older than %.0f s (timestamp %s): not delivered",
@@ -381,6 +382,7 @@ bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *
   }
   bool notif = m->message_type && m->message_type[0] == 'n';
   if (notif) c->stats.notifications++;
+  if (timed && s && notif) tw_shard_note_lag(s, age);
   tw_event ev = {.type = notif ? TW_EV_NOTIFICATION : TW_EV_REVOCATION,
                  .conduit = cd,
                  .shard = s,

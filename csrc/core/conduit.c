@@ -68,6 +68,7 @@ struct tw_shard {
   bool queued;           /* waiting in the conduit's batch */
   bool held, releasing, pointed, outage, ever_enabled, reconnect_now, handing_over;
   bool next_is_reconnect;/* next came from session_reconnect (not a handover) */
+  bool lingering;        /* handover: `old` stays open until traffic comes on `cur` */
   bool lost_pending;     /* set by verification, cleared by hold/release in a handler */
   bool enabled_when_lost;/* its socket ended while enabled, a replacement was on the way */
   bool webhook;          /* a webhook shard: no socket of its own */
@@ -231,6 +232,16 @@ tw_conduit *tw_shard_conduit(const tw_shard *s) { return s->cd; }
 void tw_shard_set_user(tw_shard *s, void *u) { s->user = u; }
 void *tw_shard_user(const tw_shard *s) { return s->user; }
 void tw_shard_get_stats(const tw_shard *s, tw_shard_stats *out) { *out = s->stats; }
+void tw_shard_note_lag(tw_shard *s, double lag_s) {
+  double ms = lag_s * 1000.0;
+  unsigned k = 0;
+  if (ms >= 1.0) {
+    uint64_t v = ms < 1e12 ? (uint64_t)ms : (uint64_t)1e12;
+    k = 64u - (unsigned)__builtin_clzll(v); /* [2^(k-1), 2^k) ms */
+    if (k >= TW_LAG_BUCKETS) k = TW_LAG_BUCKETS - 1;
+  }
+  s->stats.lag_buckets[k]++;
+}
 int tw_shard_held(const tw_shard *s) { return s->held; }
 void tw_conduit_set_lost_policy(tw_conduit *cd, int policy) { cd->lost_policy = policy; }
 
@@ -330,9 +341,16 @@ static void finish_all_ops(tw_conduit *cd, const char *why) {
 }
 
 /* ---- delivery and session reports ---- */
+/* a handover's previous socket: closed with the handshake once the new one carries traffic
+ * or after one keepalive interval */
+static void end_linger(tw_shard *s) {
+  s->lingering = false;
+  if (s->old) tw_ws_close(s->old, 1000);
+}
+
 static void on_message(void *owner, tw_session *ss, tw_msg *m) {
   tw_shard *s = owner;
-  (void)ss;
+  if (s->lingering && ss == s->cur) end_linger(s); /* the new socket carries the traffic */
   if (tw_client_deliver(s->cd->c, m, s->cd, s, &s->stats.duplicates) && m->message_type[0] == 'n')
     s->stats.notifications++;
 }
@@ -373,10 +391,26 @@ static void swap_to_next(tw_shard *s) {
     tw_ws_close(s->old, 1000);
     tw_ws_set_owner(s->old, NULL, NULL, NULL);
   }
+  s->lingering = false;
   s->old = s->cur;
   s->cur = s->next;
   s->next = NULL;
   if (s->old) tw_ws_close(s->old, 1000);
+}
+
+/* a handover's swap: the previous socket lingers (see end_linger) */
+static void swap_lingering(tw_shard *s) {
+  if (s->old) {
+    tw_ws_close(s->old, 1000);
+    tw_ws_set_owner(s->old, NULL, NULL, NULL);
+  }
+  s->old = s->cur;
+  s->cur = s->next;
+  s->next = NULL;
+  if (!s->old) return;
+  int ka = s->cd->c->keepalive_s > 0 ? s->cd->c->keepalive_s : 10;
+  s->lingering = true;
+  uv_timer_start(&s->timer, on_shard_timer, (uint64_t)ka * 1000, 0);
 }
 
 static void on_welcome(void *owner, tw_session *ss, const char *sid) {
@@ -554,6 +588,7 @@ static void try_finish_release(tw_shard *s) {
 static void on_shard_timer(uv_timer_t *t) {
   tw_shard *s = t->data;
   if (s->cd->closing) return;
+  if (s->lingering) end_linger(s);
   if (s->releasing) {
     try_finish_release(s);
     return;
@@ -586,6 +621,7 @@ static void on_closed(void *owner, tw_session *ss, int code, const char *why) {
   s->stats.last_close_code = code;
   if (ss == s->old) {
     s->old = NULL;
+    s->lingering = false;
     try_finish_release(s);
     return;
   }
@@ -708,7 +744,8 @@ static void shard_assigned(tw_shard *s) {
   bool reconnected = false, swapped = false;
   if (s->next && tr_is_session(&s->want, s->next)) {
     reconnected = s->next_is_reconnect;
-    swap_to_next(s);
+    if (reconnected) swap_to_next(s);
+    else swap_lingering(s);
     swapped = true;
   }
   tw_op *op = s->op;
@@ -914,6 +951,7 @@ static void flush_batch(tw_conduit *cd) {
   for (int i = 0; i < cd->nshards && p->n < batch; i++) {
     tw_shard *s = cd->shards[i];
     if (!s->queued) continue;
+    if (s->idn >= cd->shard_count) continue; /* beyond Twitch's count: waits for a growth */
     s->queued = false;
     if (s->releasing || s->inflight.kind != TW_TRANSPORT_NONE || s->want.kind == TW_TRANSPORT_NONE ||
         tr_eq(&s->want, &s->assigned))
@@ -1218,8 +1256,12 @@ static void on_add_resized(void *user, const tw_response *r) {
     return;
   }
   cd->shard_count = (int)tw_json_num(r->body, sc);
-  if (op->kind == OP_RESIZE) op_finish(op, NULL);
-  else add_connect(op);
+  if (op->kind == OP_RESIZE) {
+    op_finish(op, NULL);
+  } else { /* the new shards connected meanwhile: their assignments can go now */
+    if (!op->started) add_connect(op);
+    schedule_batch(cd);
+  }
 }
 
 /* Update Conduits for an operation; the op stays allocated until the reply. */
@@ -1237,7 +1279,7 @@ static int resize_request(tw_op *op, int count, tw_error *err) {
  * could shrink it */
 static bool sizing(const tw_conduit *cd) {
   for (const tw_op *op = cd->ops; op; op = op->next)
-    if ((op->kind == OP_ADD && !op->started) || op->kind == OP_RESIZE) return true;
+    if ((op->kind == OP_ADD && (!op->started || op->in_helix)) || op->kind == OP_RESIZE) return true;
   return false;
 }
 
@@ -1271,9 +1313,10 @@ int tw_conduit_add_shards(tw_conduit *cd, int n, tw_op_fn cb, void *user, size_t
       op_unlink_free(op);
       return TW_EIO;
     }
-  } else {
-    add_connect(op);
   }
+  /* the sockets connect while the conduit grows (their PATCH waits for the growth), so
+   * the new shards are without a transport on Twitch for one round trip only */
+  add_connect(op);
   return 0;
 }
 
@@ -1345,6 +1388,29 @@ int tw_shard_handover(tw_shard *s, tw_op_fn cb, void *user, tw_error *err) {
     s->op = NULL;
     return op_refuse(err, TW_EINVAL, "websocket_url", "cannot connect to the EventSub websocket URL");
   }
+  return 0;
+}
+
+int tw_shard_renumber(tw_shard *s, const char *id, tw_error *err) {
+  int rc = check_shard_op(s, err);
+  if (rc) return rc;
+  tw_conduit *cd = s->cd;
+  long idn = parse_id(id);
+  if (idn < 0 || idn >= 20000) return op_refuse(err, TW_EINVAL, "invalid_argument", "a shard id is 0..19999");
+  bool found;
+  shard_pos(cd, idn, &found);
+  if (found) return op_refuse(err, TW_EINVAL, "busy", "a shard with that id runs here");
+  if (s->inflight.kind != TW_TRANSPORT_NONE || s->queued || s->next)
+    return op_refuse(err, TW_EINVAL, "busy", "the shard's assignment is changing");
+  int pos = shard_pos(cd, s->idn, &found);
+  memmove(cd->shards + pos, cd->shards + pos + 1, (size_t)(cd->nshards - pos - 1) * sizeof *cd->shards);
+  cd->nshards--;
+  s->idn = idn;
+  snprintf(s->id, sizeof s->id, "%d", (int)idn);
+  pos = shard_pos(cd, idn, &found);
+  memmove(cd->shards + pos + 1, cd->shards + pos, (size_t)(cd->nshards - pos) * sizeof *cd->shards);
+  cd->shards[pos] = s;
+  cd->nshards++;
   return 0;
 }
 

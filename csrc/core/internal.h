@@ -167,6 +167,8 @@ void tw_emit(tw_client *c, const tw_event *ev);
  * guard, counters, then tw_emit. Every message goes through here. Returns true when it
  * was delivered (not a duplicate, not stale). */
 bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *s, uint64_t *dup_counter);
+/* counts one notification's lag (seconds) in the shard's lag_buckets (conduit.c) */
+void tw_shard_note_lag(tw_shard *s, double lag_s);
 /* Emits TW_EV_ERROR. */
 void tw_emit_error(tw_client *c, tw_conduit *cd, tw_shard *s, const tw_error *e);
 /* Wall-clock seconds (for Ratelimit-Reset and timestamps). */

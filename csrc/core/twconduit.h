@@ -286,6 +286,7 @@ TW_API tw_conduit *tw_shard_conduit(const tw_shard *s);
 TW_API void tw_shard_set_user(tw_shard *s, void *user);
 TW_API void *tw_shard_user(const tw_shard *s);
 
+enum { TW_LAG_BUCKETS = 24 };
 typedef struct tw_shard_stats {
   uint64_t notifications; /* delivered from this shard */
   uint64_t duplicates;
@@ -299,6 +300,11 @@ typedef struct tw_shard_stats {
   uint64_t failed_connects; /* sockets that ended before being assigned */
   uint64_t lost;          /* verifications that found Twitch pointing elsewhere */
   int last_close_code;    /* 0 when none */
+  /* lag (receive time - message timestamp) of the notifications delivered, in fixed
+   * buckets: lag_buckets[0] counts lags under 1 ms, lag_buckets[k] those in
+   * [2^(k-1), 2^k) ms, the last one everything longer. Counted where the replay guard
+   * reads the timestamp; for health reports and exporters. */
+  uint64_t lag_buckets[TW_LAG_BUCKETS];
 } tw_shard_stats;
 TW_API void tw_shard_get_stats(const tw_shard *s, tw_shard_stats *out);
 
@@ -351,6 +357,11 @@ TW_API int tw_shard_handover(tw_shard *s, tw_op_fn cb, void *user, tw_error *err
  * close leaves them "idle", a lost verification is only reported): an operation or
  * another owner decides. Unholding resumes the usual care. Immediate: returns 0. */
 TW_API int tw_shard_hold(tw_shard *s, int held);
+/* Gives the shard another id (free here): after Twitch was told the shard `id` takes this
+ * shard's transport (remove a shard from the middle: the last shard's socket then serves
+ * that id, and the top id goes with a shrink). Immediate; refused while the shard's
+ * assignment is changing. The transport and `assigned` are kept. */
+TW_API int tw_shard_renumber(tw_shard *s, const char *id, tw_error *err);
 
 /* Verification: compares Get Conduit Shards with what this process believes, now (also
  * done after bring-up, after reassignments, and every verify_interval_s). cb (may be NULL)

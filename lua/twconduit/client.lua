@@ -432,7 +432,7 @@ Client.__index = Client
 -- ---------------------------------------------------------------------------------
 -- conduits
 
-local CONDUIT_OPTS = { id = true, shards = true, offset = true, total = true }
+local CONDUIT_OPTS = { id = true, shards = true, offset = true, total = true, state = true }
 
 --- Opens a conduit (creating it when id is nil) and connects `shards` websocket
 -- shards. Returns the conduit object, or nil, err.
@@ -443,6 +443,11 @@ function Client:conduit(opts)
   end
   for k in pairs(opts) do
     if not CONDUIT_OPTS[k] then error(("unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  local st
+  if opts.state ~= nil then -- a restart reuses the conduit, its range and subscriptions
+    st = require("twconduit.state").open(opts.state)
+    opts = st:merge(opts)
   end
   if opts.id ~= nil and (type(opts.id) ~= "string" or opts.id == "") then
     error("id must be a non-empty string", 2)
@@ -465,6 +470,8 @@ function Client:conduit(opts)
     total = opts.total }
   if not ud then return nil, err end
   local c = Conduit.wrap(self, ud)
+  c._open = { id = opts.id, shards = shards, offset = opts.offset, total = opts.total }
+  if st then c:_use_state(st) end
   self._conduits[#self._conduits + 1] = c
   return c
 end

@@ -169,10 +169,16 @@ function Conduit:subscribe(spec)
   local id, err = self:_wait_id()
   if not id then return nil, err end
   local version = spec.version or "1"
+  local st = self._state
+  local known = st and st:find(spec.type, version, spec.condition)
+  if known then return client:_subscription(known, self) end -- remembered: no Create call
   local data
   data, err = client:create_subscription { type = spec.type, version = version,
     condition = spec.condition, transport = { method = "conduit", conduit_id = id } }
-  if data then return client:_subscription(data, self) end
+  if data then
+    if st then st:remember(data) end
+    return client:_subscription(data, self)
+  end
   if not (errors.is(err) and (err.code == "conflict" or err.status == 409)) then
     return nil, err
   end
@@ -182,7 +188,10 @@ function Conduit:subscribe(spec)
   for _, s in ipairs(list) do
     if s.version == version and same_condition(spec.condition, s.condition) then
       local t = type(s.transport) == "table" and s.transport or {}
-      if t.conduit_id == id then return client:_subscription(s, self) end
+      if t.conduit_id == id then
+        if st then st:remember(s) end
+        return client:_subscription(s, self)
+      end
       fallback = fallback or s
     end
   end
@@ -223,6 +232,28 @@ function Conduit:delete()
   self:close()
   self._client:_forget_conduit(self)
   return self._client:delete_conduit(id)
+end
+
+-- the operations, health and policies (operations.lua, health.lua), loaded on first use
+local function lazy(mod, name)
+  return function(...) return require(mod)[name](...) end
+end
+for _, k in ipairs { "resize", "remove_shard", "handover", "handover_all", "maintain", "rebalance" } do
+  Conduit[k] = lazy("twconduit.operations", k)
+end
+Conduit.operation = lazy("twconduit.operations", "current")
+for _, k in ipairs { "health", "monitor", "unmonitor", "policy" } do Conduit[k] = lazy("twconduit.health", k) end
+
+--- Keeps the conduit's id, range and subscriptions in st (twconduit.state) once known.
+function Conduit:_use_state(st)
+  self._state = st
+  local client = self._client
+  require("twconduit.async").spawn(function()
+    local id = self:_wait_id()
+    if not id then return end
+    local ok, err = st:conduit(id, self._open)
+    if not ok then client:_report(err, nil, self) end
+  end)
 end
 
 return Conduit

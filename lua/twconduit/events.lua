@@ -12,6 +12,7 @@ M.library = {
   notification = true, started = true, ready = true, shard_enabled = true,
   shard_disabled = true, reconnect = true, revocation = true, error = true, token = true,
   shard_released = true, shard_lost = true,
+  operation = true, alert = true, -- conduit operations and the health monitor (Lua)
 }
 
 local function callable(fn)

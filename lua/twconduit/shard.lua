@@ -69,5 +69,6 @@ function Shard:_handover() return self._ud:_handover() end
 function Shard:_hold(on) return self._ud:_hold(on) end
 function Shard:_held() return self._ud:_held() end
 function Shard:_transport() return self._ud:_transport() end
+function Shard:_renumber(id) return self._ud:_renumber(id) end
 
 return Shard
