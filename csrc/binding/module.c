@@ -209,6 +209,7 @@ __attribute__((visibility("default"))) int luaopen_twconduit_core(lua_State *L) 
   twl_statefile_open(L, mod);
   twl_client_open(L, mod);
   twl_webhook_open(L);
+  twl_metrics_open(L);
   lua_settop(L, mod);
   return 1;
 }

@@ -136,6 +136,7 @@ static void on_token(void *user, const tw_http_result *r) {
   tw_helix_state *hx = user;
   tw_client *c = hx->c;
   if (hx->closing || r->status < 0) return;
+  tw_metrics_note_helix(c, "/oauth2/token", r->status);
   tw_error err;
   tw_err_clear(&err);
   if (r->status == 200) {
@@ -218,6 +219,7 @@ static void fetch_token(tw_helix_state *hx) {
 static void on_validate(void *user, const tw_http_result *r) {
   tw_helix_state *hx = user;
   if (hx->closing || r->status < 0) return;
+  tw_metrics_note_helix(hx->c, "/oauth2/validate", r->status);
   if (hx->tstate == TOK_VALIDATING) hx->tstate = TOK_OK;
   if (r->status == 401) {
     if (hx->tstate == TOK_OK) {
@@ -360,6 +362,7 @@ static void on_response(void *user, const tw_http_result *res) {
   if (fresh && res->rl_reset >= 0 && (double)res->rl_reset > hx->rl_reset) hx->rl_reset = (double)res->rl_reset;
   c->stats.ratelimit_remaining = hx->rl_remaining;
   int st = res->status;
+  tw_metrics_note_helix(c, r->path, st);
   tw_error err;
   tw_err_clear(&err);
 

@@ -49,6 +49,12 @@ local OPTIONS = {
   http_max_inflight = int_range(1), patch_batch = int_range(1, 100),
   validate_interval = num_min(0), verify_interval = num_min(0),
   max_message_bytes = int_range(1024),
+  log = function(v) if v ~= false and type(v) ~= "function" then return "must be a function or false" end end,
+  log_level = function(v)
+    if v ~= "debug" and v ~= "info" and v ~= "warn" and v ~= "error" then
+      return 'must be "debug", "info", "warn" or "error"'
+    end
+  end,
 }
 
 local function check_options(opts)
@@ -313,6 +319,11 @@ end
 
 function Client:_event(kind, conduit, a, b, c, _, e)
   if type(conduit) == "userdata" then conduit = nil end
+  local log = self._log
+  if log and kind ~= "revocation" then -- a line per event (twconduit.log)
+    local sa = kind:find("^shard_") or kind == "reconnect"
+    log:event(kind, conduit, sa and wrap_shard(self, a) or a, kind == "error" and wrap_shard(self, b) or b, c, e)
+  end
   if kind == "revocation" then
     -- a: type, b: message, c: subscription view, d: shard, e: status
     local id = c and c.id
@@ -346,7 +357,7 @@ function Client:_event(kind, conduit, a, b, c, _, e)
     local obj = s or conduit
     if (s and s._h.error) or (conduit and conduit._h.error) or self._h.error then
       chain(self, s, conduit, "error", a, obj)
-    else
+    elseif not log then
       write_stderr("", a)
     end
   elseif kind == "token" then
@@ -367,6 +378,7 @@ function Client.new(opts)
     _waiting = {},
   }, Client)
   ud:set_dispatcher(make_dispatcher(self))
+  self._log = require("twconduit.log").new(self, opts)
   return self
 end
 
@@ -556,6 +568,7 @@ function Client:helix(method, path, opts)
     local id, err = cd:helix(method, full, body, function(status, resp, e)
       if e then
         if type(resp) == "table" then e.body = resp end
+        if self._log then self._log:helix_error(method, path, e) end
         done(nil, e)
       elseif resp == nil then
         done(true, status)

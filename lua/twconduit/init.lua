@@ -8,6 +8,7 @@ local Conduit = require "twconduit.conduit"
 local Shard = require "twconduit.shard"
 local Subscription = require "twconduit.subscription"
 require "twconduit.webhook" -- webhook servers, shards, subscriptions (adds methods)
+require "twconduit.metrics" -- client:serve_metrics: /metrics, /status, the status page
 
 local M = {
   VERSION = core.VERSION,
