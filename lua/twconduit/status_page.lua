@@ -88,7 +88,8 @@ function conduit(c) {
   const here = new Set(c.shards.map(s => s.id));
   const sec = el("section", { class: "conduit", "data-conduit": c.id || "" },
     el("h2", {}, "Conduit ", el("span", { class: "mono" }, c.id || "(starting)"), "  ",
-      badge(c.state === "ready" ? "enabled" : c.state, { "data-conduit-state": c.state }),
+      el("span", { class: "badge " + (c.state === "ready" ? "up" : badgeClass(c.state)), "data-conduit-state": c.state },
+        c.state),
       el("span", { class: "dim" }, "  " + c.shard_count + " shards on Twitch, " + c.shards.length + " run here")));
   sec.append(el("h3", {}, "Shards run here"));
   sec.append(c.shards.length ? table(
