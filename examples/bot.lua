@@ -7,6 +7,10 @@
 -- channels, triggers events, prints each one, and exits 0 once all arrived (1 on timeout).
 --
 --   LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/lib/?.so;;" lua5.4 examples/bot.lua
+--
+-- With --status-port N it also serves Prometheus metrics (/metrics), the status JSON
+-- (/status) and the live status page (/) on 127.0.0.1:N, and runs until interrupted
+-- (against the emulator: a few events a second).
 local twconduit = require "twconduit"
 twconduit.set_log_level(0) -- libwebsockets: errors only
 
@@ -44,6 +48,16 @@ end
 
 local client = assert(twconduit.client(opts))
 client:on("error", function(err) io.stderr:write("error: ", tostring(err), "\n") end)
+
+local status_port
+for i = 1, #arg do
+  if arg[i] == "--status-port" then status_port = assert(math.tointeger(tonumber(arg[i + 1])), "--status-port N") end
+end
+if status_port then
+  local srv = assert(client:serve_metrics { port = status_port, subscriptions_interval = 5 })
+  print(("status page %s/  metrics %s/metrics"):format(srv.url, srv.url))
+  io.stdout:flush()
+end
 
 local conduit = assert(client:conduit { id = os.getenv "TWITCH_CONDUIT_ID", shards = 4 })
 conduit:on("shard_disabled", function(shard, status)
@@ -92,6 +106,10 @@ twconduit.spawn(function()
     waited = waited + 0.1
   end
   timed_out = handled < expected
+  while status_port do -- keep the page lively until interrupted
+    emulator:trigger { type = "channel.chat.message", channels = channels, count = math.random(1, 4) }
+    twconduit.sleep(client, 0.5)
+  end
   client:stop()
 end)
 

@@ -13,7 +13,7 @@ local function http_get(c, url, headers)
   local hdr = ""
   for _, h in ipairs(headers or {}) do hdr = hdr .. (" -H '%s'"):format(h) end
   os.remove(base .. ".done")
-  os.execute(("(curl -s -o '%s.body' -w '%%{http_code}'%s '%s' > '%s.code' 2>/dev/null; touch '%s.done') &"):format(
+  os.execute(("(env -u LD_PRELOAD curl -s -o '%s.body' -w '%%{http_code}'%s '%s' > '%s.code' 2>/dev/null; touch '%s.done') &"):format(
     base, hdr, url, base, base))
   H.wait_until(c, function()
     local f = io.open(base .. ".done")
@@ -58,7 +58,7 @@ local function promtool_check(text)
   local f = assert(io.open(path, "w"))
   f:write(text)
   f:close()
-  local p = assert(io.popen(("promtool check metrics < '%s' 2>&1; echo rc=$?"):format(path)))
+  local p = assert(io.popen(("env -u LD_PRELOAD promtool check metrics < '%s' 2>&1; echo rc=$?"):format(path)))
   local out = p:read("a")
   p:close()
   os.remove(path)
@@ -250,5 +250,38 @@ describe("logs", function()
     assert.equal(1, #lines)
     assert.has_error(function() H.client(m, { log = 42 }) end)
     assert.has_error(function() H.client(m, { log_level = "loud" }) end)
+  end)
+end)
+
+describe("examples/bot.lua --status-port", function()
+  it("serves the metrics and the status page", function()
+    -- a free port: bind one, read it, let it go
+    local c = assert(twconduit.client { client_id = "x", access_token = "y", log = false })
+    local probe = assert(c:webhook_server { port = 0 })
+    local port = probe.port
+    probe:close()
+    c:close()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local script = ([[
+      %s examples/bot.lua --status-port %d > '%s.log' 2>&1 &
+      pid=$!
+      ok=0
+      for i in $(seq 150); do
+        if env -u LD_PRELOAD curl -sf http://127.0.0.1:%d/metrics | grep -q '^twconduit_shard_up{' &&
+           env -u LD_PRELOAD curl -sf http://127.0.0.1:%d/ | grep -q '<title>twconduit status</title>'; then ok=1; break; fi
+        kill -0 $pid 2>/dev/null || break
+        sleep 0.2
+      done
+      kill $pid 2>/dev/null; wait $pid 2>/dev/null
+      [ $ok = 1 ]
+    ]]):format(os.getenv("LUA") or "lua5.4", port, dir, port, port)
+    local ok = os.execute(script)
+    local f = io.open(dir .. ".log")
+    local log = f and f:read("a") or ""
+    if f then f:close() end
+    os.remove(dir .. ".log")
+    assert(ok, "the bot did not serve /metrics and / on port " .. port .. ":\n" .. log)
+    assert.matches("status page http://127.0.0.1:" .. port, log, 1, true)
   end)
 end)
