@@ -51,7 +51,8 @@ client:on("error", function(err) io.stderr:write("error: ", tostring(err), "\n")
 
 local status_port
 for i = 1, #arg do
-  if arg[i] == "--status-port" then status_port = assert(math.tointeger(tonumber(arg[i + 1])), "--status-port N") end
+  if arg[i] == "--status-port" then status_port = assert(math.tointeger(tonumber(arg[i + 1])),
+    "--status-port N") end
 end
 if status_port then
   local srv = assert(client:serve_metrics { port = status_port, subscriptions_interval = 5 })

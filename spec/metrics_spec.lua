@@ -13,8 +13,9 @@ local function http_get(c, url, headers)
   local hdr = ""
   for _, h in ipairs(headers or {}) do hdr = hdr .. (" -H '%s'"):format(h) end
   os.remove(base .. ".done")
-  os.execute(("(env -u LD_PRELOAD curl -s -o '%s.body' -w '%%{http_code}'%s '%s' > '%s.code' 2>/dev/null; touch '%s.done') &"):format(
-    base, hdr, url, base, base))
+  local cmd = "(env -u LD_PRELOAD curl -s -o '%s.body' -w '%%{http_code}'%s '%s' > '%s.code' 2>/dev/null; "
+    .. "touch '%s.done') &"
+  os.execute(cmd:format(base, hdr, url, base, base))
   H.wait_until(c, function()
     local f = io.open(base .. ".done")
     if f then f:close() end
@@ -58,7 +59,8 @@ local function promtool_check(text)
   local f = assert(io.open(path, "w"))
   f:write(text)
   f:close()
-  local p = assert(io.popen(("env -u LD_PRELOAD promtool check metrics < '%s' 2>&1; echo rc=$?"):format(path)))
+  local p = assert(io.popen(("env -u LD_PRELOAD promtool check metrics < '%s' 2>&1; echo rc=$?")
+    :format(path)))
   local out = p:read("a")
   p:close()
   os.remove(path)
@@ -84,7 +86,8 @@ describe("metrics", function()
     local ok, out = promtool_check(before)
     assert(ok, "promtool check metrics failed:\n" .. out)
     assert.equal(1, value(before, "twconduit_build_info", { version = twconduit.VERSION }))
-    assert.equal(1, value(before, "twconduit_shard_up", { conduit = cd.id, shard = "0", transport = "websocket" }))
+    assert.equal(1, value(before, "twconduit_shard_up", { conduit = cd.id, shard = "0",
+      transport = "websocket" }))
     assert.equal(0, value(before, "twconduit_notifications_total"))
     assert.is_true(value(before, "twconduit_helix_requests_total",
       { endpoint = "/eventsub/conduits/shards", status = "2xx" }) >= 1)
@@ -103,7 +106,8 @@ describe("metrics", function()
     -- a shard's socket closed by the server with 4003: counted by code
     local s0 = cd:shard("0")
     assert(m:close_session(s0.session_id, 4003))
-    H.wait_until(c, function() return s0:stats().connects >= 2 and s0.state == "enabled" end, 15, "shard 0 back")
+    H.wait_until(c, function() return s0:stats().connects >= 2 and s0.state == "enabled" end, 15,
+      "shard 0 back")
 
     local _, after = http_get(c, url)
     ok, out = promtool_check(after)
@@ -121,7 +125,8 @@ describe("metrics", function()
         value(after, "twconduit_shard_lag_seconds_bucket", { conduit = cd.id, shard = id, le = "+Inf" }))
     end
     assert.equal(n, lag)
-    assert.equal(1, value(after, "twconduit_shard_closes_total", { conduit = cd.id, shard = "0", code = "4003" }))
+    assert.equal(1, value(after, "twconduit_shard_closes_total", { conduit = cd.id, shard = "0",
+      code = "4003" }))
     assert.equal(2, value(after, "twconduit_shard_connects_total", { conduit = cd.id, shard = "0" }))
     assert.equal(1, value(after, "twconduit_shard_outages_total", { conduit = cd.id, shard = "0" }))
     -- one notification in 16 is timed (the 16th, the 32nd, ...)
@@ -206,18 +211,24 @@ describe("logs", function()
       for _, l in ipairs(lines) do if pred(l) then out[#out + 1] = l end end
       return out
     end
-    H.wait_until(c, function() return #find(function(l) return l.message == "conduit ready" end) == 1 end, 5, "ready")
+    H.wait_until(c, function() return #find(function(l) return l.message == "conduit ready" end) == 1 end,
+      5, "ready")
     assert.equal(2, #find(function(l) return l.message == "shard enabled" and l.fields.conduit == cd.id end))
-    assert.equal(1, #find(function(l) return l.message == "conduit started" and l.fields.shard_count == 2 end))
+    assert.equal(1,
+      #find(function(l) return l.message == "conduit started" and l.fields.shard_count == 2 end))
     -- a close with a code: one warn line with the code
     local s1 = cd:shard("1")
     assert(m:close_session(s1.session_id, 4001))
-    H.wait_until(c, function() return s1.state == "enabled" and s1:stats().connects == 2 end, 10, "shard 1 back")
-    local closes = find(function(l) return l.level == "warn" and l.fields.shard == "1" and l.fields.close_code == 4001 end)
+    H.wait_until(c, function() return s1.state == "enabled" and s1:stats().connects == 2 end, 10,
+      "shard 1 back")
+    local closes = find(function(l)
+      return l.level == "warn" and l.fields.shard == "1" and l.fields.close_code == 4001
+    end)
     assert.equal(1, #closes)
     assert.equal(cd.id, closes[1].fields.conduit)
     -- a Helix error
-    local ok, err = c:helix("GET", "/eventsub/conduits/shards", { query = { conduit_id = "no-such-conduit" } })
+    local ok, err = c:helix("GET", "/eventsub/conduits/shards",
+      { query = { conduit_id = "no-such-conduit" } })
     assert.is_nil(ok)
     local hx = find(function(l) return l.message:find("^helix GET") end)
     assert.equal(1, #hx)
@@ -269,7 +280,8 @@ describe("examples/bot.lua --status-port", function()
       ok=0
       for i in $(seq 150); do
         if env -u LD_PRELOAD curl -sf http://127.0.0.1:%d/metrics | grep -q '^twconduit_shard_up{' &&
-           env -u LD_PRELOAD curl -sf http://127.0.0.1:%d/ | grep -q '<title>twconduit status</title>'; then ok=1; break; fi
+           env -u LD_PRELOAD curl -sf http://127.0.0.1:%d/ | grep -q '<title>twconduit status</title>'
+        then ok=1; break; fi
         kill -0 $pid 2>/dev/null || break
         sleep 0.2
       done

@@ -20,7 +20,8 @@ local function chromium(c, url, what)
   local base = os.tmpname()
   os.remove(base .. ".done")
   local cmd = table.concat({
-    "env -u LD_PRELOAD", CHROMIUM, "--headless --no-sandbox --disable-gpu --no-first-run --disable-dev-shm-usage",
+    "env -u LD_PRELOAD", CHROMIUM,
+    "--headless --no-sandbox --disable-gpu --no-first-run --disable-dev-shm-usage",
     "--disable-extensions --hide-scrollbars --window-size=1280,900",
     ("--user-data-dir='%s.profile'"):format(base), "--virtual-time-budget=1500", what, ("'%s'"):format(url),
   }, " ")

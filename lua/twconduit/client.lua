@@ -34,6 +34,15 @@ local function num_min(lo, strict)
 end
 local function num(v) if type(v) ~= "number" or v ~= v then return "must be a number" end end
 
+local function log_fn(v)
+  if v ~= false and type(v) ~= "function" then return "must be a function or false" end
+end
+local function log_level(v)
+  if v ~= "debug" and v ~= "info" and v ~= "warn" and v ~= "error" then
+    return 'must be "debug", "info", "warn" or "error"'
+  end
+end
+
 -- The options and their checks. Their defaults are the core's (core.defaults(), from
 -- TW_CLIENT_OPTS_INIT): nothing here repeats them.
 local OPTIONS = {
@@ -49,12 +58,7 @@ local OPTIONS = {
   http_max_inflight = int_range(1), patch_batch = int_range(1, 100),
   validate_interval = num_min(0), verify_interval = num_min(0),
   max_message_bytes = int_range(1024),
-  log = function(v) if v ~= false and type(v) ~= "function" then return "must be a function or false" end end,
-  log_level = function(v)
-    if v ~= "debug" and v ~= "info" and v ~= "warn" and v ~= "error" then
-      return 'must be "debug", "info", "warn" or "error"'
-    end
-  end,
+  log = log_fn, log_level = log_level,
 }
 
 local function check_options(opts)
@@ -322,7 +326,8 @@ function Client:_event(kind, conduit, a, b, c, _, e)
   local log = self._log
   if log and kind ~= "revocation" then -- a line per event (twconduit.log)
     local sa = kind:find("^shard_") or kind == "reconnect"
-    log:event(kind, conduit, sa and wrap_shard(self, a) or a, kind == "error" and wrap_shard(self, b) or b, c, e)
+    log:event(kind, conduit, sa and wrap_shard(self, a) or a,
+      kind == "error" and wrap_shard(self, b) or b, c, e)
   end
   if kind == "revocation" then
     -- a: type, b: message, c: subscription view, d: shard, e: status

@@ -97,7 +97,8 @@ end
 function Log:event(kind, conduit, a, b, c, e)
   if type(conduit) ~= "table" then conduit = nil end
   if kind == "started" then
-    self:write("info", "conduit started", ids(conduit, nil, { shard_count = conduit and conduit.shard_count }))
+    self:write("info", "conduit started", ids(conduit, nil,
+      { shard_count = conduit and conduit.shard_count }))
   elseif kind == "ready" then
     self:write("info", "conduit ready", ids(conduit))
   elseif kind == "shard_enabled" then
@@ -105,7 +106,8 @@ function Log:event(kind, conduit, a, b, c, e)
     self:write("info", "shard enabled", ids(conduit, s, { session_id = s and s.session_id }))
   elseif kind == "reconnect" then
     local s = type(a) == "table" and a or nil
-    self:write("info", "shard reconnected (session_reconnect)", ids(conduit, s, { session_id = s and s.session_id }))
+    self:write("info", "shard reconnected (session_reconnect)", ids(conduit, s,
+      { session_id = s and s.session_id }))
   elseif kind == "shard_disabled" then
     local s = type(a) == "table" and a or nil
     local f = ids(conduit, s, { reason = b })
@@ -141,12 +143,14 @@ end
 
 --- An alert of the health monitor.
 function Log:alert(cd, ev)
-  self:write("warn", "alert: " .. tostring(ev.message), { conduit = cd and cd.id, kind = ev.kind, shard = ev.shard })
+  self:write("warn", "alert: " .. tostring(ev.message), { conduit = cd and cd.id, kind = ev.kind,
+    shard = ev.shard })
 end
 
 --- A Helix call made through client:helix that failed.
 function Log:helix_error(method, path, err)
-  self:write("warn", "helix " .. method .. " " .. (path:match("^[^?]*")) .. " failed: " .. tostring(err and err.message),
+  self:write("warn",
+    "helix " .. method .. " " .. (path:match("^[^?]*")) .. " failed: " .. tostring(err and err.message),
     err_fields(err, { endpoint = path:match("^[^?]*") }))
 end
 

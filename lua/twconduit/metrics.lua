@@ -130,7 +130,8 @@ function MetricsServer:_fetch_subscriptions()
       s.error = { code = err.code, message = err.message }
       local prev = self._subs
       if prev then
-        s.by_status, s.count, s.total, s.total_cost, s.max_total_cost = prev.by_status, prev.count, prev.total,
+        s.by_status, s.count, s.total, s.total_cost, s.max_total_cost = prev.by_status, prev.count,
+          prev.total,
           prev.total_cost, prev.max_total_cost
       end
     end
@@ -154,7 +155,8 @@ end
 
 function MetricsServer:status()
   local client = self._client
-  local out = { version = core.VERSION, generated_at = os.time(), conduits = {}, operations = {}, alerts = {} }
+  local out = { version = core.VERSION, generated_at = os.time(), conduits = {}, operations = {},
+    alerts = {} }
   local ops = package.loaded["twconduit.operations"]
   for _, cd in ipairs(client:open_conduits()) do
     local c = { id = cd.id or core.null, shard_count = cd.shard_count, state = cd.state, shards = {} }
@@ -217,7 +219,8 @@ local function add(f, value, ...)
   f.samples[#f.samples + 1] = { value = value, labels = select("#", ...) > 0 and { ... } or nil }
 end
 
-local WEBHOOK_REASONS = { "notifications", "revocations", "challenges", "duplicates", "bad_request", "bad_signature",
+local WEBHOOK_REASONS = { "notifications", "revocations", "challenges", "duplicates", "bad_request",
+  "bad_signature",
   "stale", "future" }
 
 function MetricsServer:families()
@@ -241,11 +244,14 @@ function MetricsServer:families()
   if self._own_ud then servers[#servers + 1] = { _own = self._own_ud } end
   local wf = fam(list, "twconduit_webhook_requests_total", "counter",
     "Webhook requests by route and result (reason: the message type, duplicates, or why it was refused).")
-  local hc = fam(list, "twconduit_http_connections_total", "counter", "Connections accepted by the HTTP listeners.")
+  local hc = fam(list, "twconduit_http_connections_total", "counter",
+    "Connections accepted by the HTTP listeners.")
   local hr = fam(list, "twconduit_http_requests_total", "counter", "Requests read by the HTTP listeners.")
-  local hx = fam(list, "twconduit_http_refused_total", "counter", "Requests or connections refused, by reason.")
+  local hx = fam(list, "twconduit_http_refused_total", "counter",
+    "Requests or connections refused, by reason.")
   local ho = fam(list, "twconduit_http_open_connections", "gauge", "Connections open on the HTTP listeners.")
-  local tot = { connections = 0, requests = 0, open_conns = 0, refused_conns = 0, bad_requests = 0, too_large = 0,
+  local tot = { connections = 0, requests = 0, open_conns = 0, refused_conns = 0, bad_requests = 0,
+    too_large = 0,
     headers_too_large = 0, timeouts = 0, not_found = 0, tls_errors = 0 }
   local paths = {}
   for _, srv in ipairs(servers) do
@@ -267,7 +273,8 @@ function MetricsServer:families()
   add(hc, tot.connections)
   add(hr, tot.requests)
   add(ho, tot.open_conns)
-  for _, k in ipairs { "refused_conns", "bad_requests", "too_large", "headers_too_large", "timeouts", "not_found",
+  for _, k in ipairs { "refused_conns", "bad_requests", "too_large", "headers_too_large", "timeouts",
+    "not_found",
       "tls_errors" } do
     add(hx, tot[k], "reason", k)
   end
@@ -296,7 +303,8 @@ local function token_of(query, auth)
   end
   if query then
     for k, v in query:gmatch("([^&=]+)=([^&]*)") do
-      if k == "token" then return (v:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)) end
+      if k == "token" then return (v:gsub("%%(%x%x)", function(h) return string.char(tonumber(h,
+        16)) end)) end
     end
   end
 end
@@ -342,7 +350,8 @@ end
 function Client:serve_metrics(opts)
   if self._closed then error("client is closed", 2) end
   opts = opts or {}
-  if type(opts) ~= "table" then errors.argerror(1, "serve_metrics", ("table expected, got %s"):format(type(opts))) end
+  if type(opts) ~= "table" then errors.argerror(1, "serve_metrics",
+    ("table expected, got %s"):format(type(opts))) end
   for k in pairs(opts) do
     if not OPTS[k] then error(("unknown option '%s'"):format(tostring(k)), 2) end
   end

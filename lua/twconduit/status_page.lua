@@ -1,4 +1,5 @@
 --- twconduit.status_page: the status page served at "/" by client:serve_metrics, as one
+-- luacheck: max string line length 140
 -- self-contained HTML document (no build step, no external assets). It polls /status
 -- every second (passing on a ?token= it was opened with) and redraws.
 return [==[<!doctype html>
