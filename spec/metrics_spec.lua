@@ -189,6 +189,15 @@ describe("metrics", function()
     local code, text = http_get(c, ("http://127.0.0.1:%d/metrics"):format(wh.port))
     assert.equal(200, code)
     assert.is_not_nil(value(text, "twconduit_http_requests_total"))
+    -- page views read the caches: no Helix call per view
+    local base = ("http://127.0.0.1:%d/status"):format(wh.port)
+    H.wait_until(c, function()
+      local st = twconduit.json_decode(select(2, http_get(c, base)))
+      return type(st.conduits[1].twitch_at) == "number" and type(st.subscriptions.at) == "number"
+    end, 10, "the caches filled")
+    local before = c:stats().helix_requests
+    for _ = 1, 5 do assert.equal(200, (http_get(c, base))) end
+    assert.equal(before, c:stats().helix_requests)
     assert.has_error(function() c:serve_metrics { server = wh, port = 1 } end)
     assert.has_error(function() c:serve_metrics { bogus = 1 } end)
   end)

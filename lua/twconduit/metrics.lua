@@ -402,8 +402,15 @@ function Client:serve_metrics(opts)
     local now = self:now()
     if now - last_twitch >= twitch_interval then
       last_twitch = now
-      for id in pairs(self_._twitch) do
-        if not self_._fetching[id] then self_:_fetch_twitch(id) end
+      local open = {}
+      for _, c in ipairs(self:open_conduits()) do
+        if c.id then
+          open[c.id] = true
+          if not self_._fetching[c.id] then self_:_fetch_twitch(c.id) end
+        end
+      end
+      for id in pairs(self_._twitch) do -- conduits closed here meanwhile
+        if not open[id] then self_._twitch[id] = nil end
       end
     end
     if now - last_subs >= subs_interval then
