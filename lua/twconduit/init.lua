@@ -8,7 +8,11 @@ local Conduit = require "twconduit.conduit"
 local Shard = require "twconduit.shard"
 local Subscription = require "twconduit.subscription"
 require "twconduit.webhook" -- webhook servers, shards, subscriptions (adds methods)
-require "twconduit.metrics" -- client:serve_metrics: /metrics, /status, the status page
+-- client:serve_metrics (/metrics, /status, the status page) loads twconduit.metrics on first use
+function Client.serve_metrics(...)
+  require "twconduit.metrics" -- replaces this function
+  return Client.serve_metrics(...)
+end
 
 local M = {
   VERSION = core.VERSION,
