@@ -11,6 +11,9 @@
 -- Split over Redis (README "Deployment"): `--gateway [redis-url]` runs the conduit and
 -- publishes every event to the queue (exits once the triggered events are stored);
 -- `--worker [redis-url]` runs the handlers from the queue until interrupted.
+-- With --status-port N it also serves Prometheus metrics (/metrics), the status JSON
+-- (/status) and the live status page (/) on 127.0.0.1:N, and runs until interrupted
+-- (against the emulator: a few events a second).
 local twconduit = require "twconduit"
 twconduit.set_log_level(0) -- libwebsockets: errors only
 
@@ -62,6 +65,17 @@ local client = assert(twconduit.client(opts))
 client:on("error", function(err) io.stderr:write("error: ", tostring(err), "\n") end)
 
 local queue = role and assert(client:queue { redis = redis_url, name = "example-bot", role = "gateway" })
+local status_port
+for i = 1, #arg do
+  if arg[i] == "--status-port" then status_port = assert(math.tointeger(tonumber(arg[i + 1])),
+    "--status-port N") end
+end
+if status_port then
+  local srv = assert(client:serve_metrics { port = status_port, subscriptions_interval = 5 })
+  print(("status page %s/  metrics %s/metrics"):format(srv.url, srv.url))
+  io.stdout:flush()
+end
+
 local conduit = assert(client:conduit { id = os.getenv "TWITCH_CONDUIT_ID", shards = 4 })
 conduit:on("shard_disabled", function(shard, status)
   print(("shard %s disabled (%s)"):format(shard.id, tostring(status)))
@@ -130,6 +144,10 @@ twconduit.spawn(function()
   end
   handled = handled or queue:stats().published + queue:stats().duplicates
   timed_out = handled < expected
+  while status_port do -- keep the page lively until interrupted
+    emulator:trigger { type = "channel.chat.message", channels = channels, count = math.random(1, 4) }
+    twconduit.sleep(client, 0.5)
+  end
   client:stop()
 end)
 

@@ -16,6 +16,7 @@ trap 'rm -f "$log"' EXIT
 export TWCONDUIT_MOCK="$top/$BUILD/bin/twconduit-mock"
 export LUA_PATH="$top/lua/?.lua;$top/lua/?/init.lua;$top/spec/?.lua;;"
 export LUA_CPATH="$top/$BUILD/lib/?.so;;"
+export TWCONDUIT_TEST_OUT="$top/$BUILD/test-output" # screenshots and other artefacts of the specs
 if [ -n "$SANITIZED" ]; then
   ASAN_LIB=$(${CC:-gcc} -print-file-name=libasan.so)
   UBSAN_LIB=$(${CC:-gcc} -print-file-name=libubsan.so)

@@ -211,6 +211,7 @@ __attribute__((visibility("default"))) int luaopen_twconduit_core(lua_State *L) 
   twl_wsession_open(L);
   twl_queue_open(L);
   twl_webhook_open(L);
+  twl_metrics_open(L);
   lua_settop(L, mod);
   return 1;
 }

@@ -63,6 +63,10 @@ static int sh_stats(lua_State *L) {
   SET_U(lost);
   SET_U(last_close_code);
   SET_U(backoff_attempt);
+  SET_U(stale);
+  /* loop clock seconds (client:now()); nil when never */
+  if (st.enabled_at_ms) lua_pushnumber(L, (lua_Number)st.enabled_at_ms / 1000.0), lua_setfield(L, -2, "enabled_at");
+  if (st.last_message_ms) lua_pushnumber(L, (lua_Number)st.last_message_ms / 1000.0), lua_setfield(L, -2, "last_message_at");
   lua_createtable(L, TW_LAG_BUCKETS, 0);
   for (int k = 0; k < TW_LAG_BUCKETS; k++) {
     lua_pushinteger(L, (lua_Integer)st.lag_buckets[k]);

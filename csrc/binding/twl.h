@@ -106,6 +106,9 @@ twl_frame *twl_enter(twl_client *cl, int *top);
 void twl_enter_end(twl_client *cl, int top);
 /* Sets up cl->fr on L with the client userdata at index ud (used by step/run). */
 void twl_webhook_open(lua_State *L);   /* webhook.c: HTTP server, webhook routes and shards */
+tw_httpd *twl_check_httpd(lua_State *L, int i); /* webhook.c: the open server at i, or raises */
+tw_httpd *twl_httpd_at(lua_State *L, int i);    /* the same, or NULL when not an open server */
+void twl_metrics_open(lua_State *L);   /* metrics.c: Prometheus text, plain HTTP routes */
 void twl_lifecycle_open(lua_State *L); /* lifecycle.c: shard-set verbs of conduits and shards */
 void twl_statefile_open(lua_State *L, int mod); /* statefile.c: core.write_atomic */
 /* a table {method, session_id, callback, status} of t (empty for NULL) */

@@ -38,6 +38,12 @@ static httpd_box *check_httpd(lua_State *L, int i) {
   return b;
 }
 
+tw_httpd *twl_check_httpd(lua_State *L, int i) { return check_httpd(L, i)->h; }
+tw_httpd *twl_httpd_at(lua_State *L, int i) {
+  httpd_box *b = luaL_testudata(L, i, HTTPD_MT);
+  return b && b->h && b->cl->c ? b->h : NULL;
+}
+
 static route_box *check_route(lua_State *L, int i) {
   route_box *b = luaL_checkudata(L, i, ROUTE_MT);
   if (!b->w || !b->cl->c) luaL_error(L, "webhook route is closed");

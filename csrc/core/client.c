@@ -377,6 +377,7 @@ bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *
   if (timed) age = guard_wall_now(c) - t;
   if (timed && c->max_age_s >= 0 && age > c->max_age_s) {
     c->stats.stale++;
+    if (s) tw_shard_note_stale(s);
     tw_error e;
     tw_err_set(&e, "stale_message", 0, "message %s is older than %.0f s (timestamp %s): not delivered",
                m->id ? m->id : "?", c->max_age_s, m->timestamp);
@@ -397,6 +398,12 @@ bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *
                  .msg = m,
                  .status = m->status,
                  .wsession = m->wsession};
-  tw_emit(c, &ev);
+  if (notif && (c->stats.notifications & (TW_DISPATCH_SAMPLE - 1)) == 0) { /* metrics: time one in 16 */
+    uint64_t t0 = uv_hrtime();
+    tw_emit(c, &ev);
+    tw_metrics_note_dispatch(c, uv_hrtime() - t0);
+  } else {
+    tw_emit(c, &ev);
+  }
   return true;
 }

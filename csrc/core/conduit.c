@@ -247,6 +247,13 @@ void tw_shard_note_lag(tw_shard *s, double lag_s) {
     if (k >= TW_LAG_BUCKETS) k = TW_LAG_BUCKETS - 1;
   }
   s->stats.lag_buckets[k]++;
+  s->stats.lag_sum_s += lag_s;
+}
+void tw_shard_note_stale(tw_shard *s) { s->stats.stale++; }
+tw_conduit *tw_client_conduit_next(tw_client *c, tw_conduit *prev) {
+  tw_conduit *cd = prev ? prev->next : c->conduits;
+  while (cd && cd->silent) cd = cd->next;
+  return cd;
 }
 int tw_shard_held(const tw_shard *s) { return s->held; }
 void tw_conduit_set_lost_policy(tw_conduit *cd, int policy) { cd->lost_policy = policy; }
@@ -357,6 +364,7 @@ static void end_linger(tw_shard *s) {
 static void on_message(void *owner, tw_session *ss, tw_msg *m) {
   tw_shard *s = owner;
   if (s->lingering && ss == s->cur) end_linger(s); /* the new socket carries the traffic */
+  s->stats.last_message_ms = uv_now(s->cd->c->loop);
   if (tw_client_deliver(s->cd->c, m, s->cd, s, &s->stats.duplicates) && m->message_type[0] == 'n')
     s->stats.notifications++;
 }
@@ -365,6 +373,7 @@ static void on_keepalive(void *owner, tw_session *ss) {
   tw_shard *s = owner;
   (void)ss;
   s->stats.keepalives++;
+  s->stats.last_message_ms = uv_now(s->cd->c->loop);
 }
 
 static void on_session_error(void *owner, tw_session *ss, const tw_error *e) {
@@ -625,6 +634,7 @@ static void on_closed(void *owner, tw_session *ss, int code, const char *why) {
   tw_shard *s = owner;
   tw_conduit *cd = s->cd;
   s->stats.last_close_code = code;
+  tw_metrics_note_close(&s->stats, code);
   if (ss == s->old) {
     s->old = NULL;
     s->lingering = false;
@@ -780,6 +790,7 @@ static void shard_assigned(tw_shard *s) {
     emit_shard(s, TW_EV_RECONNECT, NULL, NULL);
     if (cd->closing) return;
   }
+  s->stats.enabled_at_ms = uv_now(cd->c->loop);
   emit_shard(s, TW_EV_SHARD_ENABLED, NULL, NULL);
   if (cd->closing) return;
   if (op && op == s->op) op_finish(op, NULL);

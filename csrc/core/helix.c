@@ -188,6 +188,7 @@ static void on_token(void *user, const tw_http_result *r) {
   tw_helix_state *hx = user;
   tw_client *c = hx->c;
   if (hx->closing || r->status < 0) return;
+  tw_metrics_note_helix(c, "/oauth2/token", r->status);
   tw_error err;
   tw_err_clear(&err);
   if (r->too_large) {
@@ -277,6 +278,7 @@ static void fetch_token(tw_helix_state *hx) {
 static void on_validate(void *user, const tw_http_result *r) {
   tw_helix_state *hx = user;
   if (hx->closing || r->status < 0) return;
+  tw_metrics_note_helix(hx->c, "/oauth2/validate", r->status);
   if (hx->tstate == TOK_VALIDATING) hx->tstate = TOK_OK;
   if (r->status == 401) {
     if (hx->tstate == TOK_OK) {
@@ -495,6 +497,7 @@ static void on_response(void *user, const tw_http_result *res) {
   if (!r->token) mirror(hx, r, res); /* answers to a caller's own token say nothing of the app's bucket */
   c->stats.ratelimit_remaining = hx->rl_limit > 0 ? (int)(hx->rl_level > 0 ? hx->rl_level : 0) : hx->rl_remaining;
   int st = res->status;
+  tw_metrics_note_helix(c, r->path, st);
   tw_error err;
   tw_err_clear(&err);
 

@@ -158,6 +158,24 @@ void tw_conduit_webhook_challenged(tw_client *c, const char *conduit_id, const c
  * here (counted on the shard), else for the client alone. */
 bool tw_conduit_webhook_deliver(tw_client *c, tw_conduit *cd, const char *shard_id, const tw_msg *m);
 
+/* ---- metrics (metrics.c): counters only metrics read, kept off the hot path ---- */
+enum { TW_MX_ENDPOINTS = 7, TW_MX_STATUSES = 11, TW_DISPATCH_BUCKETS = 24, TW_DISPATCH_SAMPLE = 16 };
+typedef struct tw_metrics_counters {
+  uint64_t helix[TW_MX_ENDPOINTS][TW_MX_STATUSES]; /* responses by endpoint and status class */
+  uint64_t dispatch[TW_DISPATCH_BUCKETS];           /* handler time, 1 notification in 16 */
+  double dispatch_sum_s;
+} tw_metrics_counters;
+/* One Helix or OAuth answer (status 0: none came). */
+void tw_metrics_note_helix(tw_client *c, const char *path, int status);
+/* Handler time of one sampled notification, nanoseconds. */
+void tw_metrics_note_dispatch(tw_client *c, uint64_t ns);
+/* A socket of a shard closed with code. */
+void tw_metrics_note_close(tw_shard_stats *st, int code);
+/* The client's conduits handed to the caller, one after another (prev NULL: the first). */
+tw_conduit *tw_client_conduit_next(tw_client *c, tw_conduit *prev);
+/* counts one stale notification on the shard (conduit.c) */
+void tw_shard_note_stale(tw_shard *s);
+
 /* ---- the client (client.c) ---- */
 struct tw_client {
   uv_loop_t own_loop;
@@ -200,6 +218,7 @@ struct tw_client {
                                     answers it once the message is stored */
   uint64_t rng;
   tw_client_stats stats;
+  tw_metrics_counters mx;
 };
 
 /* Emits an event to the host's handler: the one place every event passes. */

@@ -325,7 +325,11 @@ TW_API tw_conduit *tw_shard_conduit(const tw_shard *s);
 TW_API void tw_shard_set_user(tw_shard *s, void *user);
 TW_API void *tw_shard_user(const tw_shard *s);
 
-enum { TW_LAG_BUCKETS = 24 };
+enum { TW_LAG_BUCKETS = 24, TW_CLOSE_KINDS = 12 };
+/* The index of a websocket close code in tw_shard_stats.closes; tw_close_code_of(i) is the
+ * code an index stands for (0: any other code). */
+TW_API int tw_close_code_index(int code);
+TW_API int tw_close_code_of(int index);
 typedef struct tw_shard_stats {
   uint64_t notifications; /* delivered from this shard */
   uint64_t duplicates;
@@ -346,6 +350,13 @@ typedef struct tw_shard_stats {
    * [2^(k-1), 2^k) ms, the last one everything longer. Counted where the replay guard
    * reads the timestamp; for health reports and exporters. */
   uint64_t lag_buckets[TW_LAG_BUCKETS];
+  double lag_sum_s;       /* sum of the lags counted in lag_buckets, seconds */
+  uint64_t stale;         /* notifications the replay guard refused */
+  /* socket closes by code, index tw_close_code_index(code): 1000, 1001, 1006, 4000..4007,
+   * anything else */
+  uint64_t closes[TW_CLOSE_KINDS];
+  uint64_t enabled_at_ms; /* loop ms of the last (re)assignment (tw_client_now_ms); 0: never */
+  uint64_t last_message_ms; /* loop ms of the last message or keepalive; 0: none */
 } tw_shard_stats;
 TW_API void tw_shard_get_stats(const tw_shard *s, tw_shard_stats *out);
 
@@ -664,6 +675,29 @@ TW_API int tw_conduit_add_webhook_shard(tw_conduit *cd, int id, const char *call
  * longer held. Completes like add. */
 TW_API int tw_shard_set_webhook(tw_shard *s, const char *callback, const char *secret, tw_op_fn cb, void *user,
                                 tw_error *err);
+
+/* ------------------------------------------------------------------------------------ */
+/* Metrics (metrics.c): the Prometheus text format, rendered from the counters            */
+
+/* A sample a caller adds: labels as name, value pairs ending with NULL (may be NULL). */
+typedef struct tw_metric_sample {
+  const char *const *labels;
+  double value;
+} tw_metric_sample;
+/* A metric family a caller adds (after the core's own): name (twconduit_...), help,
+ * type ("counter", "gauge"), and its samples. */
+typedef struct tw_metric_family {
+  const char *name, *help, *type;
+  const tw_metric_sample *samples;
+  size_t nsamples;
+} tw_metric_family;
+/* Renders every counter of the client in the Prometheus text exposition format 0.0.4:
+ * build info, the client's totals, Helix answers by endpoint and status, the handler-time
+ * histogram, each conduit and each shard run here (counters, state, lag histogram), then
+ * the caller's families. Reads counters only: nothing is counted for it on the way of a
+ * message. Returns a malloc'd NUL-terminated text (*len gets its length; free it), or
+ * NULL when out of memory. */
+TW_API char *tw_metrics_render(tw_client *c, const tw_metric_family *extra, size_t nextra, size_t *len);
 
 /* ------------------------------------------------------------------------------------ */
 /* Small utilities                                                                       */

@@ -35,6 +35,15 @@ local function num_min(lo, strict)
 end
 local function num(v) if type(v) ~= "number" or v ~= v then return "must be a number" end end
 
+local function log_fn(v)
+  if v ~= false and type(v) ~= "function" then return "must be a function or false" end
+end
+local function log_level(v)
+  if v ~= "debug" and v ~= "info" and v ~= "warn" and v ~= "error" then
+    return 'must be "debug", "info", "warn" or "error"'
+  end
+end
+
 -- The options and their checks. Their defaults are the core's (core.defaults(), from
 -- TW_CLIENT_OPTS_INIT): nothing here repeats them.
 local OPTIONS = {
@@ -50,6 +59,7 @@ local OPTIONS = {
   http_max_inflight = int_range(1), patch_batch = int_range(1, 100),
   validate_interval = num_min(0), verify_interval = num_min(0),
   max_message_bytes = int_range(1024),
+  log = log_fn, log_level = log_level,
 }
 
 local function check_options(opts)
@@ -320,6 +330,12 @@ function Client:_event(kind, conduit, a, b, c, d, e)
     return
   end
   if type(conduit) == "userdata" then conduit = nil end
+  local log = self._log
+  if log and kind ~= "revocation" then -- a line per event (twconduit.log)
+    local sa = kind:find("^shard_") or kind == "reconnect"
+    log:event(kind, conduit, sa and wrap_shard(self, a) or a,
+      kind == "error" and wrap_shard(self, b) or b, c, e)
+  end
   if WSession.event(self, kind, conduit, a, b) then return end -- a websocket session's own
   if kind == "revocation" then
     -- a: type, b: message, c: subscription view, d: shard, e: status
@@ -355,7 +371,7 @@ function Client:_event(kind, conduit, a, b, c, d, e)
     local obj = s or conduit
     if (s and s._h.error) or (conduit and conduit._h.error) or self._h.error then
       chain(self, s, conduit, "error", a, obj)
-    else
+    elseif not log then
       write_stderr("", a)
     end
   elseif kind == "token" then
@@ -376,6 +392,7 @@ function Client.new(opts)
     _waiting = {}, _wsessions = {},
   }, Client)
   ud:set_dispatcher(make_dispatcher(self))
+  self._log = require("twconduit.log").new(self, opts)
   return self
 end
 
@@ -609,6 +626,7 @@ function Client:helix(method, path, opts)
     local id, err = cd:helix(method, full, body, function(status, resp, e)
       if e then
         if type(resp) == "table" then e.body = resp end
+        if self._log then self._log:helix_error(method, path, e) end
         done(nil, e)
       elseif resp == nil then
         done(true, status)

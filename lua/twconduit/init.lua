@@ -9,6 +9,11 @@ local Shard = require "twconduit.shard"
 local Subscription = require "twconduit.subscription"
 local WSession = require("twconduit.wsession").WSession
 require "twconduit.webhook" -- webhook servers, shards, subscriptions (adds methods)
+-- client:serve_metrics (/metrics, /status, the status page) loads twconduit.metrics on first use
+function Client.serve_metrics(...)
+  require "twconduit.metrics" -- replaces this function
+  return Client.serve_metrics(...)
+end
 
 local M = {
   VERSION = core.VERSION,

@@ -23,6 +23,8 @@ local MAX_SHARDS = 20000
 -- events
 
 local function fire(cd, name, ...)
+  local log = cd._client._log -- twconduit.log: one line per operation step and alert
+  if log and (name == "operation" or name == "alert") then log[name](log, cd, ...) end
   local lists = { cd._h[name], cd._client._h[name] }
   for _, list in ipairs(lists) do
     for i = 1, #list do
