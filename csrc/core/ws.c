@@ -571,6 +571,8 @@ static bool tls_pending_out(const tw_session *ss) { return ss->ssl && BIO_ctrl_p
 
 static void on_plain(tw_session *ss, const unsigned char *in, size_t len);
 
+#define TLS_BUF 262144 /* plaintext per pass: as much as one read of lws's (pt_serv_buf_size) */
+
 /* ciphertext in: decrypt everything available and hand it on in large pieces */
 static void tls_rx(tw_session *ss, const unsigned char *in, size_t len) {
   BIO_write(SSL_get_rbio(ss->ssl), in, (int)len);
@@ -578,16 +580,27 @@ static void tls_rx(tw_session *ss, const unsigned char *in, size_t len) {
     if (tls_pending_out(ss) && ss->wsi) lws_callback_on_writable(ss->wsi);
     return;
   }
-  static const size_t cap = 65536;
-  unsigned char *buf = malloc(cap);
+  /* Plaintext goes into one buffer per client, allocated once: every read of every
+   * session decrypts into it and is parsed in place from it. OpenSSL's own record
+   * buffers are released between reads (SSL_MODE_RELEASE_BUFFERS), so an idle session
+   * holds none. Only a read nested inside a handler (a loop run from inside a
+   * callback) while the shared buffer is being parsed gets a buffer of its own. */
+  tw_client *c = ss->c;
+  unsigned char *buf = c->tls_buf_busy ? NULL : c->tls_buf;
+  bool own = c->tls_buf_busy;
+  if (!buf) buf = malloc(TLS_BUF);
   if (!buf) {
     kill_wsi(ss, "out of memory");
     return;
   }
+  if (!own) {
+    c->tls_buf = buf;
+    c->tls_buf_busy = true;
+  }
   for (;;) {
     size_t n = 0;
     int r = 0;
-    while (n < cap && (r = SSL_read(ss->ssl, buf + n, (int)(cap - n))) > 0) n += (size_t)r;
+    while (n < TLS_BUF && (r = SSL_read(ss->ssl, buf + n, (int)(TLS_BUF - n))) > 0) n += (size_t)r;
     if (n) on_plain(ss, buf, n);
     if (ss->gone || ss->st == ST_CLOSING) break;
     if (r > 0) continue; /* buffer full: more to read */
@@ -596,7 +609,8 @@ static void tls_rx(tw_session *ss, const unsigned char *in, size_t len) {
     else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) tls_error(ss, "TLS read failed");
     break;
   }
-  free(buf);
+  if (own) free(buf);
+  else c->tls_buf_busy = false;
   if (ss->wsi && (tls_pending_out(ss) || ss->req || ss->out_len)) lws_callback_on_writable(ss->wsi);
 }
 
@@ -728,6 +742,8 @@ void tw_ws_destroy_end(tw_client *c) {
   c->lws = NULL;
   if (c->ssl_ctx) SSL_CTX_free(c->ssl_ctx);
   c->ssl_ctx = NULL;
+  free(c->tls_buf);
+  c->tls_buf = NULL;
 }
 
 tw_session *tw_ws_open(tw_client *c, const char *url, const tw_session_ops *ops, void *owner, uint64_t *bytes) {
