@@ -608,7 +608,7 @@ static void c_session_action(hreq_t *r, const char *rest, cJSON *body)
         session_reconnect(s);
         cJSON *o = cJSON_CreateObject();
         char url[160];
-        snprintf(url, sizeof url, "ws://127.0.0.1:%d/ws?reconnect_id=%s", M->port, s->reconnect_id);
+        session_reconnect_url(s, url, sizeof url);
         cJSON_AddStringToObject(o, "reconnect_url", url);
         ok_obj(r, o);
         return;

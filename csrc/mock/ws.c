@@ -323,6 +323,7 @@ void ws_established(struct lws *wsi, pss_t *p)
     conn_t *c = xcalloc(1, sizeof *c);
     c->wsi = wsi;
     p->conn = c;
+    c->tls = lws_is_ssl(wsi) ? 1 : 0;
     c->last_tx_us = mono_us();
     int ka = M->cfg.keepalive_default;
     char rcid[ID_LEN + 8];
@@ -711,6 +712,13 @@ void session_drop(session_t *s)
     }
 }
 
+void session_reconnect_url(const session_t *s, char *out, size_t n)
+{
+    int tls = s->cur && s->cur->tls;
+    snprintf(out, n, "%s://127.0.0.1:%d/ws?reconnect_id=%s", tls ? "wss" : "ws", tls ? M->tls_port : M->port,
+             s->reconnect_id);
+}
+
 void session_reconnect(session_t *s)
 {
     conn_t *c = s->cur;
@@ -723,11 +731,13 @@ void session_reconnect(session_t *s)
     fmt_time(wall_now(), ts);
     buf_t b = {0};
     meta_begin(&b, "session_reconnect", id, ts);
+    char url[160];
+    session_reconnect_url(s, url, sizeof url);
     buf_printf(&b, "},\"payload\":{\"session\":{\"id\":\"%s\",\"status\":\"reconnecting\","
                    "\"keepalive_timeout_seconds\":null,"
-                   "\"reconnect_url\":\"ws://127.0.0.1:%d/ws?reconnect_id=%s\","
+                   "\"reconnect_url\":\"%s\","
                    "\"connected_at\":\"%s\",\"recovery_url\":null}}}",
-               s->id, M->port, s->reconnect_id, s->connected_at);
+               s->id, url, s->connected_at);
     enqueue_conn(c, b.p, b.len, 0);
     buf_free(&b);
     wt_schedule(&s->t_rc, rc_timeout_cb, (int64_t)(M->cfg.reconnect_grace_s * 1e6));
