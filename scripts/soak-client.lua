@@ -63,6 +63,9 @@ client:on("error", function(err)
   errors = errors + 1
   local code = tostring(err.code)
   err_codes[code] = (err_codes[code] or 0) + 1
+  if code ~= "stale_message" then -- kept for the record: the soak's faults cause many
+    io.stderr:write(("soak-client: %.3f error %s: %s\n"):format(client:now(), code, tostring(err.message)))
+  end
   if code == "stale_message" then
     local id = tostring(err.message):match("message (%S+) is older")
     if id then stale_f:write(id, "\n") end
