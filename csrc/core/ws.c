@@ -624,6 +624,10 @@ static void tls_rx(tw_session *ss, const unsigned char *in, size_t len) {
   }
   if (own) free(buf);
   else c->tls_buf_busy = false;
+  /* The SSL_read that found nothing more left OpenSSL's read buffer (~16 KB) allocated:
+   * SSL_MODE_RELEASE_BUFFERS releases it only after a record, so an idle session would
+   * keep it. Freed here unless a partial record waits in it (then this is a no-op). */
+  if (ss->ssl && !ss->gone) SSL_free_buffers(ss->ssl);
   if (ss->wsi && (tls_pending_out(ss) || ss->req || ss->out_len)) lws_callback_on_writable(ss->wsi);
 }
 
