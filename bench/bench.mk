@@ -18,3 +18,11 @@ bench: module mock $(BENCH_BIN) $(BUILD)/bench/webhook_load
 	BUILD=$(BUILD) BENCH_QUICK=$(BENCH_QUICK) TWCONDUIT_MOCK=$(CURDIR)/$(MOCK_BIN) \
 	  LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/$(BUILD)/lib/?.so;;" \
 	  $(LUA) bench/run.lua $(BENCH_ARGS)
+
+# The chaos soak (scripts/soak): `make soak SOAK_S=120 [SOAK_SEED=n]`.
+SOAK_S ?= 120
+.PHONY: soak
+soak: module mock
+	TWCONDUIT_MOCK=$(CURDIR)/$(MOCK_BIN) LUA=$(LUA) \
+	  LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;" LUA_CPATH="$(CURDIR)/$(BUILD)/lib/?.so;;" \
+	  $(LUA) scripts/soak --seconds $(SOAK_S) $(if $(SOAK_SEED),--seed $(SOAK_SEED))

@@ -3,7 +3,8 @@
 -- process, started by bench/run.lua, its addresses in TWB_* variables. Prints
 -- "key=value" lines.
 --
---   lua5.4 bench/client.lua pipeline <shards> <notifications>
+--   lua5.4 bench/client.lua pipeline <shards> <notifications> [bot]
+--     bot: a chat bot's handler on a varied load (bench/fixtures/chat_variants.json)
 --   lua5.4 bench/client.lua shards <shards> <idle_seconds>
 --   lua5.4 bench/client.lua subs <subscriptions>
 local twconduit = require "twconduit"
@@ -76,21 +77,48 @@ local mode = arg[1]
 
 if mode == "pipeline" then
   local shards, total = math.tointeger(tonumber(arg[2] or 1)), math.tointeger(tonumber(arg[3] or 1000000))
+  local bot = arg[4] == "bot"
   local client = new_client()
   local conduit = open(client, shards, 60)
   subscribe_chat(conduit)
   client:sleep(0.1)
   local n, target = 0, math.huge
   local text, login, id, chars = nil, nil, nil, 0
-  -- the handler of the issue: reads event.message.text, event.chatter_user_login, msg.id
-  conduit:on("channel.chat.message", function(event, msg)
-    text = event.message.text
-    login = event.chatter_user_login
-    id = msg.id
-    chars = chars + #text + #login + #id
-    n = n + 1
-    if n >= target then client:stop() end
-  end)
+  local variants, bot_counts
+  if bot then
+    -- what chat bots do: text length, every fragment's type, badges, chatter, reply
+    local f = assert(io.open("bench/fixtures/chat_variants.json"))
+    variants = core.json_decode(f:read("a"))
+    f:close()
+    local null = twconduit.null
+    local mentions, emotes, badges, replies = 0, 0, 0, 0
+    conduit:on("channel.chat.message", function(event)
+      local m = event.message
+      chars = chars + #m.text
+      local frags = m.fragments
+      for i = 1, #frags do
+        local t = frags[i].type
+        if t == "mention" then mentions = mentions + 1 elseif t == "emote" then emotes = emotes + 1 end
+      end
+      badges = badges + #event.badges
+      login = event.chatter_user_login
+      chars = chars + #login
+      if event.reply ~= null then replies = replies + 1 end
+      n = n + 1
+      if n >= target then client:stop() end
+    end)
+    bot_counts = function() return mentions, emotes, badges, replies end
+  else
+    -- the issue's handler: reads event.message.text, event.chatter_user_login, msg.id
+    conduit:on("channel.chat.message", function(event, msg)
+      text = event.message.text
+      login = event.chatter_user_login
+      id = msg.id
+      chars = chars + #text + #login + #id
+      n = n + 1
+      if n >= target then client:stop() end
+    end)
+  end
   local deadline = false
   twconduit.spawn(function()
     client:sleep(120)
@@ -100,7 +128,7 @@ if mode == "pipeline" then
   collectgarbage()
   local cpu0, t0 = os.clock(), client:now()
   local r = control("POST", "/blast", { type = "channel.chat.message", channels = channels(),
-    count = total // NCHAN })
+    count = total // (NCHAN * (variants and #variants or 1)), variants = variants })
   target = math.tointeger(r.total)
   if n < target then client:run() end
   local t1, cpu1 = client:now(), os.clock()
@@ -113,6 +141,13 @@ if mode == "pipeline" then
   put("cpu_us_per_notification", "%.4f", n > 0 and (cpu1 - cpu0) * 1e6 / n or -1)
   put("notifications_per_s", "%.0f", n / (t1 - t0))
   put("chars_read", "%d", chars)
+  if bot then
+    local mentions, emotes, badges, replies = bot_counts()
+    put("mentions", "%d", mentions)
+    put("emotes", "%d", emotes)
+    put("badges", "%d", badges)
+    put("replies", "%d", replies)
+  end
   local b = control("GET", "/blast/" .. r.blast_id)
   put("emulator_rate", "%.0f", b.rate)
   put("emulator_seconds", "%.4f", b.seconds)

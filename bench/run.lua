@@ -59,6 +59,14 @@ end
 local NOFILE = tonumber(capture("sh -c 'ulimit -Hn'")) or 4096
 if NOFILE > 1048576 then NOFILE = 1048576 end
 
+-- wss: a certificate for 127.0.0.1 made for this run; the emulator serves it on a second
+-- listener, the clients trust it through SSL_CERT_FILE
+local CERT, KEY = WORK .. "/tls.crt", WORK .. "/tls.key"
+local tls_ok = os.execute(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s -out %s -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1")
+  :format(sh_quote(KEY), sh_quote(CERT)))
+tls_ok = tls_ok == true or tls_ok == 0
+if not tls_ok then io.stderr:write("bench: openssl could not make a certificate: the wss figures are skipped\n") end
+
 -- ---------------------------------------------------------------------------------
 -- the emulator
 
@@ -67,13 +75,14 @@ local function start_mock(cfg)
   local parts = {}
   for k, v in pairs(cfg or {}) do parts[#parts + 1] = ('"%s":%s'):format(k, tostring(v)) end
   write_file(cfgfile, "{" .. table.concat(parts, ",") .. "}")
-  local cmd = ("exec sh -c %s"):format(sh_quote(("ulimit -n %d; exec %s --port 0 --config %s --die-with-parent 2>>%s")
-    :format(NOFILE, sh_quote(MOCK), sh_quote(cfgfile), sh_quote(LOG))))
+  local tls = tls_ok and (" --tls-cert %s --tls-key %s"):format(sh_quote(CERT), sh_quote(KEY)) or ""
+  local cmd = ("exec sh -c %s"):format(sh_quote(("ulimit -n %d; exec %s --port 0 --config %s%s --die-with-parent 2>>%s")
+    :format(NOFILE, sh_quote(MOCK), sh_quote(cfgfile), tls, sh_quote(LOG))))
   local pipe = assert(io.popen(cmd, "r"))
   local line = pipe:read("l")
   if not line then error("the emulator did not start (see " .. LOG .. ")") end
   local m = { pipe = pipe, line = line }
-  for _, k in ipairs { "api_base", "auth_base", "eventsub_ws", "control", "client_id", "client_secret" } do
+  for _, k in ipairs { "api_base", "auth_base", "eventsub_ws", "eventsub_wss", "control", "client_id", "client_secret" } do
     m[k] = line:match('"' .. k .. '":"([^"]*)"')
   end
   m.pid = tonumber(line:match('"pid":(%d+)'))
@@ -85,16 +94,16 @@ local function stop_mock(m)
   m.pipe:close()
 end
 
-local function client_env(m)
-  return ("TWB_API_BASE=%s TWB_AUTH_BASE=%s TWB_EVENTSUB_WS=%s TWB_CONTROL=%s TWB_CLIENT_ID=%s TWB_CLIENT_SECRET=%s")
-    :format(sh_quote(m.api_base), sh_quote(m.auth_base), sh_quote(m.eventsub_ws), sh_quote(m.control),
-      sh_quote(m.client_id), sh_quote(m.client_secret))
+local function client_env(m, wss)
+  return ("TWB_API_BASE=%s TWB_AUTH_BASE=%s TWB_EVENTSUB_WS=%s TWB_CONTROL=%s TWB_CLIENT_ID=%s TWB_CLIENT_SECRET=%s SSL_CERT_FILE=%s")
+    :format(sh_quote(m.api_base), sh_quote(m.auth_base), sh_quote(wss and m.eventsub_wss or m.eventsub_ws),
+      sh_quote(m.control), sh_quote(m.client_id), sh_quote(m.client_secret), sh_quote(CERT))
 end
 
 -- one client process against a fresh emulator; returns its key=value figures
-local function run_client(argv, mockcfg, timeout)
+local function run_client(argv, mockcfg, timeout, wss)
   local m = start_mock(mockcfg)
-  local cmd = ("%s timeout %d sh -c %s 2>>%s"):format(client_env(m), timeout or 300,
+  local cmd = ("%s timeout %d sh -c %s 2>>%s"):format(client_env(m, wss), timeout or 300,
     sh_quote(("ulimit -n %d; exec %s"):format(NOFILE, argv)), sh_quote(LOG))
   local f = io.popen(cmd, "r")
   local out = f:read("a")
@@ -126,10 +135,21 @@ local RUNS_10K = QUICK and 1 or math.min(RUNS, 3)
 local scenarios = {
   { name = "ceiling8", what = "emulator send ceiling, 8 shards, raw drain client",
     cmd = c_client("drain 8 " .. NOTIFS) },
+  { name = "drain1", what = "raw drain client, 1 shard (framing only: the floor)", cmd = c_client("drain 1 " .. NOTIFS) },
   { name = "c_pipeline1", what = "C sink, 1 shard", cmd = c_client("pipeline 1 " .. NOTIFS) },
   { name = "c_pipeline8", what = "C sink, 8 shards", cmd = c_client("pipeline 8 " .. NOTIFS) },
   { name = "lua_pipeline1", what = "Lua handler, 1 shard", lua = true, cmd = lua_client("pipeline 1 " .. NOTIFS) },
   { name = "lua_pipeline8", what = "Lua handler, 8 shards", lua = true, cmd = lua_client("pipeline 8 " .. NOTIFS) },
+  { name = "lua_bot1", what = "Lua bot handler, 1 shard, varied chat", lua = true, cmd = lua_client("pipeline 1 " .. NOTIFS .. " bot") },
+  { name = "lua_bot8", what = "Lua bot handler, 8 shards, varied chat", lua = true, cmd = lua_client("pipeline 8 " .. NOTIFS .. " bot") },
+  { name = "c_pipeline1_wss", what = "C sink, 1 shard, wss", wss = true, cmd = c_client("pipeline 1 " .. NOTIFS) },
+  { name = "c_pipeline8_wss", what = "C sink, 8 shards, wss", wss = true, cmd = c_client("pipeline 8 " .. NOTIFS) },
+  { name = "lua_pipeline1_wss", what = "Lua handler, 1 shard, wss", lua = true, wss = true, cmd = lua_client("pipeline 1 " .. NOTIFS) },
+  { name = "lua_pipeline8_wss", what = "Lua handler, 8 shards, wss", lua = true, wss = true, cmd = lua_client("pipeline 8 " .. NOTIFS) },
+  { name = "lua_bot1_wss", what = "Lua bot handler, 1 shard, wss", lua = true, wss = true, cmd = lua_client("pipeline 1 " .. NOTIFS .. " bot") },
+  { name = "lua_shards1000_wss", what = "Lua, 1,000 shards over wss", lua = true, wss = true,
+    cmd = lua_client("shards 1000 0"), cfg = MOCK_BIG },
+  { name = "c_shards1000_wss", what = "C, 1,000 shards over wss", wss = true, cmd = c_client("shards 1000 0"), cfg = MOCK_BIG },
   { name = "lua_shards1000", what = "Lua, 1,000 shards, then idle", lua = true,
     cmd = lua_client("shards 1000 " .. IDLE_S), cfg = MOCK_BIG, timeout = IDLE_S + 120 },
   { name = "c_shards1000", what = "C, 1,000 shards", cmd = c_client("shards 1000 0"), cfg = MOCK_BIG },
@@ -152,12 +172,12 @@ end
 local results = {}
 local t_start = os.time()
 for _, sc in ipairs(scenarios) do
-  if (not opts.only or opts.only[sc.name]) and (not sc.lua or lua_ok) then
+  if (not opts.only or opts.only[sc.name]) and (not sc.lua or lua_ok) and (not sc.wss or tls_ok) then
     local runs = {}
     local nruns = sc.runs or RUNS
     for i = 1, nruns do
       io.stderr:write(("bench: %s (%s) run %d/%d\n"):format(sc.name, sc.what, i, nruns))
-      local r = run_client(sc.cmd, sc.cfg, sc.timeout)
+      local r = run_client(sc.cmd, sc.cfg, sc.timeout, sc.wss)
       if not r._ok then
         io.stderr:write(("bench: %s run %d failed (exit %s), see %s\n"):format(sc.name, i, tostring(r._code), LOG))
       end
@@ -169,6 +189,7 @@ for _, sc in ipairs(scenarios) do
   end
 end
 local elapsed = os.time() - t_start
+local LOADAVG -- read when the table is printed
 
 -- ---------------------------------------------------------------------------------
 -- figures
@@ -209,21 +230,67 @@ local function scale(st, f)
   return { median = st.median * f, min = st.min * f, max = st.max * f, n = st.n }
 end
 
+-- CPU figures are also given as ratios to two floors measured in the same run: the raw
+-- drain client's CPU per frame (framing only, no parse) and the C sink's (the core
+-- without Lua), each for the same number of shards over ws. Targets that must hold on
+-- any machine are ratios; the absolute ones are for the reference machine (README).
+local function floors(sh)
+  return { drain = stats(sh == 1 and "drain1" or "ceiling8", "cpu_us_per_notification"),
+    csink = stats("c_pipeline" .. sh, "cpu_us_per_notification") }
+end
+local function ratio(st, fl) return st and fl and fl.median > 0 and st.median / fl.median or nil end
+local function cpu_row(figure, name, sh, target, check)
+  local st = stats(name, "cpu_us_per_notification")
+  local fl = floors(sh)
+  row("pipeline", figure, st, "µs", 2, target, check)
+  rows[#rows].x_drain = ratio(st, fl.drain)
+  rows[#rows].x_csink = ratio(st, fl.csink)
+end
+local function sfx(sh) return ("%d shard%s"):format(sh, sh > 1 and "s" or "") end
+
 row("pipeline", "emulator send ceiling, 8 shards (drain client)", stats("ceiling8", "notifications_per_s"),
   "/s", 0, "(feeds ≥ 250,000/s)", function(v) return v >= 250000 end)
 for _, sh in ipairs { 1, 8 } do
-  row("pipeline", ("Lua handler, %d shard%s: CPU/notification"):format(sh, sh > 1 and "s" or ""),
-    stats("lua_pipeline" .. sh, "cpu_us_per_notification"), "µs", 2, "≤ 3 µs", function(v) return v <= 3 end)
-  row("pipeline", ("Lua handler, %d shard%s: rate"):format(sh, sh > 1 and "s" or ""),
+  row("pipeline", ("floor: drain client, %s: CPU/frame (framing only)"):format(sfx(sh)),
+    stats(sh == 1 and "drain1" or "ceiling8", "cpu_us_per_notification"), "µs", 3, nil, nil)
+end
+-- 3 µs and 1.53 µs for the C sink on the reference machine: 3 / 1.53 ≈ 2 × C sink
+local LUA_X = 2.0
+for _, sh in ipairs { 1, 8 } do
+  cpu_row(("Lua handler, %s: CPU/notification"):format(sfx(sh)), "lua_pipeline" .. sh, sh,
+    ("≤ %.1f× C sink (≤ 3 µs ref.)"):format(LUA_X), function(_, r) return r.x_csink and r.x_csink <= LUA_X end)
+  row("pipeline", ("Lua handler, %s: rate"):format(sfx(sh)),
     stats("lua_pipeline" .. sh, "notifications_per_s"), "/s", 0,
     sh == 8 and "≥ 250,000/s" or nil, sh == 8 and function(v) return v >= 250000 end or nil)
 end
 for _, sh in ipairs { 1, 8 } do
-  row("pipeline", ("C sink, %d shard%s: CPU/notification"):format(sh, sh > 1 and "s" or ""),
-    stats("c_pipeline" .. sh, "cpu_us_per_notification"), "µs", 2, nil, nil)
-  row("pipeline", ("C sink, %d shard%s: rate"):format(sh, sh > 1 and "s" or ""),
+  cpu_row(("Lua bot handler, %s: CPU/notification (varied chat)"):format(sfx(sh)), "lua_bot" .. sh, sh,
+    ("≤ %.1f× C sink (≤ 3 µs ref.)"):format(LUA_X), function(_, r) return r.x_csink and r.x_csink <= LUA_X end)
+  row("pipeline", ("Lua bot handler, %s: rate"):format(sfx(sh)), stats("lua_bot" .. sh, "notifications_per_s"),
+    "/s", 0, nil, nil)
+end
+for _, sh in ipairs { 1, 8 } do
+  cpu_row(("C sink, %s: CPU/notification"):format(sfx(sh)), "c_pipeline" .. sh, sh, nil, nil)
+  row("pipeline", ("C sink, %s: rate"):format(sfx(sh)),
     stats("c_pipeline" .. sh, "notifications_per_s"), "/s", 0, nil, nil)
 end
+-- wss: at most 0.6 µs more than ws on the reference machine (0.6 / 1.53 ≈ 0.4 × C sink)
+local WSS_X = 0.4
+local function wss_rows(label, name, sh)
+  local ws = stats(name, "cpu_us_per_notification")
+  local fl = floors(sh)
+  cpu_row(("%s, %s, wss: CPU/notification"):format(label, sfx(sh)), name .. "_wss", sh,
+    ("≤ ws + %.1f× C sink (+0.6 µs ref.)"):format(WSS_X), function(v, r)
+      return ws and r.x_csink and fl.csink and (v - ws.median) / fl.csink.median <= WSS_X
+    end)
+  local r = rows[#rows]
+  r.extra = ws and r.st and ("wss − ws = %+.2f µs"):format(r.st.median - ws.median) or nil
+  row("pipeline", ("%s, %s, wss: rate"):format(label, sfx(sh)), stats(name .. "_wss", "notifications_per_s"),
+    "/s", 0, nil, nil)
+end
+for _, sh in ipairs { 1, 8 } do wss_rows("C sink", "c_pipeline" .. sh, sh) end
+for _, sh in ipairs { 1, 8 } do wss_rows("Lua handler", "lua_pipeline" .. sh, sh) end
+wss_rows("Lua bot handler", "lua_bot1", 1)
 row("pipeline", "emulator's own rate report during the Lua 8-shard run", stats("lua_pipeline8", "emulator_rate"),
   "/s", 0, nil, nil)
 for _, n in ipairs { 1000, 10000 } do
@@ -232,6 +299,10 @@ for _, n in ipairs { 1000, 10000 } do
   row("memory", ("C, %s shards: RSS per idle shard"):format(fmt_num(n)), stats("c_shards" .. n, "rss_per_shard_kb"),
     "KB", 2, "≤ 12 KB", function(v) return v <= 12 end)
 end
+row("memory", "Lua, 1,000 shards over wss: RSS per idle shard", stats("lua_shards1000_wss", "rss_per_shard_kb"),
+  "KB", 2, "≤ 12 KB", function(v) return v <= 12 end)
+row("memory", "C, 1,000 shards over wss: RSS per idle shard", stats("c_shards1000_wss", "rss_per_shard_kb"),
+  "KB", 2, "≤ 12 KB", function(v) return v <= 12 end)
 row("memory", "Lua, 10,000 shards: process RSS", scale(stats("lua_shards10000", "rss_after_kb"), 1 / 1024), "MB", 1,
   "< 150 MB", function(v) return v < 150 end)
 row("memory", "C, 10,000 shards: process RSS", scale(stats("c_shards10000", "rss_after_kb"), 1 / 1024), "MB", 1,
@@ -284,11 +355,16 @@ for _, r in ipairs(rows) do
       v = fmt_num(r.st.median, r.dec) .. u
     end
     if r.st.n ~= RUNS then v = v .. (" [%d run%s]"):format(r.st.n, r.st.n > 1 and "s" or "") end
+    local x = {}
+    if r.x_drain then x[#x + 1] = ("%.2f× drain"):format(r.x_drain) end
+    if r.x_csink then x[#x + 1] = ("%.2f× C sink"):format(r.x_csink) end
+    if r.extra then x[#x + 1] = r.extra end
+    if #x > 0 then v = v .. " = " .. table.concat(x, ", ") end
   else
     v = "not measured"
   end
   local met = "—"
-  if r.check and r.st then r.met = r.check(r.st.median); met = r.met and "met" or "MISSED" end
+  if r.check and r.st then r.met = r.check(r.st.median, r) and true or false; met = r.met and "met" or "MISSED" end
   if r.check and not r.st then met = "n/a" end
   local cells = { r.label, r.figure, v, r.target or "—", met }
   for i = 1, 5 do widths[i] = math.max(widths[i], ulen(cells[i])) end
@@ -303,6 +379,7 @@ local function line(c)
   return table.concat(t, "  ")
 end
 local commit = capture("git rev-parse --short HEAD 2>/dev/null")
+LOADAVG = capture("cut -d' ' -f1-3 /proc/loadavg")
 local cpu = capture("sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1")
 local ncpu = capture("nproc")
 local lws = capture("pkg-config --modversion libwebsockets 2>/dev/null")
@@ -311,6 +388,8 @@ print(("twconduit benchmarks — commit %s, %s, %s cores, %s, libwebsockets %s%s
   os.date("!%Y-%m-%d %H:%M UTC"), lws, QUICK and ", QUICK (--quick: fewer notifications, 1 run, 10 s idle)" or ""))
 print(("%s notifications of ~1.7 KB (channel.chat.message) per pipeline run; client CPU = user+sys of the client process"):
   format(fmt_num(NOTIFS)))
+print(("absolute figures are for this machine (load average at the end: %s); \"× drain\" and \"× C sink\" divide by"):format(LOADAVG))
+print("the floors measured in this same run (raw drain client, C sink; same shard count, ws)")
 print(line(head))
 print(line { string.rep("-", widths[1]), string.rep("-", widths[2]), string.rep("-", widths[3]),
   string.rep("-", widths[4]), string.rep("-", widths[5]) })
@@ -334,17 +413,17 @@ local function jval(v)
 end
 local J = {}
 J[#J + 1] = "{"
-J[#J + 1] = ('  "machine": {"cpu": %s, "cores": %s, "kernel": %s, "libwebsockets": %s},'):format(jstr(cpu), jval(tonumber(ncpu)),
-  jstr(capture("uname -sr")), jstr(lws))
+J[#J + 1] = ('  "machine": {"cpu": %s, "cores": %s, "kernel": %s, "libwebsockets": %s, "loadavg": %s},'):format(jstr(cpu), jval(tonumber(ncpu)),
+  jstr(capture("uname -sr")), jstr(lws), jstr(LOADAVG))
 J[#J + 1] = ('  "commit": %s, "date": %s, "quick": %s, "runs": %d, "notifications": %d, "idle_s": %d, "seconds": %d,')
   :format(jstr(capture("git rev-parse HEAD 2>/dev/null")), jstr(os.date("!%Y-%m-%dT%H:%M:%SZ")), tostring(QUICK), RUNS,
     NOTIFS, IDLE_S, elapsed)
 J[#J + 1] = '  "figures": ['
 for i, r in ipairs(rows) do
   local st = r.st
-  J[#J + 1] = ('    {"scenario": %s, "figure": %s, "unit": %s, "median": %s, "min": %s, "max": %s, "n": %s, "target": %s, "met": %s}%s')
+  J[#J + 1] = ('    {"scenario": %s, "figure": %s, "unit": %s, "median": %s, "min": %s, "max": %s, "n": %s, "x_drain": %s, "x_c_sink": %s, "target": %s, "met": %s}%s')
     :format(jstr(r.label), jstr(r.figure), jstr(r.unit), jval(st and st.median), jval(st and st.min),
-      jval(st and st.max), jval(st and st.n), r.target and jstr(r.target) or "null",
+      jval(st and st.max), jval(st and st.n), jval(r.x_drain), jval(r.x_csink), r.target and jstr(r.target) or "null",
       r.check and st and tostring(r.met) or "null", i < #rows and "," or "")
 end
 J[#J + 1] = "  ],"

@@ -356,6 +356,7 @@ static int run_drain(int shards, uint64_t total) {
   put("handled", "%llu", (unsigned long long)got);
   put("wall_s", "%.4f", t1 - t0);
   put("cpu_s", "%.4f", cpu1 - cpu0);
+  put("cpu_us_per_notification", "%.4f", got ? (cpu1 - cpu0) * 1e6 / (double)got : -1);
   put("notifications_per_s", "%.0f", (double)got / (t1 - t0));
   put("avg_bytes", "%.0f", got ? (double)bytes / (double)got : 0);
   put_blast_report(bid);

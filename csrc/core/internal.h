@@ -206,6 +206,8 @@ struct tw_client {
   struct tw_session *sessions; /* every live session (ws.c) */
   size_t nsessions;
   void *ssl_ctx; /* SSL_CTX for wss, made on first use */
+  unsigned char *tls_buf; /* wss: plaintext of one read, shared by the client's sessions (ws.c) */
+  bool tls_buf_busy;      /* tls_buf is being parsed (a nested loop run reads elsewhere) */
 
   struct tw_conduit *conduits; /* list */
   struct tw_wsession *wsessions; /* plain websocket sessions (wsession.c) */

@@ -377,6 +377,20 @@ static void c_blast(hreq_t *r, cJSON *body)
         cerr(r, 400, "event must be an object");
         return;
     }
+    /* variants: one template per variant and route, merged over `event` (then over the
+     * generated payload); consecutive frames of a connection cycle through them */
+    const cJSON *variants = cJSON_GetObjectItemCaseSensitive(body, "variants");
+    int nvar = 1;
+    if (variants) {
+        const cJSON *v;
+        int okv = cJSON_IsArray(variants) && cJSON_GetArraySize(variants) > 0 && cJSON_GetArraySize(variants) <= 64;
+        cJSON_ArrayForEach(v, variants) okv = okv && cJSON_IsObject(v);
+        if (!okv) {
+            cerr(r, 400, "variants must be an array of 1 to 64 objects");
+            return;
+        }
+        nvar = cJSON_GetArraySize(variants);
+    }
     cJSON *chans = parse_channels(body, &err);
     if (!chans) {
         cerr(r, 400, err);
@@ -412,43 +426,54 @@ static void c_blast(hreq_t *r, cJSON *body)
                     target = ss->cur;
             }
             if (!target) {
-                dropped += count;
+                dropped += count * (uint64_t)nvar;
                 continue;
             }
-            if (b->nroutes == cap) {
-                cap *= 2;
-                broute_t *nr = realloc(b->routes, (size_t)cap * sizeof *nr);
-                if (!nr)
-                    abort();
-                b->routes = nr;
+            for (int vi = 0; vi < nvar; vi++) {
+                if (b->nroutes == cap) {
+                    cap *= 2;
+                    broute_t *nr = realloc(b->routes, (size_t)cap * sizeof *nr);
+                    if (!nr)
+                        abort();
+                    b->routes = nr;
+                }
+                broute_t *rt = &b->routes[b->nroutes++];
+                memset(rt, 0, sizeof *rt);
+                rt->target = target;
+                cJSON *vmerge = NULL;
+                if (variants) { /* the variant over `event` */
+                    vmerge = merge ? cJSON_Duplicate(merge, 1) : cJSON_CreateObject();
+                    for (const cJSON *it = cJSON_GetArrayItem(variants, vi)->child; it; it = it->next) {
+                        cJSON_DeleteItemFromObjectCaseSensitive(vmerge, it->string);
+                        cJSON_AddItemToObject(vmerge, it->string, cJSON_Duplicate(it, 1));
+                    }
+                }
+                cJSON *ev = gen_event_for(type, s->version, chv, 0, vmerge ? vmerge : merge);
+                cJSON_Delete(vmerge);
+                cJSON *sj = sub_json(s);
+                char *evt = cJSON_PrintUnformatted(ev);
+                char *sjt = cJSON_PrintUnformatted(sj);
+                cJSON_Delete(ev);
+                cJSON_Delete(sj);
+                buf_t m = {0};
+                buf_adds(&m, "{\"metadata\":{\"message_id\":\"");
+                rt->id_off = m.len;
+                buf_adds(&m, "00000000-0000-4000-8000-000000000000\",\"message_type\":\"notification\","
+                             "\"message_timestamp\":\"");
+                rt->ts_off = m.len;
+                buf_adds(&m, "2000-01-01T00:00:00.000000000Z");
+                buf_printf(&m, "\",\"subscription_type\":\"%s\",\"subscription_version\":\"%s\"},"
+                               "\"payload\":{\"subscription\":",
+                           s->type, s->version);
+                buf_adds(&m, sjt);
+                buf_adds(&m, ",\"event\":");
+                buf_adds(&m, evt);
+                buf_adds(&m, "}}");
+                free(evt);
+                free(sjt);
+                rt->tmpl = m.p;
+                rt->len = m.len;
             }
-            broute_t *rt = &b->routes[b->nroutes++];
-            memset(rt, 0, sizeof *rt);
-            rt->target = target;
-            cJSON *ev = gen_event_for(type, s->version, chv, 0, merge);
-            cJSON *sj = sub_json(s);
-            char *evt = cJSON_PrintUnformatted(ev);
-            char *sjt = cJSON_PrintUnformatted(sj);
-            cJSON_Delete(ev);
-            cJSON_Delete(sj);
-            buf_t m = {0};
-            buf_adds(&m, "{\"metadata\":{\"message_id\":\"");
-            rt->id_off = m.len;
-            buf_adds(&m, "00000000-0000-4000-8000-000000000000\",\"message_type\":\"notification\","
-                         "\"message_timestamp\":\"");
-            rt->ts_off = m.len;
-            buf_adds(&m, "2000-01-01T00:00:00.000000000Z");
-            buf_printf(&m, "\",\"subscription_type\":\"%s\",\"subscription_version\":\"%s\"},"
-                           "\"payload\":{\"subscription\":",
-                       s->type, s->version);
-            buf_adds(&m, sjt);
-            buf_adds(&m, ",\"event\":");
-            buf_adds(&m, evt);
-            buf_adds(&m, "}}");
-            free(evt);
-            free(sjt);
-            rt->tmpl = m.p;
-            rt->len = m.len;
         }
     }
     cJSON_Delete(chans);
@@ -608,7 +633,7 @@ static void c_session_action(hreq_t *r, const char *rest, cJSON *body)
         session_reconnect(s);
         cJSON *o = cJSON_CreateObject();
         char url[160];
-        snprintf(url, sizeof url, "ws://127.0.0.1:%d/ws?reconnect_id=%s", M->port, s->reconnect_id);
+        session_reconnect_url(s, url, sizeof url);
         cJSON_AddStringToObject(o, "reconnect_url", url);
         ok_obj(r, o);
         return;
@@ -616,6 +641,22 @@ static void c_session_action(hreq_t *r, const char *rest, cJSON *body)
         session_drop(s);
     } else if (!strcmp(action, "malformed")) {
         session_malformed(s);
+    } else if (!strcmp(action, "pause")) {
+        cJSON *jm = body ? cJSON_GetObjectItemCaseSensitive(body, "ms") : NULL;
+        double ms = cJSON_IsNumber(jm) ? jm->valuedouble : 1000;
+        if (!(ms >= 1 && ms <= 600000)) {
+            cerr(r, 400, "ms must be 1..600000");
+            return;
+        }
+        session_pause(s, (int64_t)ms);
+    } else if (!strcmp(action, "oversized")) {
+        cJSON *jb = body ? cJSON_GetObjectItemCaseSensitive(body, "bytes") : NULL;
+        double bytes = cJSON_IsNumber(jb) ? jb->valuedouble : 2097152;
+        if (!(bytes >= 64 && bytes <= 67108864)) {
+            cerr(r, 400, "bytes must be 64..67108864");
+            return;
+        }
+        session_oversized(s, (size_t)bytes);
     } else {
         cerr(r, 404, "unknown session action");
         return;

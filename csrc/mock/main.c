@@ -594,7 +594,7 @@ static char *read_file(const char *path)
 static void usage(void)
 {
     fprintf(stderr, "usage: twconduit-mock [--port N] [--config file.json] [--client-id ID "
-                    "--client-secret S] [--die-with-parent]\n");
+                    "--client-secret S] [--die-with-parent] [--tls-cert cert.pem --tls-key key.pem [--tls-port N]]\n");
 }
 
 int main(int argc, char **argv)
@@ -602,7 +602,8 @@ int main(int argc, char **argv)
     static mock_t mock;
     M = &mock;
     config_defaults(&M->cfg);
-    int port = 0, die_with_parent = 0;
+    int port = 0, die_with_parent = 0, tls_port = 0;
+    const char *tls_cert = NULL, *tls_key = NULL;
     const char *config_path = NULL, *cid = "twconduit-mock-client", *csec = "twconduit-mock-secret";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -614,6 +615,12 @@ int main(int argc, char **argv)
             cid = argv[++i];
         else if (!strcmp(a, "--client-secret") && i + 1 < argc)
             csec = argv[++i];
+        else if (!strcmp(a, "--tls-cert") && i + 1 < argc)
+            tls_cert = argv[++i];
+        else if (!strcmp(a, "--tls-key") && i + 1 < argc)
+            tls_key = argv[++i];
+        else if (!strcmp(a, "--tls-port") && i + 1 < argc)
+            tls_port = atoi(argv[++i]);
         else if (!strcmp(a, "--die-with-parent"))
             die_with_parent = 1;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -624,7 +631,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (port < 0 || port > 65535) {
+    if (port < 0 || port > 65535 || tls_port < 0 || tls_port > 65535 || !tls_cert != !tls_key) {
         usage();
         return 2;
     }
@@ -687,7 +694,8 @@ int main(int argc, char **argv)
     info.port = port;
     info.iface = "127.0.0.1";
     info.protocols = protocols;
-    info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
+                   (tls_cert ? LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT : 0);
     info.pt_serv_buf_size = 256 * 1024;
     info.max_http_header_data = 8192;
     info.max_http_header_pool = 64;
@@ -706,6 +714,21 @@ int main(int argc, char **argv)
         return 1;
     }
     M->port = lws_get_vhost_listen_port(M->vh);
+    if (tls_cert) {
+        /* wss://: a second listener, same protocols and state, TLS by libwebsockets */
+        info.vhost_name = "tls";
+        info.port = tls_port;
+        info.ssl_cert_filepath = tls_cert;
+        info.ssl_private_key_filepath = tls_key;
+        M->vh_tls = lws_create_vhost(M->ctx, &info);
+        if (!M->vh_tls) {
+            fprintf(stderr, "twconduit-mock: cannot serve TLS on 127.0.0.1:%d with %s / %s\n", tls_port, tls_cert,
+                    tls_key);
+            lws_context_destroy(M->ctx);
+            return 1;
+        }
+        M->tls_port = lws_get_vhost_listen_port(M->vh_tls);
+    }
     wh_start();
     lws_sul_schedule(M->ctx, 0, &M->sul_house, house_cb, 1000 * 1000);
 
@@ -715,11 +738,15 @@ int main(int argc, char **argv)
     char *esec = cJSON_PrintUnformatted(jsec);
     cJSON_Delete(jcid);
     cJSON_Delete(jsec);
+    char wss[80] = "";
+    if (M->vh_tls)
+        snprintf(wss, sizeof wss, ",\"tls_port\":%d,\"eventsub_wss\":\"wss://127.0.0.1:%d/ws\"", M->tls_port,
+                 M->tls_port);
     printf("{\"port\":%d,\"pid\":%d,\"api_base\":\"http://127.0.0.1:%d/helix\","
            "\"auth_base\":\"http://127.0.0.1:%d/oauth2\",\"eventsub_ws\":\"ws://127.0.0.1:%d/ws\","
-           "\"control\":\"http://127.0.0.1:%d/_mock\",\"client_id\":%s,\"client_secret\":%s}\n",
+           "\"control\":\"http://127.0.0.1:%d/_mock\",\"client_id\":%s,\"client_secret\":%s%s}\n",
            M->port, (int)getpid(), M->port, M->port, M->port, M->port, ecid ? ecid : "\"\"",
-           esec ? esec : "\"\"");
+           esec ? esec : "\"\"", wss);
     fflush(stdout);
     free(ecid);
     free(esec);

@@ -159,6 +159,9 @@ typedef struct conn {
     bgen_t *gens;
     wtimer_t t_ka, t_ping, t_grace, t_assign;
     int rc_pending;      /* reconnect_id given but unresolved (4007 check) */
+    int tls;             /* came in on the wss:// listener */
+    int64_t paused_until_us; /* pause fault: nothing is written before this (mono us) */
+    wtimer_t t_pause;
     int bad_reconnect;
     int got_malformed;
     /* how the connection ended (recorded on its session, see session_t) */
@@ -392,6 +395,8 @@ typedef struct mock {
     struct lws_context *ctx;
     struct lws_vhost *vh;
     int port;
+    struct lws_vhost *vh_tls; /* wss:// listener (--tls-cert), NULL without */
+    int tls_port;
     volatile int stop;
     config_t cfg;
     client_t clients[8];
@@ -512,8 +517,14 @@ int ws_peer_close(conn_t *c, const unsigned char *payload, size_t len);
 session_t *find_session(const char *id);
 void session_close(session_t *s, int code, const char *reason);
 void session_reconnect(session_t *s);
+/* The session's reconnect_url, on the listener (ws:// or wss://) its socket came in on. */
+void session_reconnect_url(const session_t *s, char *out, size_t n);
 void session_drop(session_t *s);
 void session_malformed(session_t *s);
+/* Faults: the session's socket writes nothing (no frame, keepalive or ping) for ms;
+ * one text frame of `bytes` bytes (not a notification, not in the ledger). */
+void session_pause(session_t *s, int64_t ms);
+void session_oversized(session_t *s, size_t bytes);
 int session_live(session_t *s);
 void shard_set_disabled(conduit_t *c, int i, const char *status);
 uint64_t produce(sub_t *s, const char *channel, cJSON *event, int kind, const char *status_override,

@@ -249,6 +249,10 @@ static void ping_cb(wtimer_t *t)
     conn_t *c = lws_container_of(t, conn_t, t_ping);
     if (c->closing)
         return;
+    if (c->paused_until_us > mono_us()) { /* a paused server sends no ping and expects no pong */
+        wt_schedule(&c->t_ping, ping_cb, (int64_t)(M->cfg.ping_interval_s * 1e6));
+        return;
+    }
     if (c->awaiting_pong) {
         conn_close(c, 4002, NULL);
         return;
@@ -323,6 +327,7 @@ void ws_established(struct lws *wsi, pss_t *p)
     conn_t *c = xcalloc(1, sizeof *c);
     c->wsi = wsi;
     p->conn = c;
+    c->tls = lws_is_ssl(wsi) ? 1 : 0;
     c->last_tx_us = mono_us();
     int ka = M->cfg.keepalive_default;
     char rcid[ID_LEN + 8];
@@ -490,6 +495,8 @@ int ws_writeable(conn_t *c)
         conn_end(c);
         return 0;
     }
+    if (c->paused_until_us > mono_us())
+        return 0; /* paused: the pause timer asks for WRITEABLE again */
     if (c->ping_due) {
         /* a non-empty payload: lws does not report empty pongs */
         unsigned char pb[LWS_PRE + 16];
@@ -641,6 +648,7 @@ static void conn_end(conn_t *c)
     wt_cancel(&c->t_ping);
     wt_cancel(&c->t_grace);
     wt_cancel(&c->t_assign);
+    wt_cancel(&c->t_pause);
     /* frames already handed to the socket: a client that closed with a close frame reads
      * until our answer, which follows them on the wire, so they reached it; otherwise
      * nothing says they did */
@@ -711,6 +719,13 @@ void session_drop(session_t *s)
     }
 }
 
+void session_reconnect_url(const session_t *s, char *out, size_t n)
+{
+    int tls = s->cur && s->cur->tls;
+    snprintf(out, n, "%s://127.0.0.1:%d/ws?reconnect_id=%s", tls ? "wss" : "ws", tls ? M->tls_port : M->port,
+             s->reconnect_id);
+}
+
 void session_reconnect(session_t *s)
 {
     conn_t *c = s->cur;
@@ -723,14 +738,49 @@ void session_reconnect(session_t *s)
     fmt_time(wall_now(), ts);
     buf_t b = {0};
     meta_begin(&b, "session_reconnect", id, ts);
+    char url[160];
+    session_reconnect_url(s, url, sizeof url);
     buf_printf(&b, "},\"payload\":{\"session\":{\"id\":\"%s\",\"status\":\"reconnecting\","
                    "\"keepalive_timeout_seconds\":null,"
-                   "\"reconnect_url\":\"ws://127.0.0.1:%d/ws?reconnect_id=%s\","
+                   "\"reconnect_url\":\"%s\","
                    "\"connected_at\":\"%s\",\"recovery_url\":null}}}",
-               s->id, M->port, s->reconnect_id, s->connected_at);
+               s->id, url, s->connected_at);
     enqueue_conn(c, b.p, b.len, 0);
     buf_free(&b);
     wt_schedule(&s->t_rc, rc_timeout_cb, (int64_t)(M->cfg.reconnect_grace_s * 1e6));
+}
+
+static void pause_cb(wtimer_t *t)
+{
+    conn_t *c = lws_container_of(t, conn_t, t_pause);
+    c->paused_until_us = 0;
+    c->awaiting_pong = 0;
+    if (c->wsi)
+        lws_callback_on_writable(c->wsi);
+}
+
+void session_pause(session_t *s, int64_t ms)
+{
+    conn_t *c = s->cur;
+    if (!c || c->closing)
+        return;
+    c->paused_until_us = mono_us() + ms * 1000;
+    c->awaiting_pong = 0;
+    wt_schedule(&c->t_pause, pause_cb, ms * 1000);
+}
+
+void session_oversized(session_t *s, size_t bytes)
+{
+    if (!s->cur)
+        return;
+    static const char head[] = "{\"metadata\":{\"message_type\":\"notification\"},\"payload\":\"";
+    char *p = xmalloc(bytes);
+    memset(p, 'x', bytes);
+    memcpy(p, head, sizeof head - 1);
+    memcpy(p + bytes - 3, "\"}", 2);
+    p[bytes - 1] = '}';
+    enqueue_conn(s->cur, p, bytes, 0);
+    free(p);
 }
 
 void session_malformed(session_t *s)
