@@ -69,6 +69,7 @@ struct tw_session {
   bool welcomed, gone, reported, opening, closing_sent;
   bool wsi_alive; /* lws still holds a wsi pointing at us: free only after WSI_DESTROY */
   bool freeing;
+  bool deadline_seen; /* the watchdog found its deadline passed: judged after one more poll */
   int want_close; /* the close code we sent (0: none) */
 };
 
@@ -141,11 +142,25 @@ static void kill_wsi(tw_session *ss, const char *why) {
   kill_after(ss, 0);
 }
 
+static void on_watchdog(uv_timer_t *t);
+
+/* A deadline found passed is judged again after the sockets were polled once: libuv runs
+ * timers before it reads, so a loop that was held up would end a socket whose welcome or
+ * messages already wait in its buffer. After session_reconnect the server writes events
+ * to the new socket before we read its welcome: they would be lost. */
+static bool judge_after_poll(tw_session *ss) {
+  if (ss->deadline_seen) return false;
+  ss->deadline_seen = true;
+  uv_timer_start(&ss->timer, on_watchdog, 1, 0); /* 1 ms, not 0: libuv 1.44 runs a 0 ms timer before polling */
+  return true;
+}
+
 static void on_watchdog(uv_timer_t *t) {
   tw_session *ss = t->data;
   if (ss->gone) return;
   uint64_t now = uv_now(ss->c->loop);
   if (!ss->welcomed) {
+    if (judge_after_poll(ss)) return;
     ss->close_code = 0;
     kill_wsi(ss, "no welcome message in time");
     return;
@@ -153,11 +168,13 @@ static void on_watchdog(uv_timer_t *t) {
   if (ss->pend.len == 0 && ss->pend.p) tw_buf_free(&ss->pend); /* a quiet session holds no buffer */
   uint64_t silent = now - ss->last_rx;
   if (silent >= ss->limit_ms) {
+    if (judge_after_poll(ss)) return;
     char why[96];
     snprintf(why, sizeof why, "no message for %.1f s (keepalive watchdog)", (double)silent / 1000.0);
     kill_wsi(ss, why);
     return;
   }
+  ss->deadline_seen = false;
   uv_timer_start(&ss->timer, on_watchdog, ss->limit_ms - silent, 0);
 }
 
@@ -218,6 +235,7 @@ static void handle_message(tw_session *ss, const char *p, size_t n) {
         k = k > 600 ? 600 : 10;
       }
       ss->limit_ms = (uint64_t)(((double)k + c->keepalive_slack_s) * 1000);
+      ss->deadline_seen = false;
       uv_timer_start(&ss->timer, on_watchdog, ss->limit_ms, 0);
       if (ss->ops && ss->ops->welcome) ss->ops->welcome(ss->owner, ss, ss->session_id);
     } else {

@@ -553,6 +553,7 @@ static cJSON *session_obj(session_t *s)
             }
     cJSON_AddNumberToObject(o, "keepalive", s->keepalive);
     cJSON_AddBoolToObject(o, "reconnecting", s->reconnecting || s->old != NULL);
+    cJSON_AddBoolToObject(o, "awaiting_reconnect", s->reconnecting); /* reconnect_url not yet used */
     cJSON_AddStringToObject(o, "connected_at", s->connected_at);
     if (s->disconnected_at[0])
         cJSON_AddStringToObject(o, "disconnected_at", s->disconnected_at);
