@@ -1,9 +1,12 @@
 /* Helix requests made with a caller's own token (the websocket mode's user token) next
  * to the app's: a 429 to a user-token request is that user's bucket, so it neither holds
  * nor empties the app's mirrored bucket; a server message quoting the user's token is
- * starred out of the error like the app's own secrets. */
+ * starred out of the error like the app's own secrets. The user token's own OAuth
+ * answers (validation) are capped like the app's: a 200 KB validation answer is
+ * refused with response_too_large, not buffered and believed. */
 #include "support.h"
 #include "internal.h"
+#include "hostile.h"
 
 typedef struct call {
   int done, status;
@@ -18,6 +21,64 @@ static void on_resp(void *user, const tw_response *r) {
   k->done = 1;
 }
 static int one_done(void *a) { return ((call *)a)->done; }
+
+/* an id server whose validation answer is 200 KB of valid JSON */
+static void big_validate(int fd, const char *req, void *arg) {
+  const char *cid = arg;
+  if (!strstr(req, "/validate")) {
+    hs_json(fd, 404, "{\"message\":\"not found\"}");
+    return;
+  }
+  size_t pad = 200u << 10;
+  char *body = malloc(pad + 512);
+  int n = snprintf(body, 512, "{\"client_id\":\"%s\",\"login\":\"big\",\"user_id\":\"77\",\"scopes\":[],"
+                   "\"expires_in\":3600,\"pad\":\"", cid);
+  memset(body + n, 'a', pad);
+  memcpy(body + n + pad, "\"}", 3);
+  char head[256];
+  int hn = snprintf(head, sizeof head,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n",
+                    strlen(body));
+  hs_write(fd, head, (size_t)hn);
+  hs_write(fd, body, strlen(body));
+  free(body);
+}
+
+static int ws_settled(void *a) {
+  tw_wsession *ws = a;
+  return tw_wsession_error(ws) != NULL || strcmp(tw_wsession_state(ws), "validating") != 0;
+}
+
+static void oauth_cap(const mock *m) {
+  hserver hs;
+  if (hs_start(&hs, big_validate, (void *)m->client_id) != 0) {
+    ok(0, "the hostile id server starts");
+    return;
+  }
+  char auth[128];
+  snprintf(auth, sizeof auth, "http://%s/oauth2", hs.base);
+  tw_error err;
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = m->client_id;
+  o.client_secret = m->client_secret;
+  o.api_base = m->api_base;
+  o.auth_base = auth;
+  o.eventsub_ws = "ws://127.0.0.1:1/ws";
+  o.http_retries = 0;
+  tw_client *c = tw_client_new(&o, &err);
+  tw_wsession_opts wo = {.access_token = "sometokenvalue1234"};
+  tw_wsession *ws = c ? tw_wsession_open(c, &wo, &err) : NULL;
+  ok(ws != NULL, "a session opened against the hostile id server");
+  if (ws) {
+    wait_until(c, ws_settled, ws, 10);
+    const tw_error *e = tw_wsession_error(ws);
+    ok(e && strcmp(e->code, "response_too_large") == 0 && strcmp(tw_wsession_state(ws), "failed") == 0,
+       "a 200 KB validation answer fails the session with response_too_large (state %s, %s)",
+       tw_wsession_state(ws), e ? e->code : "no error");
+  }
+  tw_client_free(c);
+  hs_stop(&hs);
+}
 
 int main(void) {
   tw_set_lws_log_level(0);
@@ -75,6 +136,7 @@ int main(void) {
   ok(!strstr(k.msg, token) && strstr(k.msg, "bad token"), "the user's token is starred out of the message: %s", k.msg);
 
   tw_client_free(c);
+  oauth_cap(&m);
   mock_stop(&m);
   return done_testing();
 }
