@@ -443,9 +443,13 @@ static void pump(tw_helix_state *hx) {
         r = r->next;
         continue;
       }
-      if (!bucket_room(hx, p, now, &next_wake)) {
+      /* a caller's own token is another bucket: it passes app requests held by the app's */
+      if (!r->token && (blocked || !bucket_room(hx, p, now, &next_wake))) {
         blocked = true;
-        break;
+        if (p) break; /* background requests all use the app's */
+        prev = r;
+        r = r->next;
+        continue;
       }
       hreq *n = r->next;
       if (prev) prev->next = n;

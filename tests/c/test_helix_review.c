@@ -3,7 +3,9 @@
  * nor empties the app's mirrored bucket; a server message quoting the user's token is
  * starred out of the error like the app's own secrets. The user token's own OAuth
  * answers (validation) are capped like the app's: a 200 KB validation answer is
- * refused with response_too_large, not buffered and believed. */
+ * refused with response_too_large, not buffered and believed. And the other way round:
+ * while the app's bucket is held after its 429, a user-token request (not the app's
+ * bucket) is still sent. */
 #include "support.h"
 #include "internal.h"
 #include "hostile.h"
@@ -42,6 +44,64 @@ static void big_validate(int fd, const char *req, void *arg) {
   hs_write(fd, head, (size_t)hn);
   hs_write(fd, body, strlen(body));
   free(body);
+}
+
+/* a Helix whose app bucket is empty for 30 s: the conduits endpoint answers 429, the
+ * subscriptions endpoint (called with a user's token here) 200 */
+static void held_api(int fd, const char *req, void *arg) {
+  (void)arg;
+  if (strstr(req, "/token")) {
+    hs_json(fd, 200, "{\"access_token\":\"apptoken12345\",\"expires_in\":3600,\"token_type\":\"bearer\"}");
+  } else if (strstr(req, "/validate")) {
+    hs_json(fd, 200, "{\"client_id\":\"x\",\"expires_in\":3600}");
+  } else if (strstr(req, "/eventsub/conduits")) {
+    hs_printf(fd,
+              "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nConnection: close\r\n"
+              "Ratelimit-Limit: 800\r\nRatelimit-Remaining: 0\r\nRatelimit-Reset: %lld\r\nContent-Length: 48\r\n\r\n"
+              "{\"error\":\"Too Many Requests\",\"status\":429,\"x\":1}",
+              (long long)time(NULL) + 30);
+  } else {
+    hs_json(fd, 200, "{\"data\":[],\"total\":0}");
+  }
+}
+
+typedef struct held {
+  tw_client *c;
+} held;
+static int app_held(void *a) {
+  tw_ratelimit rl;
+  tw_client_ratelimit(((held *)a)->c, &rl);
+  return rl.hold_until > 0;
+}
+
+static void app_hold(void) {
+  hserver hs;
+  if (hs_start(&hs, held_api, NULL) != 0) {
+    ok(0, "the held Helix starts");
+    return;
+  }
+  char api[128], auth[128];
+  snprintf(api, sizeof api, "http://%s/helix", hs.base);
+  snprintf(auth, sizeof auth, "http://%s/oauth2", hs.base);
+  tw_error err;
+  tw_client_opts o = TW_CLIENT_OPTS_INIT;
+  o.client_id = "x";
+  o.client_secret = "secretsecret";
+  o.api_base = api;
+  o.auth_base = auth;
+  o.eventsub_ws = "ws://127.0.0.1:1/ws";
+  o.validate_interval_s = 0;
+  tw_client *c = tw_client_new(&o, &err);
+  call ka = {0}, ku = {0};
+  held h = {c};
+  tw_helix(c, "GET", "/eventsub/conduits", NULL, 0, on_resp, &ka, &err);
+  ok(wait_until(c, app_held, &h, 10), "the app's request got a bucket 429: the app's bucket is held");
+  ok(tw_helix_with_token(c, "usertoken12345", "GET", "/eventsub/subscriptions", NULL, 0, on_resp, &ku, &err) == 0,
+     "a user-token request queued meanwhile");
+  ok(wait_until(c, one_done, &ku, 5) && ku.status == 200 && !ka.done,
+     "it is answered while the app's request still waits for the app's reset (%d)", ku.status);
+  tw_client_free(c);
+  hs_stop(&hs);
 }
 
 static int ws_settled(void *a) {
@@ -137,6 +197,7 @@ int main(void) {
 
   tw_client_free(c);
   oauth_cap(&m);
+  app_hold();
   mock_stop(&m);
   return done_testing();
 }
