@@ -213,3 +213,20 @@ bool tw_dedupe_seen(tw_dedupe *d, const char *id, size_t len, uint64_t now_ms) {
   d->count++;
   return false;
 }
+
+/* Forgets an id (a message that was not kept after all: Twitch's retry of it must not
+ * read as a duplicate). Its ring entry stays until it expires; only the index forgets. */
+void tw_dedupe_forget(tw_dedupe *d, const char *id, size_t len) {
+  if (!d || !d->ring || len == 0) return;
+  uint64_t h = hash_id(id, len);
+  uint32_t h32 = (uint32_t)h;
+  size_t mask = d->tsize - 1;
+  for (size_t i = home(d, h32); d->table[i]; i = (i + 1) & mask) {
+    if (SLOT_H32(d->table[i]) != h32) continue;
+    size_t ri = SLOT_RI1(d->table[i]) - 1;
+    if (d->ring[ri].hash == h && d->ring[ri].len == (len & 0xffff)) {
+      table_remove(d, ri);
+      return;
+    }
+  }
+}
