@@ -22,7 +22,8 @@ describe("health monitor and webhook shards", function()
     assert.equal("enabled", wh.state)
     cd:on("operation", function(op) ops[#ops + 1] = op.name .. ":" .. op.phase end)
     cd:on("shard_lost", function() lost = lost + 1 end)
-    cd:monitor { sample = 0.1, window = 2, poll = 0.2, alert_after = 0.3, backoff_min = 0.1, backoff_max = 0.2 }
+    cd:monitor { sample = 0.1, window = 2, poll = 0.2, alert_after = 0.3, backoff_min = 0.1,
+      backoff_max = 0.2 }
     assert(m:call("POST", ("/conduits/%s/shards/%s/disable"):format(cd.id, wh.id),
       { status = "notification_failures_exceeded" }))
     H.wait_until(c, function() return lost > 0 end, 10, "the core seeing the shard lost")
@@ -33,7 +34,9 @@ describe("health monitor and webhook shards", function()
     end, 10, "the webhook shard enabled again on Twitch")
     H.drain(c, 1)
     cd:unmonitor()
-    for _, o in ipairs(ops) do assert.is_nil(o:find("^handover"), "an operation on the webhook shard: " .. o) end
+    for _, o in ipairs(ops) do
+      assert.is_nil(o:find("^handover"), "an operation on the webhook shard: " .. o)
+    end
     for _, e in ipairs(errs) do assert.is_nil(e:find("repairing shard"), "a repair was tried: " .. e) end
     assert.equal(0, #ops)
   end)
