@@ -366,6 +366,22 @@ static double guard_wall_now(tw_client *c) {
   return c->wall_base + (double)now / 1000.0;
 }
 
+/* A webhook answer held until the gateway's queue stored the message: when it never
+ * will (503, Twitch retries), the message id is forgotten so that the retry is taken. */
+typedef struct held_reply {
+  tw_client *c;
+  tw_httpd_reply *rp;
+  size_t id_len;
+  char id[];
+} held_reply;
+
+static void held_reply_stored(void *user, const tw_error *err) {
+  held_reply *h = user;
+  if (err && h->c->dedupe) tw_dedupe_forget(h->c->dedupe, h->id, h->id_len);
+  tw_webhook_reply_stored(h->rp, err);
+  free(h);
+}
+
 bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *s, uint64_t *dup_counter) {
   if (m->id_len && tw_dedupe_seen(c->dedupe, m->id, m->id_len, uv_now(c->loop))) {
     c->stats.duplicates++;
@@ -390,7 +406,16 @@ bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *
   if (c->gateway) {
     tw_httpd_reply *rp = c->deliver_reply; /* a webhook request answered once stored */
     c->deliver_reply = NULL;
-    if (tw_queue_gateway_publish(c->gateway, m, rp ? tw_webhook_reply_stored : NULL, rp)) return true;
+    held_reply *h = rp ? malloc(sizeof *h + m->id_len) : NULL;
+    if (h) {
+      h->c = c;
+      h->rp = rp;
+      h->id_len = m->id_len;
+      if (m->id_len) memcpy(h->id, m->id, m->id_len);
+    }
+    if (tw_queue_gateway_publish(c->gateway, m, h ? held_reply_stored : rp ? tw_webhook_reply_stored : NULL,
+                                 h ? (void *)h : (void *)rp))
+      return true;
   }
   tw_event ev = {.type = notif ? TW_EV_NOTIFICATION : TW_EV_REVOCATION,
                  .conduit = cd,

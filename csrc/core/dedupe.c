@@ -143,6 +143,7 @@ static int grow(tw_dedupe *d) {
   d->head = d->count % ncap;
   size_t mask = ntsize - 1;
   for (size_t n = 0; n < d->count; n++) {
+    if (nring[n].hash == 0 && nring[n].len == 0) continue; /* forgotten (tw_dedupe_forget) */
     size_t i = (size_t)(uint32_t)nring[n].hash & mask;
     while (ntable[i]) i = (i + 1) & mask;
     ntable[i] = SLOT(n + 1, nring[n].hash);
@@ -212,4 +213,24 @@ bool tw_dedupe_seen(tw_dedupe *d, const char *id, size_t len, uint64_t now_ms) {
   d->head = (d->head + 1) % cap;
   d->count++;
   return false;
+}
+
+/* Forgets an id (a message that was not kept after all: Twitch's retry of it must not
+ * read as a duplicate). Its ring entry stays until it expires, blanked (hash and length
+ * 0) so that a growing table does not index it again. */
+void tw_dedupe_forget(tw_dedupe *d, const char *id, size_t len) {
+  if (!d || !d->ring || len == 0) return;
+  uint64_t h = hash_id(id, len);
+  uint32_t h32 = (uint32_t)h;
+  size_t mask = d->tsize - 1;
+  for (size_t i = home(d, h32); d->table[i]; i = (i + 1) & mask) {
+    if (SLOT_H32(d->table[i]) != h32) continue;
+    size_t ri = SLOT_RI1(d->table[i]) - 1;
+    if (d->ring[ri].hash == h && d->ring[ri].len == (len & 0xffff)) {
+      table_remove(d, ri);
+      d->ring[ri].hash = 0; /* not indexed again when the table grows */
+      d->ring[ri].len = 0;
+      return;
+    }
+  }
 }

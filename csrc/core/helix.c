@@ -159,9 +159,9 @@ static void star(char *s, const char *secret) {
       break;
     }
 }
-static void redact(const tw_client *c, char *s) {
-  const char *secrets[] = {c->client_secret, c->given_token, c->hx ? c->hx->token : NULL};
-  for (size_t i = 0; i < 3; i++) {
+static void redact_with(const tw_client *c, char *s, const char *own) {
+  const char *secrets[] = {c->client_secret, c->given_token, c->hx ? c->hx->token : NULL, own};
+  for (size_t i = 0; i < 4; i++) {
     if (!secrets[i]) continue;
     star(s, secrets[i]);
     tw_buf enc = {0}; /* as a form body quotes it */
@@ -170,6 +170,7 @@ static void redact(const tw_client *c, char *s) {
     tw_buf_free(&enc);
   }
 }
+static void redact(const tw_client *c, char *s) { redact_with(c, s, NULL); }
 
 static void set_token(tw_helix_state *hx, const char *tok, size_t len, double expires_in) {
   free(hx->token);
@@ -442,9 +443,13 @@ static void pump(tw_helix_state *hx) {
         r = r->next;
         continue;
       }
-      if (!bucket_room(hx, p, now, &next_wake)) {
+      /* a caller's own token is another bucket: it passes app requests held by the app's */
+      if (!r->token && (blocked || !bucket_room(hx, p, now, &next_wake))) {
         blocked = true;
-        break;
+        if (p) break; /* background requests all use the app's */
+        prev = r;
+        r = r->next;
+        continue;
       }
       hreq *n = r->next;
       if (prev) prev->next = n;
@@ -514,7 +519,19 @@ static void on_response(void *user, const tw_http_result *res) {
     return;
   }
   bool final_429 = st == 429 && limit_429(res);
-  if (st == 429 && !final_429) { /* the bucket: wait for its reset */
+  if (st == 429 && !final_429 && r->token && r->waits_429 < 10) {
+    /* the caller's own bucket: this request waits for its reset; the app's is not touched */
+    r->waits_429++;
+    c->stats.helix_retries++;
+    double wait_s = res->rl_reset >= 0 ? (double)res->rl_reset - tw_wall_now() : 1;
+    if (wait_s < 1) wait_s = 1;
+    if (wait_s > 60) wait_s = 60;
+    r->not_before = now_ms(c) + (uint64_t)(wait_s * 1000);
+    enqueue(hx, r, true);
+    pump(hx);
+    return;
+  }
+  if (st == 429 && !final_429 && !r->token) { /* the bucket: wait for its reset */
     if (r->waits_429 < 10) {
       r->waits_429++;
       c->stats.helix_retries++;
@@ -560,7 +577,7 @@ static void on_response(void *user, const tw_http_result *res) {
                  r->path, res->curl_error);
     } else {
       body_message(res->body, res->body_len, m, sizeof m, "request failed");
-      redact(c, m);
+      redact_with(c, m, r->token); /* a caller's own token too */
       const char *code = tw_http_code(st);
       if (final_429) {
         code = "limit_exceeded";

@@ -433,6 +433,8 @@ static void on_close_timer(uv_timer_t *t) { finish_close(t->data); }
 /* Closes after the queued answers are written (a peer that does not read gets 2 s). */
 static void conn_close(conn *cn) {
   if (cn->closing) return;
+  if (!cn->h->abort) flush_out(cn); /* what this pass answered (a route that closed its server) */
+  if (cn->closing) return;          /* that write failed and closed it */
   cn->closing = true;
   tw_httpd *h = cn->h;
   if (cn->prev) cn->prev->next = cn->next;

@@ -40,6 +40,7 @@ tw_dedupe *tw_dedupe_new(size_t max, uint64_t window_ms);
 void tw_dedupe_free(tw_dedupe *d);
 /* true when id was already seen within the window (and remembers it otherwise) */
 bool tw_dedupe_seen(tw_dedupe *d, const char *id, size_t len, uint64_t now_ms);
+void tw_dedupe_forget(tw_dedupe *d, const char *id, size_t len);
 /* A hint, before the message is parsed: finds "message_id":"..." near the start of the
  * raw JSON and prefetches the table slots the coming tw_dedupe_seen will touch (its
  * probe and the eviction of the oldest id), so their cache misses overlap the parse. */

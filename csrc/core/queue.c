@@ -556,9 +556,11 @@ int tw_queue_publish(tw_queue *q, const tw_msg *m, tw_queue_stored_fn cb, void *
 
 bool tw_queue_gateway_publish(tw_queue *q, const tw_msg *m, tw_queue_stored_fn stored_fn, void *user) {
   tw_error e;
-  if (tw_queue_publish(q, m, stored_fn, user, &e) != TW_OK) {
+  int rc = tw_queue_publish(q, m, stored_fn, user, &e);
+  if (rc != TW_OK) {
     q_error(q, e.code, "%s", e.message);
-    if (stored_fn) stored_fn(user, &e);
+    /* a message that was queued and dropped (ENOMEM, EIO) had its callback already */
+    if (stored_fn && (rc == TW_ECLOSED || rc == TW_EINVAL)) stored_fn(user, &e);
   }
   return !q->o.local;
 }

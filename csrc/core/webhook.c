@@ -161,7 +161,11 @@ struct tw_webhook {
   tw_webhook_sink_fn sink;
   void *sink_user;
   tw_webhook_stats st;
+  bool delivering;        /* inside a delivery: a close from a handler frees afterwards */
+  bool close_pending;
 };
+
+static void webhook_free(tw_webhook *w);
 
 static void answer(tw_httpd_reply *rp, int status, const char *reason) {
   char msg[96];
@@ -266,6 +270,7 @@ static void on_request(void *user, const tw_http_request *rq, tw_httpd_reply *rp
     return;
   }
   uint64_t dups = c->stats.duplicates;
+  w->delivering = true;
   if (c->gateway) {
     /* a gateway answers once the queue stored the message (the publish takes the
      * reply); a duplicate or a stale message is not published and is answered here */
@@ -280,8 +285,10 @@ static void on_request(void *user, const tw_http_request *rq, tw_httpd_reply *rp
     tw_httpd_respond(rp, 204, NULL, NULL, 0, NULL);
     tw_conduit_webhook_deliver(c, w->cd, w->cd ? w->shard_id : NULL, &m);
   }
+  w->delivering = false;
   w->st.duplicates += c->stats.duplicates - dups;
   tw_json_unref(d);
+  if (w->close_pending) webhook_free(w); /* closed by a handler of this delivery */
 }
 
 void tw_webhook_reply_stored(void *reply, const tw_error *err) {
@@ -371,8 +378,17 @@ int tw_webhook_rotate(tw_webhook *w, const char *secret, double grace_s, tw_erro
 }
 
 void tw_webhook_close(tw_webhook *w) {
-  if (!w) return;
+  if (!w || w->close_pending) return;
   if (w->h) tw_httpd_unroute(w->h, w->path);
+  w->h = NULL;
+  if (w->delivering) {
+    w->close_pending = true;
+    return;
+  }
+  webhook_free(w);
+}
+
+static void webhook_free(tw_webhook *w) {
   tw_hmac_key_free(w->keys[0]);
   tw_hmac_key_free(w->keys[1]);
   free(w->path);

@@ -293,6 +293,9 @@ static tw_wsession *hop_end(hop *h, int status) {
   return ws;
 }
 
+/* OAuth answers are a few hundred bytes: capped as the app token's are (helix.c) */
+#define WS_CAP_OAUTH ((size_t)64 << 10)
+
 static void on_validate(void *user, const tw_http_result *r) {
   hop *h = user;
   tw_wsession *ws = h->ws;
@@ -304,6 +307,13 @@ static void on_validate(void *user, const tw_http_result *r) {
     return;
   }
   tw_error e;
+  if (r->too_large) { /* no retry: the same answer would come again */
+    tw_err_set(&e, "response_too_large", 0, "user token validation failed: response too large (over %zu bytes)",
+               WS_CAP_OAUTH);
+    if (!ws->validated) fail(ws, &e);
+    else emit_error(ws, &e);
+    return;
+  }
   if (r->status == 401) {
     if (can_refresh(ws) && !ws->fresh_token) {
       refresh(ws);
@@ -392,7 +402,10 @@ static void validate(tw_wsession *ws) {
   const char *hdrs[] = {auth, NULL};
   hop *h = hop_new(ws);
   ws->st.token_validations++;
-  if (!h || !tw_http_start(c->http, "GET", url, hdrs, NULL, 0, (long)(c->http_timeout_s * 1000), on_validate, h)) {
+  tw_http_req *hq = h ? tw_http_start(c->http, "GET", url, hdrs, NULL, 0, (long)(c->http_timeout_s * 1000), on_validate, h)
+                     : NULL;
+  tw_http_set_max_body(hq, WS_CAP_OAUTH);
+  if (!hq) {
     if (h) {
       h->ws = NULL;
       ws->pending--;
@@ -458,7 +471,10 @@ static void on_refresh(void *user, const tw_http_result *r) {
   }
   if (d) tw_json_unref(d);
   ws->fail_refresh = r->status >= 400 && r->status < 500; /* a spent or refused refresh token: not again */
-  if (r->status == 0) tw_err_set(&e, "network", 0, "the user token refresh failed: %s", r->curl_error);
+  if (r->too_large)
+    tw_err_set(&e, "response_too_large", 0, "the user token refresh failed: response too large (over %zu bytes)",
+               WS_CAP_OAUTH);
+  else if (r->status == 0) tw_err_set(&e, "network", 0, "the user token refresh failed: %s", r->curl_error);
   else tw_err_set(&e, "auth_failed", r->status, "the user token could not be refreshed (%d)", r->status);
   tw_error e401;
   tw_err_set(&e401, "unauthorized", 401, "the user access token is invalid and could not be refreshed");
@@ -497,8 +513,11 @@ static void refresh(tw_wsession *ws) {
   snprintf(url, sizeof url, "%s/token", c->auth_base);
   const char *hdrs[] = {"Content-Type: application/x-www-form-urlencoded", "Accept: application/json", NULL};
   hop *h = hop_new(ws);
-  if (!h || !body.p ||
-      !tw_http_start(c->http, "POST", url, hdrs, body.p, body.len, (long)(c->http_timeout_s * 1000), on_refresh, h)) {
+  tw_http_req *hq = h && body.p ? tw_http_start(c->http, "POST", url, hdrs, body.p, body.len,
+                                                (long)(c->http_timeout_s * 1000), on_refresh, h)
+                                 : NULL;
+  tw_http_set_max_body(hq, WS_CAP_OAUTH);
+  if (!hq) {
     if (h) {
       h->ws = NULL;
       ws->pending--;

@@ -203,7 +203,10 @@ local function on_twitch_view(cd, mon, id, status, session)
   h.twitch[id] = { status = status, session_id = session, checked_at = cd._client:now() }
   local s = cd:shard(id)
   if not s or status == "enabled" then return end
-  -- ours looks enabled on the very session Twitch disabled: a silent loss
+  -- ours looks enabled on the very session Twitch disabled: a silent loss (a webhook shard
+  -- has no session, nor a socket to hand over: the core reassigns it)
+  local t = s._ud:closed() and {} or s:_transport()
+  if (t.method or "websocket") ~= "websocket" then return end
   if s.state == "enabled" and s.session_id == session and not ops.current(cd) then
     h.down_since[id] = h.down_since[id] or cd._client:now()
     repair(cd, mon, id, status)
