@@ -1,6 +1,7 @@
 -- Webhook shards, webhook subscriptions and mixed conduits against the emulator's
 -- webhook delivery (signed requests, retries on the same shard, challenges).
 local H = require "support.helper"
+local W = require "support.webhook_post"
 local twconduit = require "twconduit"
 
 local SANITIZED = os.getenv("SANITIZED") ~= nil and os.getenv("SANITIZED") ~= ""
@@ -227,34 +228,11 @@ describe("webhook refusals from Lua's point of view", function()
   setup(function() m = H.start_mock() end)
   teardown(function() if m then m:stop() end end)
 
-  -- runs curl in the background (the loop must keep running to answer; not under the
-  -- sanitizers' LD_PRELOAD) and returns
-  -- a function reading the HTTP status it got, once it has one
-  local function curl_bg(args)
-    local out = os.tmpname()
-    os.execute(("env -u LD_PRELOAD curl -s -o /dev/null -w '%%{http_code}' --max-time 20 %s > %s"
-      .. " 2>/dev/null &"):format(args, out))
-    return function()
-      local f = io.open(out)
-      local s = f and f:read("a")
-      if f then f:close() end
-      if s and #s == 3 then
-        os.remove(out)
-        return tonumber(s)
-      end
-    end
-  end
-
-  local function signed(secret, id, ts, body)
-    local r = assert(m:call("POST", "/sign",
-      { secret = secret, message_id = id, timestamp = ts, body = body }))
-    return r.signature
-  end
-
-  local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%S", t) .. ".000000000Z" end
+  local curl_bg, iso = W.curl_bg, W.iso
+  local function signed(secret, id, ts, body) return W.sign(m, secret, id, ts, body) end
 
   it("forged, stale and 10 MB requests get 403 / 403 / 413 and never reach Lua", function()
-    assert(os.execute("command -v curl >/dev/null") == true, "curl is required (scripts/install-deps.sh)")
+    W.need_curl()
     local c = H.client(m)
     finally(function() c:close() end)
     local srv = assert(c:webhook_server { port = 0, max_body = 65536 })
