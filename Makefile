@@ -73,7 +73,7 @@ $(BUILD)/tests/%: tests/c/%.c $(CORE_LIB) $(wildcard tests/c/*.h)
 -include fuzz/fuzz.mk
 
 test: all $(EXTRA_TEST_DEPS)
-	BUILD=$(BUILD) LUA=$(LUA) sh scripts/run-tests.sh
+	BUILD=$(BUILD) LUA=$(LUA) bash scripts/run-tests.sh
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan:
