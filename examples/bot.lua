@@ -20,7 +20,7 @@ twconduit.set_log_level(0) -- libwebsockets: errors only
 local role = (arg[1] == "--gateway" or arg[1] == "--worker") and arg[1]:sub(3) or nil
 local redis_url = role and (arg[2] or "redis://127.0.0.1:6379")
 if role == "worker" then -- no conduit, no Twitch credentials: the queue's handlers only
-  local client = assert(twconduit.client { client_id = "worker", access_token = "unused" })
+  local client = assert(twconduit.client {})
   local q = assert(client:queue { redis = redis_url, name = "example-bot", role = "worker" })
   q:on("notification", function(event, msg)
     print(("[queue, from %s] %s %s %s"):format(msg.origin, msg.type, msg.id, event.broadcaster_user_login))

@@ -14,6 +14,8 @@ describe("twconduit.client", function()
     it("rejects wrong option types and unknown options", function()
       assert.has_error(function() twconduit.client { client_id = 1, client_secret = "x" } end,
         "client_id must be a string")
+      assert.has_error(function() twconduit.client { client_secret = {} } end,
+        "client_secret must be a string")
       assert.has_error(function() twconduit.client { client_id = "x", client_secret = "y", bogus = 1 } end,
         "unknown option 'bogus'")
       assert.has_error(function()
@@ -65,6 +67,21 @@ describe("twconduit.client", function()
     assert.equal("table", type(err))
     assert.is_string(err.code)
     assert.is_true(err.code == "network" or err.code == "auth_failed", err.code)
+  end)
+
+  it("makes a client without credentials (a queue worker's), whose Helix calls fail with no_credentials", function()
+    local c = twconduit.client {}
+    finally(function() c:close() end)
+    local body, err = c:helix("GET", "/eventsub/conduits")
+    assert.is_nil(body)
+    assert.equal("no_credentials", err.code)
+    assert.matches("client_id", err.message)
+    local c2 = twconduit.client { client_id = "abc" }
+    finally(function() c2:close() end)
+    body, err = c2:helix("GET", "/eventsub/conduits")
+    assert.is_nil(body)
+    assert.equal("no_credentials", err.code)
+    assert.matches("client_secret", err.message)
   end)
 
   describe("helix and endpoint wrappers", function()

@@ -653,7 +653,6 @@ static int cl_new(lua_State *L) {
   tw_client_opts o;
   tw_client_opts_init(&o);
   o.client_id = opt_string(L, 1, "client_id");
-  if (o.client_id == NULL) luaL_error(L, "client_id must be a string");
   o.client_secret = opt_string(L, 1, "client_secret");
   o.access_token = opt_string(L, 1, "access_token");
   o.api_base = opt_string(L, 1, "api_base");

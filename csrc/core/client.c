@@ -47,14 +47,12 @@ tw_client *tw_client_new(const tw_client_opts *o, tw_error *err) {
   static const char *const http[] = {"https://", "http://", NULL};
   static const char *const ws[] = {"wss://", "ws://", NULL};
   tw_err_clear(err);
-  if (!o || !o->client_id || !*o->client_id) {
-    tw_err_set(err, "invalid_argument", 0, "client_id is required");
+  if (!o) {
+    tw_err_set(err, "invalid_argument", 0, "options are required");
     return NULL;
   }
-  if ((!o->client_secret || !*o->client_secret) && (!o->access_token || !*o->access_token)) {
-    tw_err_set(err, "invalid_argument", 0, "client_secret or access_token is required");
-    return NULL;
-  }
+  /* no client_id or no secret/token is allowed: such a client (a queue worker) fails its
+   * Helix calls with no_credentials instead */
   const char *api = o->api_base ? o->api_base : "https://api.twitch.tv/helix";
   const char *auth = o->auth_base ? o->auth_base : "https://id.twitch.tv/oauth2";
   const char *wsu = o->eventsub_ws ? o->eventsub_ws : "wss://eventsub.wss.twitch.tv/ws";
@@ -72,7 +70,7 @@ tw_client *tw_client_new(const tw_client_opts *o, tw_error *err) {
     return NULL;
   }
   curl_global_init(CURL_GLOBAL_DEFAULT); /* refcounted by curl; never cleaned up here */
-  c->client_id = tw_strdup(o->client_id);
+  c->client_id = tw_strdup(o->client_id ? o->client_id : "");
   c->client_secret = o->client_secret && *o->client_secret ? tw_strdup(o->client_secret) : NULL;
   c->given_token = o->access_token && *o->access_token ? tw_strdup(o->access_token) : NULL;
   c->api_base = dup_base(api);

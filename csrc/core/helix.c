@@ -633,6 +633,12 @@ static int helix_queue(tw_client *c, const char *method, const char *path, const
     tw_err_set(err, "closed", 0, "the client is closed");
     return TW_ECLOSED;
   }
+  if (!c->client_id[0] || (!token && !c->client_secret && !c->given_token)) {
+    tw_err_set(err, "no_credentials", 0, "helix: this client was made without %s; give %s to call Helix",
+               c->client_id[0] ? "a client_secret or an access_token" : "a client_id",
+               c->client_id[0] ? "one" : "it");
+    return TW_EINVAL;
+  }
   tw_helix_state *hx = c->hx;
   if (hx->token_failed) { /* a failed token is tried again by the next request */
     hx->token_failed = false;

@@ -72,10 +72,6 @@ local function check_options(opts)
     local msg = check(v)
     if msg then error(("%s %s"):format(k, msg), 3) end
   end
-  if opts.client_id == nil then error("client_id must be a string", 3) end
-  if opts.client_secret == nil and opts.access_token == nil then
-    error("client_secret or access_token must be a string", 3)
-  end
   if opts.backoff_min and opts.backoff_max and opts.backoff_min > opts.backoff_max then
     error("backoff_min must not exceed backoff_max", 3)
   end

@@ -6,7 +6,7 @@
 local twconduit = require "twconduit"
 local url, name, consumer, claim_idle = arg[1], arg[2], arg[3], tonumber(arg[4] or "1")
 twconduit.set_log_level(0)
-local client = assert(twconduit.client { client_id = "worker", access_token = "unused" })
+local client = assert(twconduit.client {}) -- a worker needs no Twitch credentials
 local q = assert(client:queue { redis = url, name = name, role = "worker", consumer = consumer,
   claim_idle = claim_idle, max_deliveries = 3 })
 local function handle(ev, msg)
