@@ -18,7 +18,7 @@
  * metatable, which no check of the metatable would catch). That check (a
  * lua_getmetatable and a lua_rawequal) was a quarter of a field read. Functions of the
  * module that take a view (totable, json_encode, isview) still check. */
-#include "twl_json.h"
+#include "twl.h"
 
 #include <string.h>
 
@@ -48,6 +48,7 @@ typedef struct {
 enum { UV_MT = 1, UV_NULL = 2 }; /* upvalues of __index / __pairs */
 
 void twl_push_null(lua_State *L) { lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key); }
+void twl_push_view_mt(lua_State *L) { lua_rawgetp(L, LUA_REGISTRYINDEX, &view_mt_key); }
 
 
 /* An anchor is a userdata whose first field is its document pointer, set to NULL by its
@@ -135,6 +136,11 @@ void twl_view_push(lua_State *L, tw_json *d, tw_jnode n, int anchor) {
   push_node(L, d, n, top - 1, top, lua_touserdata(L, anchor), ANCHOR_AT, anchor);
   lua_replace(L, -3);
   lua_pop(L, 1);
+}
+
+void twl_view_push_frame(lua_State *L, const twl_frame *fr, tw_json *d, tw_jnode n, int anchor) {
+  anchor = lua_absindex(L, anchor);
+  push_node(L, d, n, fr->view_mt, fr->null, lua_touserdata(L, anchor), ANCHOR_AT, anchor);
 }
 
 /* ---- metamethods ---------------------------------------------------------- */
