@@ -179,10 +179,12 @@ describe("twconduit.view", function()
   end)
 
   it("reads the same child twice as two equal views, each valid alone", function()
-    local a, b = v.payload.event.message, v.payload.event.message
-    assert.is_true(a == b)
-    assert.is_true(a.fragments[2].emote == b.fragments[2].emote)
-    a = nil
+    local held = { a = v.payload.event.message }
+    local b = v.payload.event.message
+    assert.is_true(held.a == b)
+    assert.is_false(rawequal(held.a, b)) -- two userdata, one node
+    assert.is_true(held.a.fragments[2].emote == b.fragments[2].emote)
+    held.a = nil
     v = nil
     collectgarbage()
     collectgarbage()
@@ -191,7 +193,8 @@ describe("twconduit.view", function()
   end)
 
   it("reads nested arrays: index, #, ipairs, pairs, tostring, totable", function()
-    local n = core.json_view('{"m":[[1,[2,[3,{"x":[4]}]]],[],[[]],[null,"s"]]}').m
+    local held = { n = core.json_view('{"m":[[1,[2,[3,{"x":[4]}]]],[],[[]],[null,"s"]]}').m }
+    local n = held.n
     assert.are.equal(4, #n)
     assert.are.equal(1, n[1][1])
     assert.are.equal(2, n[1][2][1])
@@ -215,7 +218,8 @@ describe("twconduit.view", function()
     assert.are.equal('[3,{"x":[4]}]', tostring(n[1][2][2]))
     assert.same({ { 1, { 2, { 3, { x = { 4 } } } } }, {}, { {} }, { null, "s" } }, core.totable(n))
     local inner = n[1][2][2][2].x
-    n = nil
+    held.n = nil
+    n = nil -- luacheck: ignore
     collectgarbage()
     collectgarbage()
     assert.are.equal(4, inner[1])
