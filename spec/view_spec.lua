@@ -177,6 +177,107 @@ describe("twconduit.view", function()
     assert.are.equal(7, core.json_view(" 7 "))
     assert.are.equal(null, core.json_view("null"))
   end)
+
+  it("reads the same child twice as two equal views, each valid alone", function()
+    local held = { a = v.payload.event.message }
+    local b = v.payload.event.message
+    assert.is_true(held.a == b)
+    assert.is_false(rawequal(held.a, b)) -- two userdata, one node
+    assert.is_true(held.a.fragments[2].emote == b.fragments[2].emote)
+    held.a = nil
+    v = nil
+    collectgarbage()
+    collectgarbage()
+    assert.are.equal("Kappa", b.fragments[2].text)
+    assert.are.equal(2, #b.fragments)
+  end)
+
+  it("reads nested arrays: index, #, ipairs, pairs, tostring, totable", function()
+    local held = { n = core.json_view('{"m":[[1,[2,[3,{"x":[4]}]]],[],[[]],[null,"s"]]}').m }
+    local n = held.n
+    assert.are.equal(4, #n)
+    assert.are.equal(1, n[1][1])
+    assert.are.equal(2, n[1][2][1])
+    assert.are.equal(3, n[1][2][2][1])
+    assert.are.equal(4, n[1][2][2][2].x[1])
+    assert.are.equal(0, #n[2])
+    assert.are.equal(1, #n[3])
+    assert.are.equal(0, #n[3][1])
+    assert.are.equal(null, n[4][1])
+    assert.are.equal("s", n[4][2])
+    assert.is_nil(n[5])
+    assert.is_nil(n[0])
+    assert.is_nil(n[1.5])
+    assert.is_nil(n.x)
+    local lens = {}
+    for i, e in ipairs(n) do lens[i] = #e end
+    assert.same({ 2, 0, 1, 2 }, lens)
+    local keys = {}
+    for k in pairs(n[1][2]) do keys[#keys + 1] = k end
+    assert.same({ 1, 2 }, keys)
+    assert.are.equal('[3,{"x":[4]}]', tostring(n[1][2][2]))
+    assert.same({ { 1, { 2, { 3, { x = { 4 } } } } }, {}, { {} }, { null, "s" } }, core.totable(n))
+    local inner = n[1][2][2][2].x
+    held.n = nil
+    n = nil -- luacheck: ignore
+    collectgarbage()
+    collectgarbage()
+    assert.are.equal(4, inner[1])
+  end)
+
+  it("answers nil for keys of the wrong type, on objects and arrays", function()
+    assert.is_nil(v.payload[1])
+    assert.is_nil(v.payload[true])
+    assert.is_nil(v.payload.event.list["1"])
+    assert.is_nil(v.payload.event.list[v])
+    assert.are.equal(42, v.payload.event.count)
+  end)
+
+  it("reads back every short string exactly, whatever other strings were read before", function()
+    -- short and long strings (Lua interns those of up to 40 bytes), lengths around that
+    -- limit, embedded NULs, strings differing in one middle byte, read in another order
+    -- than they were parsed and again after collections
+    local vals = {}
+    for i = 1, 300 do vals[#vals + 1] = ("s%d"):format(i) end
+    for i = 1, 40 do vals[#vals + 1] = ("%s%d"):format(("x"):rep(i % 30), i) end
+    for c = 0, 255 do vals[#vals + 1] = "ab" .. utf8.char(c) .. "yz" end
+    for l = 38, 42 do vals[#vals + 1] = ("q"):rep(l) end
+    vals[#vals + 1] = "a\0b"
+    vals[#vals + 1] = "a\0c"
+    vals[#vals + 1] = ""
+    local parts = {}
+    for i, s in ipairs(vals) do parts[i] = core.json_encode({ v = s }) end
+    for round = 1, 3 do
+      local docs = {}
+      for i = 1, #parts do docs[i] = core.json_view(parts[i]) end
+      for i = #docs, 1, -1 do -- reversed: other strings went into the slots meanwhile
+        assert.are.equal(vals[i], docs[i].v, ("round %d, string %d"):format(round, i))
+        assert.are.equal(#vals[i], #docs[i].v)
+      end
+      collectgarbage()
+    end
+  end)
+
+  it("keeps views of many documents kept in a table while the rest are collected", function()
+    local n = os.getenv("SANITIZED") and 1000 or 4000
+    local kept = {}
+    for i = 1, n do
+      local d = core.json_view(('{"i":%d,"a":[{"t":"x%d","o":{"k":[%d]}}],"s":"str%d"}'):format(i, i, i, i))
+      local frag = d.a[1]
+      assert.are.equal(i, frag.o.k[1])
+      if i % 7 == 0 then kept[#kept + 1] = { i = i, frag = frag, k = frag.o.k, s = d.s } end
+      if i % 500 == 0 then collectgarbage() end
+    end
+    collectgarbage()
+    collectgarbage()
+    for _, e in ipairs(kept) do
+      assert.are.equal("x" .. e.i, e.frag.t)
+      assert.are.equal(e.i, e.k[1])
+      assert.are.equal(1, #e.k)
+      assert.are.equal("str" .. e.i, e.s)
+      assert.are.equal(("[%d]"):format(e.i), tostring(e.k))
+    end
+  end)
 end)
 
 describe("json_decode", function()

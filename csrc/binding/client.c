@@ -31,6 +31,8 @@ void twl_frame_begin(twl_client *cl, lua_State *L, int ud, twl_frame *saved) {
   lua_getiuservalue(L, ud, TWL_UV_PENDING);
   luaL_getmetatable(L, TWL_MESSAGE_MT);
   lua_pushliteral(L, "notification");
+  twl_push_view_mt(L);
+  twl_push_null(L);
   cl->fr.L = L;
   cl->fr.ud = ud;
   cl->fr.dispatch = dispatch;
@@ -38,6 +40,8 @@ void twl_frame_begin(twl_client *cl, lua_State *L, int ud, twl_frame *saved) {
   cl->fr.pending = dispatch + 2;
   cl->fr.msg_mt = dispatch + 3;
   cl->fr.s_notification = dispatch + 4;
+  cl->fr.view_mt = dispatch + 5;
+  cl->fr.null = dispatch + 6;
 }
 
 void twl_frame_end(twl_client *cl, twl_frame *saved) {
@@ -181,7 +185,7 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
     twl_push_message(L, fr, ev, base + 2);
     tw_json *doc = twl_message_doc(L, base + 4);
     if (doc)
-      twl_view_push(L, doc, ev->type == TW_EV_NOTIFICATION ? m->event : m->subscription, base + 4);
+      twl_view_push_frame(L, fr, doc, ev->type == TW_EV_NOTIFICATION ? m->event : m->subscription, base + 4);
     else
       lua_pushnil(L);
     push_shard_obj(L, fr, cl, ev->shard); /* base+6 */
@@ -279,7 +283,7 @@ static int push_event(lua_State *L, twl_frame *fr, twl_client *cl, const tw_even
  * unwinds through the core. Stack indices are only valid in the C frame that pushed
  * them, so the frame's values are passed as arguments and cl->fr points at them while
  * the function runs (nested entries from methods called by handlers use it). */
-enum { PA_CL = 1, PA_ARG, PA_UD, PA_DISPATCH, PA_OBJS, PA_PENDING, PA_MSGMT, PA_SNOTIF, PA_N = 8 };
+enum { PA_CL = 1, PA_ARG, PA_UD, PA_DISPATCH, PA_OBJS, PA_PENDING, PA_MSGMT, PA_SNOTIF, PA_VIEWMT, PA_NULL, PA_N = 10 };
 
 static twl_client *protected_frame(lua_State *L) {
   twl_client *cl = lua_touserdata(L, PA_CL);
@@ -290,6 +294,8 @@ static twl_client *protected_frame(lua_State *L) {
   cl->fr.pending = PA_PENDING;
   cl->fr.msg_mt = PA_MSGMT;
   cl->fr.s_notification = PA_SNOTIF;
+  cl->fr.view_mt = PA_VIEWMT;
+  cl->fr.null = PA_NULL;
   return cl;
 }
 
@@ -308,6 +314,8 @@ static void call_protected(twl_client *cl, lua_CFunction f, void *arg) {
   lua_pushvalue(L, saved.pending);
   lua_pushvalue(L, saved.msg_mt);
   lua_pushvalue(L, saved.s_notification);
+  lua_pushvalue(L, saved.view_mt);
+  lua_pushvalue(L, saved.null);
   if (lua_pcall(L, PA_N, 0, base + 1) != LUA_OK) {
     /* unprotected here: nothing that could raise (no __tostring, no allocation) */
     fprintf(stderr, "twconduit: error in event dispatch: %s\n",

@@ -42,6 +42,8 @@ typedef struct twl_frame {
   int pending;  /* pending callbacks table */
   int msg_mt;   /* twconduit.message metatable */
   int s_notification; /* interned event names */
+  int view_mt;  /* twconduit.view metatable */
+  int null;     /* the null sentinel */
 } twl_frame;
 
 typedef struct twl_client {

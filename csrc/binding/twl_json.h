@@ -39,6 +39,12 @@ void twl_json_push_table(lua_State *L, const tw_json *d, tw_jnode n);
 void twl_json_encode(lua_State *L, int idx);
 
 void twl_push_null(lua_State *L);          /* pushes the null sentinel */
+void twl_push_view_mt(lua_State *L);       /* pushes the view metatable */
+
+/* twl_view_push with the view metatable and null of the frame's stack slots (no
+ * registry lookups: the notification path). */
+struct twl_frame;
+void twl_view_push_frame(lua_State *L, const struct twl_frame *fr, tw_json *d, tw_jnode n, int anchor);
 int twl_isview(lua_State *L, int idx);     /* 1 if the value at idx is a view */
 
 /* The document and node behind the view at idx (borrowed: valid while the view

@@ -1,15 +1,24 @@
 /* view.c - read-only Lua views over tw_json documents, the null sentinel,
  * totable / json_decode / json_view / isview.
  *
- * A view is a 24-byte userdata {document, node, anchor} whose one user value is the
+ * A view is a 16-byte userdata {anchor, node, kind} whose one user value is the
  * document's anchor: the Lua object that owns the document's memory (for a
  * notification, the message, which holds one reference on the parsed document; for
- * json_view, a holder with a finalizer). Views have no finalizer of their own, so a handler that
- * touches a few nested objects creates a few small userdata and nothing more for the
- * collector to call. __index, __len and __pairs decode only what is touched. The
- * metamethods that push values carry the view metatable and the null sentinel as
- * upvalues, so a nested view costs one lua_newuserdatauv and no lookup. */
-#include "twl_json.h"
+ * json_view, a holder with a finalizer). The box points at the anchor's first field,
+ * its document pointer, so the document and the "still alive?" test are one load.
+ * Views have no finalizer of their own, so a handler that touches a few nested objects
+ * creates a few small userdata and nothing more for the collector to call. __index,
+ * __len and __pairs decode only what is touched. The metamethods that push values
+ * carry the view metatable and the null sentinel as upvalues, so a nested view costs
+ * one lua_newuserdatauv and no lookup.
+ *
+ * The metamethods do not check that argument 1 is a view: they are reached only
+ * through the view metatable, which __metatable hides from getmetatable (the debug
+ * library, which could hand them another value, can as well give any userdata this
+ * metatable, which no check of the metatable would catch). That check (a
+ * lua_getmetatable and a lua_rawequal) was a quarter of a field read. Functions of the
+ * module that take a view (totable, json_encode, isview) still check. */
+#include "twl.h"
 
 #include <string.h>
 
@@ -21,12 +30,15 @@ static const char null_key = 'n';
 static const char holder_mt_key = 'h';
 
 typedef struct {
-  tw_json *d; /* alive as long as the anchor in user value 1 */
+  tw_json *const *anchor; /* the anchor's first field, its document pointer (NULL once the
+                           * anchor was finalized): the anchor is kept from the allocator by
+                           * user value 1, so this reads live memory even from a finalizer
+                           * that runs after the anchor's */
   tw_jnode n;
-  tw_json *const *anchor; /* the anchor's first field, its document pointer: the anchor is
-                           * kept from the allocator by user value 1, so this reads live
-                           * memory even from a finalizer that runs after the anchor's */
+  uint8_t kind; /* TW_JSON_OBJ or TW_JSON_ARR */
 } view_box;
+
+_Static_assert(sizeof(view_box) <= 16, "a view is allocated for every nested object read");
 
 /* The anchor of json_view documents: owns one reference, dropped by __gc. */
 typedef struct {
@@ -36,6 +48,7 @@ typedef struct {
 enum { UV_MT = 1, UV_NULL = 2 }; /* upvalues of __index / __pairs */
 
 void twl_push_null(lua_State *L) { lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key); }
+void twl_push_view_mt(lua_State *L) { lua_rawgetp(L, LUA_REGISTRYINDEX, &view_mt_key); }
 
 
 /* An anchor is a userdata whose first field is its document pointer, set to NULL by its
@@ -44,15 +57,21 @@ void twl_push_null(lua_State *L) { lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key);
  * then refuse to read, as the memory went back to the pool or the allocator. */
 static int anchor_alive(const view_box *b) { return *b->anchor != NULL; }
 
-static void check_alive(lua_State *L, const view_box *b) {
-  if (!anchor_alive(b))
-    luaL_error(L, "twconduit.view used after its document was collected (from a finalizer?)");
+static int dead_view(lua_State *L) {
+  return luaL_error(L, "twconduit.view used after its document was collected (from a finalizer?)");
+}
+
+/* The document of view b; raises when it is gone. */
+static tw_json *view_doc(lua_State *L, const view_box *b) {
+  tw_json *d = *b->anchor;
+  if (d == NULL) dead_view(L);
+  return d;
 }
 
 /* The view at idx, or NULL; raises if it is a view whose document is gone. */
 static view_box *toview(lua_State *L, int idx) {
   view_box *b = luaL_testudata(L, idx, TWL_VIEW_MT);
-  if (b) check_alive(L, b);
+  if (b) view_doc(L, b);
   return b;
 }
 
@@ -62,7 +81,7 @@ tw_json *twl_view_get(lua_State *L, int idx, tw_jnode *n) {
   view_box *b = toview(L, idx);
   if (!b) return NULL;
   if (n) *n = b->n;
-  return b->d;
+  return *b->anchor;
 }
 
 /* Pushes node n; mtidx / nullidx: stack (or upvalue) indices of the view metatable and
@@ -96,9 +115,9 @@ static void push_node(lua_State *L, tw_json *d, tw_jnode n, int mtidx, int nulli
                       int how, int idx) {
   if (push_scalar(L, d, n, nullidx)) return;
   view_box *b = lua_newuserdatauv(L, sizeof *b, 1);
-  b->d = d;
-  b->n = n;
   b->anchor = anchor;
+  b->n = n;
+  b->kind = (uint8_t)tw_json_type(d, n);
   lua_pushvalue(L, mtidx);
   lua_setmetatable(L, -2);
   if (how == ANCHOR_AT)
@@ -119,42 +138,44 @@ void twl_view_push(lua_State *L, tw_json *d, tw_jnode n, int anchor) {
   lua_pop(L, 1);
 }
 
+void twl_view_push_frame(lua_State *L, const twl_frame *fr, tw_json *d, tw_jnode n, int anchor) {
+  anchor = lua_absindex(L, anchor);
+  push_node(L, d, n, fr->view_mt, fr->null, lua_touserdata(L, anchor), ANCHOR_AT, anchor);
+}
+
 /* ---- metamethods ---------------------------------------------------------- */
 
-/* The view at 1, checked against the metatable in upvalue UV_MT (no lookup). */
+/* The view at 1 of a metamethod (see the top of the file: no metatable check). */
 static view_box *selfview(lua_State *L) {
   view_box *b = lua_touserdata(L, 1);
-  if (!b || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(UV_MT)))
-    luaL_typeerror(L, 1, TWL_VIEW_MT);
-  lua_pop(L, 1);
-  check_alive(L, b);
+  if (b == NULL) luaL_typeerror(L, 1, TWL_VIEW_MT);
   return b;
 }
 
 static int view_index(lua_State *L) {
   view_box *b = selfview(L);
+  tw_json *d = view_doc(L, b);
   tw_jnode c;
-  if (tw_json_type(b->d, b->n) == TW_JSON_OBJ) {
-    if (lua_type(L, 2) != LUA_TSTRING) return 0;
+  if (b->kind == TW_JSON_OBJ) {
     size_t kl;
+    if (lua_type(L, 2) != LUA_TSTRING) return 0;
     const char *k = lua_tolstring(L, 2, &kl);
-    c = tw_json_get(b->d, b->n, k, kl);
+    c = tw_json_get(d, b->n, k, kl);
   } else {
     if (lua_type(L, 2) != LUA_TNUMBER) return 0;
     int isint;
     lua_Integer i = lua_tointegerx(L, 2, &isint);
     if (!isint || i < 1) return 0;
-    c = tw_json_at(b->d, b->n, (size_t)(i - 1));
+    c = tw_json_at(d, b->n, (size_t)(i - 1));
   }
   if (c == TW_JNONE) return 0;
-  push_node(L, b->d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL), b->anchor, ANCHOR_OF_VIEW, 1);
+  push_node(L, d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL), b->anchor, ANCHOR_OF_VIEW, 1);
   return 1;
 }
 
 static int view_len(lua_State *L) {
-  view_box *b = luaL_checkudata(L, 1, TWL_VIEW_MT);
-  check_alive(L, b);
-  lua_pushinteger(L, (lua_Integer)tw_json_len(b->d, b->n));
+  view_box *b = selfview(L);
+  lua_pushinteger(L, (lua_Integer)tw_json_len(view_doc(L, b), b->n));
   return 1;
 }
 
@@ -163,19 +184,19 @@ static int view_iter(lua_State *L) {
   view_box *b = lua_touserdata(L, lua_upvalueindex(3));
   lua_Integer cur = lua_tointeger(L, lua_upvalueindex(4));
   if (cur < 0) return 0;
-  check_alive(L, b);
+  tw_json *d = view_doc(L, b);
   tw_jnode c = (tw_jnode)cur, nx;
-  if (tw_json_type(b->d, b->n) == TW_JSON_OBJ) {
+  if (b->kind == TW_JSON_OBJ) {
     size_t kl;
-    const char *k = tw_json_str(b->d, c, &kl);
+    const char *k = tw_json_str(d, c, &kl);
     lua_pushlstring(L, k, kl);
-    c = tw_json_next(b->d, c);
-    nx = tw_json_next(b->d, c);
+    c = tw_json_next(d, c);
+    nx = tw_json_next(d, c);
   } else {
     lua_pushinteger(L, lua_tointeger(L, 2) + 1);
-    nx = tw_json_next(b->d, c);
+    nx = tw_json_next(d, c);
   }
-  push_node(L, b->d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL), b->anchor, ANCHOR_OF_VIEW,
+  push_node(L, d, c, lua_upvalueindex(UV_MT), lua_upvalueindex(UV_NULL), b->anchor, ANCHOR_OF_VIEW,
             lua_upvalueindex(3));
   lua_pushinteger(L, nx == TW_JNONE ? -1 : (lua_Integer)nx);
   lua_replace(L, lua_upvalueindex(4));
@@ -184,7 +205,7 @@ static int view_iter(lua_State *L) {
 
 static int view_pairs(lua_State *L) {
   view_box *b = selfview(L);
-  tw_jnode f = tw_json_first(b->d, b->n);
+  tw_jnode f = tw_json_first(view_doc(L, b), b->n);
   lua_pushvalue(L, lua_upvalueindex(UV_MT));
   lua_pushvalue(L, lua_upvalueindex(UV_NULL));
   lua_pushvalue(L, 1);
@@ -204,14 +225,21 @@ static int view_tostring(lua_State *L) {
     return 1;
   }
   size_t l = 0;
-  const char *s = tw_json_raw(b->d, b->n, &l);
+  const char *s = tw_json_raw(*b->anchor, b->n, &l);
   lua_pushlstring(L, s ? s : "", l);
   return 1;
 }
 
-static int view_eq(lua_State *L) { /* compares identities only: reads no document */
+/* compares identities only: reads no document. The same node of one document is the
+ * same value, whichever anchor holds it; once collected, only views of one anchor. */
+static int view_eq(lua_State *L) {
   view_box *a = luaL_testudata(L, 1, TWL_VIEW_MT), *b = luaL_testudata(L, 2, TWL_VIEW_MT);
-  lua_pushboolean(L, a && b && a->d == b->d && a->n == b->n);
+  int eq = 0;
+  if (a && b && a->n == b->n) {
+    tw_json *da = *a->anchor;
+    eq = da ? da == *b->anchor : a->anchor == b->anchor;
+  }
+  lua_pushboolean(L, eq);
   return 1;
 }
 
@@ -277,7 +305,7 @@ static int l_totable(lua_State *L) {
     lua_settop(L, 1);
     return 1;
   }
-  twl_json_push_table(L, b->d, b->n);
+  twl_json_push_table(L, *b->anchor, b->n);
   return 1;
 }
 
@@ -347,8 +375,7 @@ void twl_json_open(lua_State *L, int modidx) {
       const char *name;
       lua_CFunction f;
     } withuv[] = {{"__index", view_index}, {"__pairs", view_pairs}},
-      plain[] = {{"__len", view_len},           {"__newindex", view_newindex},
-                 {"__tostring", view_tostring}, {"__eq", view_eq}};
+      plain[] = {{"__len", view_len}, {"__newindex", view_newindex}, {"__tostring", view_tostring}, {"__eq", view_eq}};
     for (size_t i = 0; i < sizeof withuv / sizeof withuv[0]; i++) {
       lua_pushvalue(L, mt);
       lua_pushvalue(L, nullidx);
