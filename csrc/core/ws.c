@@ -65,7 +65,7 @@ struct tw_session {
   bool tls, tls_up;
   bool tls_hs;         /* counted in the client's handshakes in flight */
   bool tls_waiting;    /* in the client's queue for a handshake slot */
-  struct tw_session *tls_wnext;
+  struct tw_session *tls_wnext, *tls_wprev;
   char *session_id;
   uint64_t last_rx;
   uint64_t limit_ms; /* silence tolerated */
@@ -605,14 +605,11 @@ static void tls_unwait(tw_session *ss) {
   if (!ss->tls_waiting) return;
   ss->tls_waiting = false;
   tw_client *c = ss->c;
-  tw_session **pp = &c->tls_wait, *prev = NULL;
-  while (*pp && *pp != ss) {
-    prev = *pp;
-    pp = &(*pp)->tls_wnext;
-  }
-  if (*pp) *pp = ss->tls_wnext;
-  if (c->tls_wait_tail == ss) c->tls_wait_tail = prev;
-  ss->tls_wnext = NULL;
+  if (ss->tls_wprev) ss->tls_wprev->tls_wnext = ss->tls_wnext;
+  else c->tls_wait = ss->tls_wnext;
+  if (ss->tls_wnext) ss->tls_wnext->tls_wprev = ss->tls_wprev;
+  else c->tls_wait_tail = ss->tls_wprev;
+  ss->tls_wnext = ss->tls_wprev = NULL;
 }
 
 static void tls_connected(tw_session *ss);
@@ -791,7 +788,7 @@ static void tls_rx(tw_session *ss, const unsigned char *in, size_t len) {
 /* the socket is connected (and, for wss, a handshake slot free): TLS starts, or the
  * upgrade request goes out */
 static void tls_connected(tw_session *ss) {
-  if (ss->gone || !ss->wsi || ss->st != ST_HANDSHAKE) return;
+  if (ss->gone || !ss->wsi || ss->st != ST_HANDSHAKE || ss->c->freeing) return;
   if (ss->tls && (!tls_start(ss) || (tls_handshake(ss), ss->gone))) {
     if (!ss->gone) kill_wsi(ss, "TLS could not start");
     return;
@@ -818,6 +815,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
       tw_client *c = ss->c;
       if (ss->tls && c->tls_handshakes && c->tls_handshaking >= c->tls_handshakes) {
         ss->tls_waiting = true; /* its handshake starts when one in flight is done */
+        ss->tls_wprev = c->tls_wait_tail;
         if (c->tls_wait_tail) c->tls_wait_tail->tls_wnext = ss;
         else c->tls_wait = ss;
         c->tls_wait_tail = ss;
