@@ -10,6 +10,8 @@
  * TLS (wss) is OpenSSL over memory BIOs on the same raw connection: lws 4.1's own TLS
  * for raw client sockets fails to start ("tls start fail"), and this way every byte
  * still goes through one path.
+ * After a TLS 1.3 handshake the record layer moves to tls13.c and the SSL object is
+ * freed; at most tls_handshakes handshakes run at once (a queue of connected sockets).
  *
  * A session is one socket. It parses every message once (tw_json), decodes its envelope
  * (envelope.c), sends nothing but pongs and a close frame, watches the keepalive, and
@@ -570,6 +572,8 @@ static SSL_CTX *client_ssl_ctx(tw_client *c) {
   SSL_CTX_set_read_ahead(ctx, 1); /* records taken from a read in large pieces, not header then body */
   /* TLS 1.3: AES-128-GCM first, as browsers offer it (a third cheaper to decrypt than AES-256) */
   SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+  /* TLS 1.2: OpenSSL's DEFAULT set ("ALL:!COMPLEMENTOFDEFAULT:!eNULL"), AES-128-GCM first */
+  SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM+AES128:ALL:!COMPLEMENTOFDEFAULT:!eNULL");
   tw_tls13_ctx_init(ctx); /* the traffic secrets, for the takeover after the handshake */
   c->ssl_ctx = ctx;
   return ctx;

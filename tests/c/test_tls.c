@@ -62,9 +62,10 @@ static pid_t start_socat(const char *dir, int port, int target, const char *extr
              dir, extra);
     snprintf(to, sizeof to, "TCP:127.0.0.1:%d", target);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    snprintf(log, sizeof log, "%s/socat.log", dir);
+    snprintf(log, sizeof log, "%s/socat%s.log", dir, *extra ? "12" : "");
     if (!freopen(log, "w", stderr)) _exit(126);
-    execlp("socat", "socat", listen, to, (char *)NULL);
+    if (*extra) execlp("socat", "socat", "-d", "-d", listen, to, (char *)NULL); /* notices: the cipher */
+    else execlp("socat", "socat", listen, to, (char *)NULL);
     _exit(127);
   }
   return pid;
@@ -170,6 +171,8 @@ int main(void) {
   tw_client_get_stats(c, &cs);
   ok(arrived && cs.tls_takeovers == 0, "50 notifications arrive over TLS 1.2 (%d), read by OpenSSL (%llu takeovers)",
      notes, (unsigned long long)cs.tls_takeovers);
+  snprintf(cmd, sizeof cmd, "grep -q 'SSL connection using ECDHE-RSA-AES128-GCM-SHA256' %s/socat12.log", dir);
+  ok(system(cmd) == 0, "TLS 1.2: the server following the client's order picks AES-128-GCM");
   tw_client_free(c);
   kill(sp12, SIGTERM);
   waitpid(sp12, NULL, 0);
