@@ -323,6 +323,13 @@ for _, who in ipairs { "lua", "c" } do
   row("bring-up", W .. ", 10,000 shards: open to all enabled", stats(who .. "_shards10000", "bringup_s"), "s", 3,
     nil, nil)
 end
+for _, who in ipairs { "lua", "c" } do
+  local W = who == "lua" and "Lua" or "C"
+  row("bring-up", W .. ", 1,000 shards over wss: open to all enabled", stats(who .. "_shards1000_wss", "bringup_s"), "s",
+    3, "≤ 2 s", function(v) return v <= 2 end)
+  row("bring-up", W .. ", 1,000 shards over wss: Helix calls", stats(who .. "_shards1000_wss", "helix_calls"), "", 0,
+    ("≤ %d"):format(need_calls), function(v) return v <= need_calls end)
+end
 row("recovery", "C, dropped socket to shard enabled", stats("c_recovery", "recovery_s"), "s", 3,
   ("≤ %.2f s (1 s + backoff_min %.2f s)"):format(1 + backoff_min, backoff_min),
   function(v) return v <= 1 + backoff_min end)

@@ -15,6 +15,9 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "bench_util.h"
 #include "twconduit.h"
@@ -364,6 +367,16 @@ static int run_drain(int shards, uint64_t total) {
   _exit(got == produced ? 0 : 2);
 }
 
+/* the allocator's bytes in use (glibc), -1 elsewhere: RSS minus this is what it keeps free */
+static long heap_kb(void) {
+#ifdef __GLIBC__
+  struct mallinfo2 mi = mallinfo2();
+  return (long)((mi.uordblks + mi.hblkhd) / 1024);
+#else
+  return -1;
+#endif
+}
+
 /* ---- shards: bring-up, RSS per idle shard, idle CPU ---- */
 static int run_shards(int shards, double idle_s) {
   bstate st = {0};
@@ -372,7 +385,7 @@ static int run_shards(int shards, double idle_s) {
   double calls0, patches0;
   helix_calls(&E, &calls0, &patches0);
   for (int i = 0; i < 5; i++) tw_client_step(c, 1);
-  long rss0 = rss_kb();
+  long rss0 = rss_kb(), heap0 = heap_kb();
   double t0 = mono_s();
   open_conduit(&st, shards, shards > 2000 ? 300 : 60);
   double t1 = mono_s();
@@ -380,7 +393,7 @@ static int run_shards(int shards, double idle_s) {
   helix_calls(&E, &calls1, &patches1);
   /* settle: let the last PATCH answers and welcomes be processed */
   run_for(&st, 1.0);
-  long rss1 = rss_kb();
+  long rss1 = rss_kb(), heap1 = heap_kb();
   put("shards", "%d", shards);
   put("bringup_s", "%.4f", t1 - t0);
   put("helix_calls", "%.0f", calls1 - calls0);
@@ -388,6 +401,7 @@ static int run_shards(int shards, double idle_s) {
   put("rss_before_kb", "%ld", rss0);
   put("rss_after_kb", "%ld", rss1);
   put("rss_per_shard_kb", "%.3f", (double)(rss1 - rss0) / shards);
+  if (heap0 >= 0) put("heap_per_shard_kb", "%.3f", (double)(heap1 - heap0) / shards);
   if (idle_s > 0) {
     int dis0 = st.disabled;
     uint64_t ka0 = 0, ka1 = 0;

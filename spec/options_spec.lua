@@ -13,6 +13,7 @@ describe("options", function()
     max_age = 600, backoff_min = 0.25, backoff_max = 30, http_timeout = 15,
     http_retries = 4, http_max_inflight = 16, patch_batch = 100,
     validate_interval = 3600, verify_interval = 300, max_message_bytes = 1048576,
+    tls_handshakes = 32,
   }
 
   it("have one set of defaults: the core's, as documented", function()
@@ -57,6 +58,8 @@ describe("options", function()
     end
     assert.has_error(new("http_retries", -1), "http_retries must be an integer >= 0")
     assert.has_error(new("verify_interval", -1), "verify_interval must be a number >= 0")
+    assert.has_error(new("tls_handshakes", -1), "tls_handshakes must be an integer >= 0")
+    assert.has_error(new("tls_handshakes", 1.5), "tls_handshakes must be an integer >= 0")
   end)
 end)
 

@@ -588,6 +588,7 @@ static const struct {
     {"validate_interval", OPT_NUM, offsetof(tw_client_opts, validate_interval_s)},
     {"verify_interval", OPT_NUM, offsetof(tw_client_opts, verify_interval_s)},
     {"max_message_bytes", OPT_SIZE, offsetof(tw_client_opts, max_message_bytes)},
+    {"tls_handshakes", OPT_INT, offsetof(tw_client_opts, tls_handshakes)},
 };
 #define N_NUM_OPTS (sizeof NUM_OPTS / sizeof NUM_OPTS[0])
 
@@ -875,6 +876,8 @@ static int cl_stats(lua_State *L) {
   SET_U(token_validations);
   SET_U(ws_connects);
   SET_U(ratelimit_remaining);
+  SET_U(tls_takeovers);
+  SET_U(tls_handshakes_max);
   return 1;
 }
 

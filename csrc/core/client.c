@@ -26,6 +26,7 @@ static const char *check_numbers(const tw_client_opts *o) {
   if (!(o->validate_interval_s >= 0)) return "validate_interval must be >= 0";
   if (!(o->verify_interval_s >= 0)) return "verify_interval must be >= 0";
   if (o->max_message_bytes < 1024) return "max_message_bytes must be >= 1024";
+  if (o->tls_handshakes < 0) return "tls_handshakes must be >= 0";
   return NULL;
 }
 
@@ -88,6 +89,7 @@ tw_client *tw_client_new(const tw_client_opts *o, tw_error *err) {
   c->validate_interval_s = o->validate_interval_s;
   c->verify_interval_s = o->verify_interval_s;
   c->max_message_bytes = o->max_message_bytes;
+  c->tls_handshakes = o->tls_handshakes;
   c->dedupe_window_s = o->dedupe_window_s;
   c->dedupe_max = o->dedupe_max;
   c->stats.ratelimit_remaining = -1;
@@ -325,6 +327,7 @@ void tw_client_get_options(const tw_client *c, tw_client_opts *o) {
   o->validate_interval_s = c->validate_interval_s;
   o->verify_interval_s = c->verify_interval_s;
   o->max_message_bytes = c->max_message_bytes;
+  o->tls_handshakes = c->tls_handshakes;
 }
 
 void tw_client_get_stats(const tw_client *c, tw_client_stats *out) { *out = c->stats; }

@@ -1026,11 +1026,14 @@ static void on_batch_timer(uv_timer_t *t) {
   uint64_t now = uv_now(cd->c->loop);
   /* full batches go at once; a partial batch waits (up to 1 s) for shards still
    * connecting, so a bring-up takes as few PATCHes as possible */
+  bool flushed = false;
   while (waiting >= batch_size(cd->c)) {
     flush_batch(cd);
     waiting -= batch_size(cd->c);
+    flushed = true;
   }
   if (waiting > 0) {
+    if (flushed) cd->batch_since = now; /* what is left waits from now, not from the first of the batch sent */
     if (connecting == 0 || now - cd->batch_since >= 1000) {
       flush_batch(cd);
     } else {

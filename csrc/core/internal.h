@@ -209,6 +209,9 @@ struct tw_client {
   void *ssl_ctx; /* SSL_CTX for wss, made on first use */
   unsigned char *tls_buf; /* wss: plaintext of one read, shared by the client's sessions (ws.c) */
   bool tls_buf_busy;      /* tls_buf is being parsed (a nested loop run reads elsewhere) */
+  int tls_handshakes;     /* wss: TLS handshakes in flight at most (0: no limit) */
+  int tls_handshaking;    /* in flight now (ws.c) */
+  struct tw_session *tls_wait, *tls_wait_tail; /* connected, waiting for a handshake slot */
 
   struct tw_conduit *conduits; /* list */
   struct tw_wsession *wsessions; /* plain websocket sessions (wsession.c) */

@@ -83,6 +83,7 @@ typedef struct tw_client_opts {
   double validate_interval_s;/* token validation period (>= 0; 0: only at start) */
   double verify_interval_s;  /* period of the check of the conduit's shards on Twitch (>= 0; 0: never) */
   size_t max_message_bytes;  /* largest websocket message accepted (>= 1024) */
+  int tls_handshakes;        /* wss: TLS handshakes in flight at once, at most (>= 0; 0: no limit) */
 } tw_client_opts;
 
 /* Every default, in one place. */
@@ -91,7 +92,8 @@ typedef struct tw_client_opts {
     .keepalive_s = 0, .keepalive_slack_s = 5, .dedupe_window_s = 600, .dedupe_max = 1000000, \
     .max_age_s = 600, .backoff_min_s = 0.25, .backoff_max_s = 30, .http_timeout_s = 15,      \
     .http_retries = 4, .http_max_inflight = 16, .patch_batch = 100,                          \
-    .validate_interval_s = 3600, .verify_interval_s = 300, .max_message_bytes = 1u << 20     \
+    .validate_interval_s = 3600, .verify_interval_s = 300, .max_message_bytes = 1u << 20,    \
+    .tls_handshakes = 32                                                                     \
   }
 /* Fills *o with TW_CLIENT_OPTS_INIT. */
 TW_API void tw_client_opts_init(tw_client_opts *o);
@@ -135,6 +137,8 @@ typedef struct tw_client_stats {
   uint64_t token_validations; /* /validate requests sent */
   uint64_t ws_connects;
   int ratelimit_remaining;  /* last seen, -1 before any */
+  uint64_t tls_takeovers;   /* wss connections whose TLS 1.3 records the core runs after the handshake */
+  uint64_t tls_handshakes_max; /* the most TLS handshakes in flight at once so far */
 } tw_client_stats;
 TW_API void tw_client_get_stats(const tw_client *c, tw_client_stats *out);
 

@@ -10,6 +10,8 @@
  * TLS (wss) is OpenSSL over memory BIOs on the same raw connection: lws 4.1's own TLS
  * for raw client sockets fails to start ("tls start fail"), and this way every byte
  * still goes through one path.
+ * After a TLS 1.3 handshake the record layer moves to tls13.c and the SSL object is
+ * freed; at most tls_handshakes handshakes run at once (a queue of connected sockets).
  *
  * A session is one socket. It parses every message once (tw_json), decodes its envelope
  * (envelope.c), sends nothing but pongs and a close frame, watches the keepalive, and
@@ -31,6 +33,7 @@
 #include <openssl/x509v3.h>
 
 #include "internal.h"
+#include "tw_tls13.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define OUT_MAX 280 /* two control frames: pongs are answered as soon as writable */
@@ -59,8 +62,12 @@ struct tw_session {
   size_t out_len;
   char *host, *path;   /* for the upgrade request */
   char *sni;           /* TLS: the host name (or IP address) to verify */
-  SSL *ssl;            /* TLS: NULL for ws:// */
+  SSL *ssl;            /* TLS: NULL for ws://, and once tls13.c runs the connection */
+  tw_tls13 *t13;       /* TLS 1.3: the record layer taken over from OpenSSL (tls13.c) */
   bool tls, tls_up;
+  bool tls_hs;         /* counted in the client's handshakes in flight */
+  bool tls_waiting;    /* in the client's queue for a handshake slot */
+  struct tw_session *tls_wnext, *tls_wprev;
   char *session_id;
   uint64_t last_rx;
   uint64_t limit_ms; /* silence tolerated */
@@ -73,8 +80,13 @@ struct tw_session {
   int want_close; /* the close code we sent (0: none) */
 };
 
+static void tls_hs_end(tw_session *ss);
+static void tls_unwait(tw_session *ss);
+
 static void session_free_cb(uv_handle_t *h) {
   tw_session *ss = h->data;
+  tls_unwait(ss);
+  tls_hs_end(ss);
   tw_buf_free(&ss->rx);
   tw_buf_free(&ss->hs);
   tw_buf_free(&ss->pend);
@@ -83,6 +95,8 @@ static void session_free_cb(uv_handle_t *h) {
   free(ss->path);
   free(ss->sni);
   if (ss->ssl) SSL_free(ss->ssl);
+  tw_tls13_free(ss->t13);
+  free(ss->t13);
   free(ss->session_id);
   free(ss);
 }
@@ -117,6 +131,8 @@ static void session_gone(tw_session *ss) {
   if (ss->gone) return;
   ss->gone = true;
   ss->wsi = NULL;
+  tls_unwait(ss);
+  tls_hs_end(ss);
   uv_timer_stop(&ss->timer);
   uv_timer_start(&ss->timer, on_report, 0, 0);
 }
@@ -556,6 +572,9 @@ static SSL_CTX *client_ssl_ctx(tw_client *c) {
   SSL_CTX_set_read_ahead(ctx, 1); /* records taken from a read in large pieces, not header then body */
   /* TLS 1.3: AES-128-GCM first, as browsers offer it (a third cheaper to decrypt than AES-256) */
   SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+  /* TLS 1.2: OpenSSL's DEFAULT set ("ALL:!COMPLEMENTOFDEFAULT:!eNULL"), AES-128-GCM first */
+  SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM+AES128:ALL:!COMPLEMENTOFDEFAULT:!eNULL");
+  tw_tls13_ctx_init(ctx); /* the traffic secrets, for the takeover after the handshake */
   c->ssl_ctx = ctx;
   return ctx;
 }
@@ -571,6 +590,47 @@ static void tls_error(tw_session *ss, const char *what) {
   kill_wsi(ss, e);
 }
 
+/* Handshakes in flight, at most tls_handshakes at once: the others' sockets are connected
+ * and wait in a queue. A handshake's peak (buffers, key exchange, certificate
+ * verification: ~30 KB) is short-lived, but a thousand of them at once (a bring-up) leave
+ * ~35 MB of free memory scattered between the sessions' live allocations, which the
+ * allocator keeps; a few dozen at a time leave none, and go as fast (the handshakes' CPU,
+ * ours and the server's, is the limit). */
+
+static void tls_hs_begin(tw_session *ss) {
+  if (ss->tls_hs) return;
+  ss->tls_hs = true;
+  tw_client *c = ss->c;
+  c->tls_handshaking++;
+  if ((uint64_t)c->tls_handshaking > c->stats.tls_handshakes_max) c->stats.tls_handshakes_max = (uint64_t)c->tls_handshaking;
+}
+
+static void tls_unwait(tw_session *ss) {
+  if (!ss->tls_waiting) return;
+  ss->tls_waiting = false;
+  tw_client *c = ss->c;
+  if (ss->tls_wprev) ss->tls_wprev->tls_wnext = ss->tls_wnext;
+  else c->tls_wait = ss->tls_wnext;
+  if (ss->tls_wnext) ss->tls_wnext->tls_wprev = ss->tls_wprev;
+  else c->tls_wait_tail = ss->tls_wprev;
+  ss->tls_wnext = ss->tls_wprev = NULL;
+}
+
+static void tls_connected(tw_session *ss);
+
+static void tls_hs_end(tw_session *ss) {
+  if (!ss->tls_hs) return;
+  ss->tls_hs = false;
+  tw_client *c = ss->c;
+  c->tls_handshaking--;
+  /* the next connection waiting for a slot starts its handshake */
+  while (c->tls_wait && (!c->tls_handshakes || c->tls_handshaking < c->tls_handshakes)) {
+    tw_session *w = c->tls_wait;
+    tls_unwait(w);
+    tls_connected(w);
+  }
+}
+
 static bool tls_start(tw_session *ss) {
   SSL_CTX *ctx = client_ssl_ctx(ss->c);
   BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
@@ -582,6 +642,9 @@ static bool tls_start(tw_session *ss) {
   }
   SSL_set_bio(ss->ssl, rb, wb);
   SSL_set_connect_state(ss->ssl);
+  tls_hs_begin(ss);
+  ss->t13 = calloc(1, sizeof *ss->t13);
+  if (ss->t13) tw_tls13_watch(ss->t13, ss->ssl); /* without it OpenSSL keeps the connection */
   X509_VERIFY_PARAM *vp = SSL_get0_param(ss->ssl);
   if (X509_VERIFY_PARAM_set1_ip_asc(vp, ss->sni) != 1) { /* a name, not an address */
     SSL_set_tlsext_host_name(ss->ssl, ss->sni);
@@ -596,6 +659,7 @@ static bool tls_handshake(tw_session *ss) {
   int r = SSL_do_handshake(ss->ssl);
   if (r == 1) {
     ss->tls_up = true;
+    tls_hs_end(ss);
     return true;
   }
   int e = SSL_get_error(ss->ssl, r);
@@ -609,8 +673,74 @@ static void on_plain(tw_session *ss, const unsigned char *in, size_t len);
 
 #define TLS_BUF 262144 /* plaintext per pass: as much as one read of lws's (pt_serv_buf_size) */
 
+/* The plaintext buffer of a read pass: the client's, or (a read nested inside a handler
+ * while the client's is being parsed) one of its own. */
+static unsigned char *tls_buf_get(tw_client *c, bool *own) {
+  *own = c->tls_buf_busy;
+  unsigned char *buf = *own ? malloc(TLS_BUF) : c->tls_buf ? c->tls_buf : malloc(TLS_BUF);
+  if (buf && !*own) {
+    c->tls_buf = buf;
+    c->tls_buf_busy = true;
+  }
+  return buf;
+}
+
+static void tls_buf_put(tw_client *c, unsigned char *buf, bool own) {
+  if (own) free(buf);
+  else c->tls_buf_busy = false;
+}
+
+/* OpenSSL is done with the connection once it is TLS 1.3 and at a record boundary: the
+ * record layer goes on in tls13.c and the SSL object (~20 KB) is freed. Connections
+ * OpenSSL keeps (TLS 1.2) stop trying. */
+static void tls_takeover(tw_session *ss) {
+  int r = tw_tls13_take(ss->t13, ss->ssl);
+  if (r == 1) {
+    SSL_free(ss->ssl);
+    ss->ssl = NULL;
+    ss->c->stats.tls_takeovers++;
+  } else if (ss->t13->never) {
+    SSL_set_msg_callback(ss->ssl, NULL);
+    SSL_set_app_data(ss->ssl, NULL);
+    tw_tls13_free(ss->t13);
+    free(ss->t13);
+    ss->t13 = NULL;
+  }
+}
+
+/* ciphertext in, once tls13.c runs the connection: records decrypted straight from lws's
+ * buffer into the plaintext buffer */
+static void tls13_rx(tw_session *ss, const unsigned char *in, size_t len) {
+  tw_client *c = ss->c;
+  bool own;
+  unsigned char *buf = tls_buf_get(c, &own);
+  if (!buf) {
+    kill_wsi(ss, "out of memory");
+    return;
+  }
+  while (!ss->gone && READING(ss)) {
+    size_t used = 0, n = 0;
+    char why[128];
+    int r = tw_tls13_open(ss->t13, in, len, &used, buf, TLS_BUF, &n, why, sizeof why);
+    in += used;
+    len -= used;
+    if (n) on_plain(ss, buf, n);
+    if (r != TW_TLS13_OK) {
+      kill_wsi(ss, why);
+      break;
+    }
+    if (!len || (!used && !n)) break;
+  }
+  tls_buf_put(c, buf, own);
+  if (ss->wsi && (ss->t13->ku_reply || ss->req || ss->out_len)) lws_callback_on_writable(ss->wsi);
+}
+
 /* ciphertext in: decrypt everything available and hand it on in large pieces */
 static void tls_rx(tw_session *ss, const unsigned char *in, size_t len) {
+  if (ss->t13 && ss->t13->active) {
+    tls13_rx(ss, in, len);
+    return;
+  }
   /* OpenSSL reads the ciphertext where lws put it (a read-only memory BIO over this read,
    * at most pt_serv_buf_size): no copy into a growing memory BIO, which would also keep
    * its largest size for the life of the session. Every read is consumed before this
@@ -632,16 +762,11 @@ static void tls_rx(tw_session *ss, const unsigned char *in, size_t len) {
    * holds none. Only a read nested inside a handler (a loop run from inside a
    * callback) while the shared buffer is being parsed gets a buffer of its own. */
   tw_client *c = ss->c;
-  unsigned char *buf = c->tls_buf_busy ? NULL : c->tls_buf;
-  bool own = c->tls_buf_busy;
-  if (!buf) buf = malloc(TLS_BUF);
+  bool own;
+  unsigned char *buf = tls_buf_get(c, &own);
   if (!buf) {
     kill_wsi(ss, "out of memory");
     return;
-  }
-  if (!own) {
-    c->tls_buf = buf;
-    c->tls_buf_busy = true;
   }
   for (;;) {
     size_t n = 0;
@@ -655,13 +780,24 @@ static void tls_rx(tw_session *ss, const unsigned char *in, size_t len) {
     else if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) tls_error(ss, "TLS read failed");
     break;
   }
-  if (own) free(buf);
-  else c->tls_buf_busy = false;
+  tls_buf_put(c, buf, own);
   /* The SSL_read that found nothing more left OpenSSL's read buffer (~16 KB) allocated:
    * SSL_MODE_RELEASE_BUFFERS releases it only after a record, so an idle session would
    * keep it. Freed here unless a partial record waits in it (then this is a no-op). */
   if (ss->ssl && !ss->gone) SSL_free_buffers(ss->ssl);
+  if (ss->t13 && ss->ssl && ss->tls_up && !ss->gone && READING(ss) && !ss->req) tls_takeover(ss);
   if (ss->wsi && (tls_pending_out(ss) || ss->req || ss->out_len)) lws_callback_on_writable(ss->wsi);
+}
+
+/* the socket is connected (and, for wss, a handshake slot free): TLS starts, or the
+ * upgrade request goes out */
+static void tls_connected(tw_session *ss) {
+  if (ss->gone || !ss->wsi || ss->st != ST_HANDSHAKE || ss->c->freeing) return;
+  if (ss->tls && (!tls_start(ss) || (tls_handshake(ss), ss->gone))) {
+    if (!ss->gone) kill_wsi(ss, "TLS could not start");
+    return;
+  }
+  lws_callback_on_writable(ss->wsi);
 }
 
 static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len) {
@@ -680,11 +816,16 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     if (ss) {
       ss->st = ST_HANDSHAKE;
       build_request(ss);
-      if (ss->tls && (!tls_start(ss) || (tls_handshake(ss), ss->gone))) {
-        if (!ss->gone) kill_wsi(ss, "TLS could not start");
+      tw_client *c = ss->c;
+      if (ss->tls && c->tls_handshakes && c->tls_handshaking >= c->tls_handshakes) {
+        ss->tls_waiting = true; /* its handshake starts when one in flight is done */
+        ss->tls_wprev = c->tls_wait_tail;
+        if (c->tls_wait_tail) c->tls_wait_tail->tls_wnext = ss;
+        else c->tls_wait = ss;
+        c->tls_wait_tail = ss;
         break;
       }
-      lws_callback_on_writable(wsi);
+      tls_connected(ss);
     }
     break;
   case LWS_CALLBACK_RAW_RX:
@@ -693,7 +834,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     else on_plain(ss, in, len);
     break;
   case LWS_CALLBACK_RAW_WRITEABLE: {
-    if (!ss) break;
+    if (!ss || (ss->tls && !ss->ssl && !(ss->t13 && ss->t13->active))) break; /* TLS not started yet */
     unsigned char buf[LWS_PRE + 4096];
     unsigned char *p = buf + LWS_PRE;
     size_t n = 0, cap = sizeof buf - LWS_PRE;
@@ -711,6 +852,17 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
       memcpy(p + n, ss->out, ss->out_len);
       n += ss->out_len;
       ss->out_len = 0;
+    }
+    if (ss->t13 && ss->t13->active) { /* tls13.c: one record (the buffer holds at most 4096) */
+      unsigned char rec[LWS_PRE + 4096 + 2 * TW_TLS13_REC_OVERHEAD + 5];
+      size_t rn = n || ss->t13->ku_reply ? tw_tls13_seal(ss->t13, p, n, rec + LWS_PRE) : 0;
+      if ((n || ss->t13->ku_reply) && !rn) {
+        kill_wsi(ss, "TLS write failed");
+        break;
+      }
+      if (rn && lws_write(wsi, rec + LWS_PRE, rn, LWS_WRITE_RAW) < (int)rn) return -1;
+      if (ss->out_len && can_send) lws_callback_on_writable(wsi);
+      break;
     }
     if (ss->tls) {
       if (n && SSL_write(ss->ssl, p, (int)n) <= 0) {

@@ -58,7 +58,7 @@ local OPTIONS = {
   http_timeout = num_min(0, true), http_retries = int_range(0),
   http_max_inflight = int_range(1), patch_batch = int_range(1, 100),
   validate_interval = num_min(0), verify_interval = num_min(0),
-  max_message_bytes = int_range(1024),
+  max_message_bytes = int_range(1024), tls_handshakes = int_range(0),
   log = log_fn, log_level = log_level,
 }
 

@@ -54,17 +54,18 @@ static int listening(int port, double secs) {
   }
 }
 
-static pid_t start_socat(const char *dir, int port, int target) {
+static pid_t start_socat(const char *dir, int port, int target, const char *extra) {
   pid_t pid = fork();
   if (pid == 0) {
     char listen[256], to[64], log[300];
-    snprintf(listen, sizeof listen, "OPENSSL-LISTEN:%d,bind=127.0.0.1,cert=%s/tls.pem,verify=0,fork,reuseaddr", port,
-             dir);
+    snprintf(listen, sizeof listen, "OPENSSL-LISTEN:%d,bind=127.0.0.1,cert=%s/tls.pem,verify=0,fork,reuseaddr%s", port,
+             dir, extra);
     snprintf(to, sizeof to, "TCP:127.0.0.1:%d", target);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    snprintf(log, sizeof log, "%s/socat.log", dir);
+    snprintf(log, sizeof log, "%s/socat%s.log", dir, *extra ? "12" : "");
     if (!freopen(log, "w", stderr)) _exit(126);
-    execlp("socat", "socat", listen, to, (char *)NULL);
+    if (*extra) execlp("socat", "socat", "-d", "-d", listen, to, (char *)NULL); /* notices: the cipher */
+    else execlp("socat", "socat", listen, to, (char *)NULL);
     _exit(127);
   }
   return pid;
@@ -107,7 +108,7 @@ int main(void) {
   }
   int target = atoi(strrchr(m.api_base, ':') + 1);
   int port = free_port();
-  pid_t sp = start_socat(dir, port, target);
+  pid_t sp = start_socat(dir, port, target, "");
   int up0 = port > 0 && listening(port, 10);
   ok(up0, "the TLS terminator listens on port %d", port);
   if (!up0) {
@@ -142,7 +143,39 @@ int main(void) {
   want = 50;
   int arrived = wait_until(c, got, NULL, 10);
   ok(arrived, "50 notifications arrive through TLS (%d)", notes);
+  tw_client_stats cs;
+  tw_client_get_stats(c, &cs);
+  ok(cs.tls_takeovers == 2, "TLS 1.3 (OpenSSL's server): both connections went on in the core's record layer (%llu)",
+     (unsigned long long)cs.tls_takeovers);
   tw_client_free(c);
+
+  /* a TLS 1.2 server: OpenSSL keeps the connection for its whole life */
+  int port12 = free_port();
+  pid_t sp12 = start_socat(dir, port12, target, ",openssl-max-proto-version=TLS1.2");
+  int up12 = port12 > 0 && listening(port12, 10);
+  ready = 0;
+  notes = 0;
+  c = client_for(&m, port12);
+  cd = tw_conduit_open(c, &co, &err);
+  up = up12 && wait_until(c, is_ready, NULL, 15);
+  ok(up, "2 shards connect to a TLS 1.2 server and are assigned%s%s", up ? "" : ": ", up ? "" : last_error);
+  snprintf(body, sizeof body,
+           "{\"type\":\"stream.online\",\"version\":\"1\",\"condition\":{\"broadcaster_user_id\":\"32\"},"
+           "\"transport\":{\"method\":\"conduit\",\"conduit_id\":\"%s\"}}",
+           tw_conduit_id(cd) ? tw_conduit_id(cd) : "");
+  st = 0;
+  tw_helix(c, "POST", "/eventsub/subscriptions", body, strlen(body), on_resp, &st, &err);
+  wait_until(c, resp_in, &st, 5);
+  cJSON_Delete(mock_call(&m, "POST", "/trigger", "{\"type\":\"stream.online\",\"channels\":[\"32\"],\"count\":50}"));
+  arrived = wait_until(c, got, NULL, 10);
+  tw_client_get_stats(c, &cs);
+  ok(arrived && cs.tls_takeovers == 0, "50 notifications arrive over TLS 1.2 (%d), read by OpenSSL (%llu takeovers)",
+     notes, (unsigned long long)cs.tls_takeovers);
+  snprintf(cmd, sizeof cmd, "grep -q 'SSL connection using ECDHE-RSA-AES128-GCM-SHA256' %s/socat12.log", dir);
+  ok(system(cmd) == 0, "TLS 1.2: the server following the client's order picks AES-128-GCM");
+  tw_client_free(c);
+  kill(sp12, SIGTERM);
+  waitpid(sp12, NULL, 0);
 
   /* untrusted: the handshake is refused with a clear error */
   unsetenv("SSL_CERT_FILE");

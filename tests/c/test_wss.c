@@ -176,6 +176,51 @@ int main(void) {
      "after the reconnect: ledger %d delivered, %d not handled, %d doubles, same session (%s)", delivered, missing,
      doubles, after);
   ok(errors == 0, "no error reported (%s)", errors ? last_error : "none");
+  tw_client_stats cs;
+  tw_client_get_stats(c, &cs);
+  ok(cs.ws_connects == 3 && cs.tls_takeovers == cs.ws_connects,
+     "each of the %llu wss connections (2 shards, 1 reconnect) went on in the core's TLS 1.3 record layer after its "
+     "handshake (%llu)", (unsigned long long)cs.ws_connects, (unsigned long long)cs.tls_takeovers);
+  tw_client_free(c);
+
+  /* many shards, at most 4 TLS handshakes at once: every shard comes up, the cap holds */
+  int shards = getenv("SANITIZED") ? 24 : 50;
+  o.tls_handshakes = 4;
+  c = tw_client_new(&o, &err);
+  tw_client_on_event(c, on_event, NULL);
+  ready = 0;
+  co.shards = shards;
+  cd = tw_conduit_open(c, &co, &err);
+  up = wait_until(c, is_ready, NULL, 60);
+  tw_client_get_stats(c, &cs);
+  ok(up && cs.tls_takeovers == (uint64_t)shards,
+     "%d shards over wss with tls_handshakes = 4 all come up (%llu connections taken over)", shards,
+     (unsigned long long)cs.tls_takeovers);
+  ok(cs.tls_handshakes_max >= 1 && cs.tls_handshakes_max <= 4, "at most 4 handshakes were in flight at once (%llu)",
+     (unsigned long long)cs.tls_handshakes_max);
+  int subs2 = 1;
+  for (int i = 0; i < 8; i++) {
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"type\":\"channel.chat.message\",\"version\":\"1\",\"condition\":{\"broadcaster_user_id\":\"%d\","
+             "\"user_id\":\"1\"},\"transport\":{\"method\":\"conduit\",\"conduit_id\":\"%s\"}}",
+             51 + i, tw_conduit_id(cd) ? tw_conduit_id(cd) : "");
+    int st = 0;
+    tw_helix(c, "POST", "/eventsub/subscriptions", body, strlen(body), on_resp, &st, &err);
+    wait_until(c, resp_in, &st, 5);
+    subs2 = subs2 && st == 202;
+  }
+  snprintf(cmd, sizeof cmd,
+           "{\"type\":\"channel.chat.message\",\"channels\":[\"51\",\"52\",\"53\",\"54\",\"55\",\"56\",\"57\",\"58\"],"
+           "\"count\":20}");
+  cJSON_Delete(mock_call(&m, "POST", "/trigger", cmd));
+  want += 160;
+  arrived = wait_until(c, got, NULL, 20);
+  missing = ledger_missing(&m, &delivered);
+  ok(subs2 && arrived && missing == 0 && doubles == 0 && delivered == 8 * n + 160,
+     "160 more notifications over those shards: ledger %d delivered in all, %d not handled, %d doubles", delivered,
+     missing, doubles);
+  ok(errors == 0, "no error reported (%s)", errors ? last_error : "none");
   tw_client_free(c);
   idset_free(&seen);
   mock_stop(&m);
