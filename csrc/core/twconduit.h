@@ -204,6 +204,14 @@ typedef struct tw_msg {
                                     (a reference on doc keeps them); 0: copy them to keep */
   tw_wsession *wsession;         /* the plain websocket session it came on; NULL otherwise */
   tw_transport_kind origin;      /* queue: the transport the gateway received it on */
+  /* Optional completion (NULL: none), for a transport that answers its sender only once
+   * the message is safe (the webhook receiver). Delivery calls it once: with err NULL
+   * when the message was stored by the gateway queue, handed to the handlers (no
+   * gateway), or needs no delivery (a duplicate, a stale message); with the error that
+   * kept the gateway from storing it (the sender should retry: the id is forgotten, so
+   * the retry is not taken for a duplicate). Handlers ignore it. */
+  void (*done)(void *user, const tw_error *err);
+  void *done_user;
 } tw_msg;
 
 /* Decodes a websocket message's envelope ({metadata, payload}) into m, when it is a
