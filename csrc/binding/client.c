@@ -580,6 +580,8 @@ static const struct {
     {"validate_interval", OPT_NUM, offsetof(tw_client_opts, validate_interval_s)},
     {"verify_interval", OPT_NUM, offsetof(tw_client_opts, verify_interval_s)},
     {"max_message_bytes", OPT_SIZE, offsetof(tw_client_opts, max_message_bytes)},
+    {"welcome_timeout", OPT_NUM, offsetof(tw_client_opts, welcome_timeout_s)},
+    {"reconnect_welcome_timeout", OPT_NUM, offsetof(tw_client_opts, reconnect_welcome_timeout_s)},
 };
 #define N_NUM_OPTS (sizeof NUM_OPTS / sizeof NUM_OPTS[0])
 

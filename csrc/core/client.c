@@ -26,6 +26,9 @@ static const char *check_numbers(const tw_client_opts *o) {
   if (!(o->validate_interval_s >= 0)) return "validate_interval must be >= 0";
   if (!(o->verify_interval_s >= 0)) return "verify_interval must be >= 0";
   if (o->max_message_bytes < 1024) return "max_message_bytes must be >= 1024";
+  if (!(o->welcome_timeout_s > 0 && o->welcome_timeout_s <= 600)) return "welcome_timeout must be > 0 and <= 600";
+  if (!(o->reconnect_welcome_timeout_s > 0 && o->reconnect_welcome_timeout_s <= 600))
+    return "reconnect_welcome_timeout must be > 0 and <= 600";
   return NULL;
 }
 
@@ -90,6 +93,8 @@ tw_client *tw_client_new(const tw_client_opts *o, tw_error *err) {
   c->validate_interval_s = o->validate_interval_s;
   c->verify_interval_s = o->verify_interval_s;
   c->max_message_bytes = o->max_message_bytes;
+  c->welcome_timeout_s = o->welcome_timeout_s;
+  c->reconnect_welcome_timeout_s = o->reconnect_welcome_timeout_s;
   c->dedupe_window_s = o->dedupe_window_s;
   c->dedupe_max = o->dedupe_max;
   c->stats.ratelimit_remaining = -1;
@@ -327,6 +332,8 @@ void tw_client_get_options(const tw_client *c, tw_client_opts *o) {
   o->validate_interval_s = c->validate_interval_s;
   o->verify_interval_s = c->verify_interval_s;
   o->max_message_bytes = c->max_message_bytes;
+  o->welcome_timeout_s = c->welcome_timeout_s;
+  o->reconnect_welcome_timeout_s = c->reconnect_welcome_timeout_s;
 }
 
 void tw_client_get_stats(const tw_client *c, tw_client_stats *out) { *out = c->stats; }

@@ -105,6 +105,10 @@ void tw_ws_destroy_end(tw_client *c);
 /* Opens a session at url (NULL: the client's eventsub_ws + keepalive). `bytes` (may be
  * NULL) counts the payload bytes of the messages received. NULL when the URL is unusable. */
 tw_session *tw_ws_open(tw_client *c, const char *url, const tw_session_ops *ops, void *owner, uint64_t *bytes);
+/* ss (just opened; may be NULL) is a session_reconnect target: its welcome may take
+ * reconnect_welcome_timeout_s (Twitch's 30 s) instead of welcome_timeout_s, the old
+ * socket delivering meanwhile. */
+void tw_ws_reconnect_target(tw_session *ss);
 /* Closes with a close handshake (async): frames that arrive until the server's close
  * frame are still reported; then the owner gets `closed`. */
 void tw_ws_close(tw_session *ss, int code);
@@ -192,6 +196,7 @@ struct tw_client {
   double validate_interval_s, verify_interval_s, dedupe_window_s;
   int http_retries, http_max_inflight, patch_batch;
   size_t max_message_bytes, dedupe_max;
+  double welcome_timeout_s, reconnect_welcome_timeout_s; /* ws.c: the welcome deadlines */
 
   tw_event_fn on_event;
   void *on_event_user;

@@ -83,6 +83,9 @@ typedef struct tw_client_opts {
   double validate_interval_s;/* token validation period (>= 0; 0: only at start) */
   double verify_interval_s;  /* period of the check of the conduit's shards on Twitch (>= 0; 0: never) */
   size_t max_message_bytes;  /* largest websocket message accepted (>= 1024) */
+  double welcome_timeout_s;  /* a new socket's wait for its session_welcome (0 < x <= 600) */
+  double reconnect_welcome_timeout_s; /* the same for a session_reconnect target (0 < x <= 600;
+                                         Twitch allows 30 s: the old socket delivers meanwhile) */
 } tw_client_opts;
 
 /* Every default, in one place. */
@@ -91,7 +94,8 @@ typedef struct tw_client_opts {
     .keepalive_s = 0, .keepalive_slack_s = 5, .dedupe_window_s = 600, .dedupe_max = 1000000, \
     .max_age_s = 600, .backoff_min_s = 0.25, .backoff_max_s = 30, .http_timeout_s = 15,      \
     .http_retries = 4, .http_max_inflight = 16, .patch_batch = 100,                          \
-    .validate_interval_s = 3600, .verify_interval_s = 300, .max_message_bytes = 1u << 20     \
+    .validate_interval_s = 3600, .verify_interval_s = 300, .max_message_bytes = 1u << 20,    \
+    .welcome_timeout_s = 15, .reconnect_welcome_timeout_s = 30                               \
   }
 /* Fills *o with TW_CLIENT_OPTS_INIT. */
 TW_API void tw_client_opts_init(tw_client_opts *o);
