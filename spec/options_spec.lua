@@ -14,6 +14,7 @@ describe("options", function()
     http_retries = 4, http_max_inflight = 16, patch_batch = 100,
     validate_interval = 3600, verify_interval = 300, max_message_bytes = 1048576,
     tls_handshakes = 32,
+    welcome_timeout = 15, reconnect_welcome_timeout = 30,
   }
 
   it("have one set of defaults: the core's, as documented", function()
@@ -60,6 +61,15 @@ describe("options", function()
     assert.has_error(new("verify_interval", -1), "verify_interval must be a number >= 0")
     assert.has_error(new("tls_handshakes", -1), "tls_handshakes must be an integer >= 0")
     assert.has_error(new("tls_handshakes", 1.5), "tls_handshakes must be an integer >= 0")
+    assert.has_error(new("welcome_timeout", 0), "welcome_timeout must be a number > 0 and <= 600")
+    assert.has_error(new("reconnect_welcome_timeout", 601),
+      "reconnect_welcome_timeout must be a number > 0 and <= 600")
+    assert.has_error(new("welcome_timeout", "5"), "welcome_timeout must be a number > 0 and <= 600")
+    local c = assert(twconduit.client { client_id = "x", client_secret = "y", welcome_timeout = 2.5,
+      reconnect_welcome_timeout = 4 })
+    finally(function() c:close() end)
+    assert.equal(2.5, c:options().welcome_timeout)
+    assert.equal(4, c:options().reconnect_welcome_timeout)
   end)
 end)
 

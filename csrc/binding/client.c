@@ -589,6 +589,8 @@ static const struct {
     {"verify_interval", OPT_NUM, offsetof(tw_client_opts, verify_interval_s)},
     {"max_message_bytes", OPT_SIZE, offsetof(tw_client_opts, max_message_bytes)},
     {"tls_handshakes", OPT_INT, offsetof(tw_client_opts, tls_handshakes)},
+    {"welcome_timeout", OPT_NUM, offsetof(tw_client_opts, welcome_timeout_s)},
+    {"reconnect_welcome_timeout", OPT_NUM, offsetof(tw_client_opts, reconnect_welcome_timeout_s)},
 };
 #define N_NUM_OPTS (sizeof NUM_OPTS / sizeof NUM_OPTS[0])
 

@@ -42,6 +42,30 @@ static int result(lua_State *L, int rc, const tw_error *e) {
 
 enum { UV_CLIENT = 2 };
 
+/* A verb's object (argument 1) and what its arguments gave. */
+typedef struct verb {
+  twl_obj *b;
+  lua_Integer n;    /* _resize: the shard count */
+  twl_obj *target;  /* _point_at: the target shard */
+  const char *id;   /* _renumber: the new id */
+} verb;
+typedef int (*verb_fn)(const verb *v, tw_error *e);
+
+/* Runs the verb's core call, in a frame when it may emit events at once (so they reach
+ * Lua safely): true | nil, err. */
+static int run_verb(lua_State *L, const verb *v, verb_fn fn, int framed) {
+  tw_error e;
+  memset(&e, 0, sizeof e);
+  int rc = 0;
+  if (framed) {
+    lua_settop(L, 1);
+    IN_FRAME(v->b, L, UV_CLIENT, rc = fn(v, &e));
+  } else {
+    rc = fn(v, &e);
+  }
+  return result(L, rc, &e);
+}
+
 static int cd_add_shards(lua_State *L) {
   twl_obj *b = live_box(L, 1, TWL_CONDUIT_MT, "conduit");
   lua_Integer n = luaL_checkinteger(L, 2);
@@ -68,24 +92,18 @@ static int cd_add_shards(lua_State *L) {
   return 1;
 }
 
+static int do_resize(const verb *v, tw_error *e) { return tw_conduit_resize(v->b->obj, (int)v->n, NULL, NULL, e); }
 static int cd_resize(lua_State *L) {
-  twl_obj *b = live_box(L, 1, TWL_CONDUIT_MT, "conduit");
-  lua_Integer n = luaL_checkinteger(L, 2);
-  luaL_argcheck(L, n >= 1 && n <= 20000, 2, "a shard count in 1..20000 expected");
-  lua_settop(L, 1);
-  tw_error e;
-  int rc = 0;
-  IN_FRAME(b, L, UV_CLIENT, rc = tw_conduit_resize(b->obj, (int)n, NULL, NULL, &e));
-  return result(L, rc, &e);
+  verb v = {.b = live_box(L, 1, TWL_CONDUIT_MT, "conduit")};
+  v.n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, v.n >= 1 && v.n <= 20000, 2, "a shard count in 1..20000 expected");
+  return run_verb(L, &v, do_resize, 1);
 }
 
+static int do_verify(const verb *v, tw_error *e) { return tw_conduit_verify(v->b->obj, NULL, NULL, e); }
 static int cd_verify(lua_State *L) {
-  twl_obj *b = live_box(L, 1, TWL_CONDUIT_MT, "conduit");
-  lua_settop(L, 1);
-  tw_error e;
-  int rc = 0;
-  IN_FRAME(b, L, UV_CLIENT, rc = tw_conduit_verify(b->obj, NULL, NULL, &e));
-  return result(L, rc, &e);
+  verb v = {.b = live_box(L, 1, TWL_CONDUIT_MT, "conduit")};
+  return run_verb(L, &v, do_verify, 1);
 }
 
 static int cd_lost_policy(lua_State *L) {
@@ -97,40 +115,33 @@ static int cd_lost_policy(lua_State *L) {
   return 1;
 }
 
+static int do_release(const verb *v, tw_error *e) { return tw_shard_release(v->b->obj, NULL, NULL, e); }
 static int sh_release(lua_State *L) {
-  twl_obj *b = live_box(L, 1, TWL_SHARD_MT, "shard");
-  lua_settop(L, 1);
-  tw_error e;
-  int rc = 0;
-  IN_FRAME(b, L, UV_CLIENT, rc = tw_shard_release(b->obj, NULL, NULL, &e));
-  return result(L, rc, &e);
+  verb v = {.b = live_box(L, 1, TWL_SHARD_MT, "shard")};
+  return run_verb(L, &v, do_release, 1);
 }
 
+static int do_point_at(const verb *v, tw_error *e) {
+  return tw_shard_point_at(v->b->obj, v->target->obj, NULL, NULL, e);
+}
 static int sh_point_at(lua_State *L) {
-  twl_obj *b = live_box(L, 1, TWL_SHARD_MT, "shard");
-  twl_obj *t = live_box(L, 2, TWL_SHARD_MT, "shard");
-  lua_settop(L, 1);
-  tw_error e;
-  int rc = 0;
-  IN_FRAME(b, L, UV_CLIENT, rc = tw_shard_point_at(b->obj, t->obj, NULL, NULL, &e));
-  return result(L, rc, &e);
+  verb v = {.b = live_box(L, 1, TWL_SHARD_MT, "shard")};
+  v.target = live_box(L, 2, TWL_SHARD_MT, "shard");
+  return run_verb(L, &v, do_point_at, 1);
 }
 
+static int do_handover(const verb *v, tw_error *e) { return tw_shard_handover(v->b->obj, NULL, NULL, e); }
 static int sh_handover(lua_State *L) {
-  twl_obj *b = live_box(L, 1, TWL_SHARD_MT, "shard");
-  lua_settop(L, 1);
-  tw_error e;
-  int rc = 0;
-  IN_FRAME(b, L, UV_CLIENT, rc = tw_shard_handover(b->obj, NULL, NULL, &e));
-  return result(L, rc, &e);
+  verb v = {.b = live_box(L, 1, TWL_SHARD_MT, "shard")};
+  return run_verb(L, &v, do_handover, 1);
 }
 
+/* not in a frame: renumbering emits nothing; the id stays on the stack meanwhile */
+static int do_renumber(const verb *v, tw_error *e) { return tw_shard_renumber(v->b->obj, v->id, e); }
 static int sh_renumber(lua_State *L) {
-  twl_obj *b = live_box(L, 1, TWL_SHARD_MT, "shard");
-  const char *id = luaL_checkstring(L, 2);
-  tw_error e;
-  int rc = tw_shard_renumber(b->obj, id, &e);
-  return result(L, rc, &e);
+  verb v = {.b = live_box(L, 1, TWL_SHARD_MT, "shard")};
+  v.id = luaL_checkstring(L, 2);
+  return run_verb(L, &v, do_renumber, 0);
 }
 
 static int sh_hold(lua_State *L) {

@@ -27,6 +27,9 @@ static const char *check_numbers(const tw_client_opts *o) {
   if (!(o->verify_interval_s >= 0)) return "verify_interval must be >= 0";
   if (o->max_message_bytes < 1024) return "max_message_bytes must be >= 1024";
   if (o->tls_handshakes < 0) return "tls_handshakes must be >= 0";
+  if (!(o->welcome_timeout_s > 0 && o->welcome_timeout_s <= 600)) return "welcome_timeout must be > 0 and <= 600";
+  if (!(o->reconnect_welcome_timeout_s > 0 && o->reconnect_welcome_timeout_s <= 600))
+    return "reconnect_welcome_timeout must be > 0 and <= 600";
   return NULL;
 }
 
@@ -90,6 +93,8 @@ tw_client *tw_client_new(const tw_client_opts *o, tw_error *err) {
   c->verify_interval_s = o->verify_interval_s;
   c->max_message_bytes = o->max_message_bytes;
   c->tls_handshakes = o->tls_handshakes;
+  c->welcome_timeout_s = o->welcome_timeout_s;
+  c->reconnect_welcome_timeout_s = o->reconnect_welcome_timeout_s;
   c->dedupe_window_s = o->dedupe_window_s;
   c->dedupe_max = o->dedupe_max;
   c->stats.ratelimit_remaining = -1;
@@ -328,6 +333,8 @@ void tw_client_get_options(const tw_client *c, tw_client_opts *o) {
   o->verify_interval_s = c->verify_interval_s;
   o->max_message_bytes = c->max_message_bytes;
   o->tls_handshakes = c->tls_handshakes;
+  o->welcome_timeout_s = c->welcome_timeout_s;
+  o->reconnect_welcome_timeout_s = c->reconnect_welcome_timeout_s;
 }
 
 void tw_client_get_stats(const tw_client *c, tw_client_stats *out) { *out = c->stats; }
@@ -367,26 +374,47 @@ static double guard_wall_now(tw_client *c) {
   return c->wall_base + (double)now / 1000.0;
 }
 
-/* A webhook answer held until the gateway's queue stored the message: when it never
- * will (503, Twitch retries), the message id is forgotten so that the retry is taken. */
-typedef struct held_reply {
+/* A message's completion (m->done) held until the gateway's queue stored the message:
+ * when it never will (the sender retries), the message id is forgotten so that the retry
+ * is taken. */
+typedef struct held_done {
   tw_client *c;
-  tw_httpd_reply *rp;
+  void (*done)(void *user, const tw_error *err);
+  void *user;
   size_t id_len;
   char id[];
-} held_reply;
+} held_done;
 
-static void held_reply_stored(void *user, const tw_error *err) {
-  held_reply *h = user;
+static void held_done_stored(void *user, const tw_error *err) {
+  held_done *h = user;
   if (err && h->c->dedupe) tw_dedupe_forget(h->c->dedupe, h->id, h->id_len);
-  tw_webhook_reply_stored(h->rp, err);
+  h->done(h->user, err);
   free(h);
 }
 
-bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *s, uint64_t *dup_counter) {
+/* The gateway's publish, its completion (if any) held for the id: true when the
+ * message is not for local handlers. */
+static bool publish(tw_client *c, const tw_msg *m) {
+  held_done *h = m->done ? malloc(sizeof *h + m->id_len) : NULL;
+  if (h) {
+    h->c = c;
+    h->done = m->done;
+    h->user = m->done_user;
+    h->id_len = m->id_len;
+    if (m->id_len) memcpy(h->id, m->id, m->id_len);
+    return tw_queue_gateway_publish(c->gateway, m, held_done_stored, h);
+  }
+  return tw_queue_gateway_publish(c->gateway, m, m->done, m->done_user);
+}
+
+/* The delivery, compiled twice: without a completion (websocket messages: the hot
+ * path, as if there were none) and with one (completes: m->done is set). */
+static inline __attribute__((always_inline)) bool deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *s,
+                                                          uint64_t *dup_counter, bool completes) {
   if (m->id_len && tw_dedupe_seen(c->dedupe, m->id, m->id_len, uv_now(c->loop))) {
     c->stats.duplicates++;
     if (dup_counter) (*dup_counter)++;
+    if (completes) m->done(m->done_user, NULL); /* delivered before: nothing to retry */
     return false;
   }
   double t, age = 0;
@@ -395,6 +423,7 @@ bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *
   if (timed && c->max_age_s >= 0 && age > c->max_age_s) {
     c->stats.stale++;
     if (s) tw_shard_note_stale(s);
+    if (completes) m->done(m->done_user, NULL); /* a retry would be as old */
     tw_error e;
     tw_err_set(&e, "stale_message", 0, "message %s is older than %.0f s (timestamp %s): not delivered",
                m->id ? m->id : "?", c->max_age_s, m->timestamp);
@@ -405,18 +434,9 @@ bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *
   if (notif) c->stats.notifications++;
   if (timed && s && notif) tw_shard_note_lag(s, age);
   if (c->gateway) {
-    tw_httpd_reply *rp = c->deliver_reply; /* a webhook request answered once stored */
-    c->deliver_reply = NULL;
-    held_reply *h = rp ? malloc(sizeof *h + m->id_len) : NULL;
-    if (h) {
-      h->c = c;
-      h->rp = rp;
-      h->id_len = m->id_len;
-      if (m->id_len) memcpy(h->id, m->id, m->id_len);
-    }
-    if (tw_queue_gateway_publish(c->gateway, m, h ? held_reply_stored : rp ? tw_webhook_reply_stored : NULL,
-                                 h ? (void *)h : (void *)rp))
-      return true;
+    if (publish(c, m)) return true;
+  } else if (completes) {
+    m->done(m->done_user, NULL); /* answered first: delivered whatever the handlers do */
   }
   tw_event ev = {.type = notif ? TW_EV_NOTIFICATION : TW_EV_REVOCATION,
                  .conduit = cd,
@@ -432,4 +452,14 @@ bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *
     tw_emit(c, &ev);
   }
   return true;
+}
+
+static __attribute__((noinline)) bool deliver_completing(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *s,
+                                                         uint64_t *dup_counter) {
+  return deliver(c, m, cd, s, dup_counter, true);
+}
+
+bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *s, uint64_t *dup_counter) {
+  if (m->done) return deliver_completing(c, m, cd, s, dup_counter);
+  return deliver(c, m, cd, s, dup_counter, false);
 }

@@ -461,6 +461,7 @@ static void on_reconnect_request(void *owner, tw_session *ss, const char *url) {
   if (ss != s->cur || s->next || s->releasing) return;
   s->next = open_session(s, url);
   s->next_is_reconnect = true;
+  tw_ws_reconnect_target(s->next);
   if (!s->next) {
     tw_error e;
     tw_err_set(&e, "websocket_url", 0,

@@ -105,6 +105,10 @@ void tw_ws_destroy_end(tw_client *c);
 /* Opens a session at url (NULL: the client's eventsub_ws + keepalive). `bytes` (may be
  * NULL) counts the payload bytes of the messages received. NULL when the URL is unusable. */
 tw_session *tw_ws_open(tw_client *c, const char *url, const tw_session_ops *ops, void *owner, uint64_t *bytes);
+/* ss (just opened; may be NULL) is a session_reconnect target: its welcome may take
+ * reconnect_welcome_timeout_s (Twitch's 30 s) instead of welcome_timeout_s, the old
+ * socket delivering meanwhile. */
+void tw_ws_reconnect_target(tw_session *ss);
 /* Closes with a close handshake (async): frames that arrive until the server's close
  * frame are still reported; then the owner gets `closed`. */
 void tw_ws_close(tw_session *ss, int code);
@@ -148,9 +152,6 @@ void tw_queues_free_all(tw_client *c);
 /* ---- HTTP server and webhooks (httpd.c, webhook.c, conduit.c) ---- */
 void tw_httpds_close_all(tw_client *c);
 tw_client *tw_httpd_client(const tw_httpd *h);
-/* A queue's stored callback for a held webhook answer (webhook.c): 204 once stored, 503
- * (Twitch retries) when it could not be. */
-void tw_webhook_reply_stored(void *reply, const tw_error *err);
 /* drop(user) is called when the server closes with the route still there */
 void tw_httpd_route_on_drop(tw_httpd *h, const char *path, void (*drop)(void *user));
 /* A challenge of the conduit-shard form was answered for conduit_id / shard_id. */
@@ -195,6 +196,7 @@ struct tw_client {
   double validate_interval_s, verify_interval_s, dedupe_window_s;
   int http_retries, http_max_inflight, patch_batch;
   size_t max_message_bytes, dedupe_max;
+  double welcome_timeout_s, reconnect_welcome_timeout_s; /* ws.c: the welcome deadlines */
 
   tw_event_fn on_event;
   void *on_event_user;
@@ -219,9 +221,6 @@ struct tw_client {
   struct tw_timer *timers;     /* list of live timers */
   struct tw_queue *queues;     /* list (queue.c) */
   struct tw_queue *gateway;    /* the queue delivered messages are published to; NULL: none */
-  tw_httpd_reply *deliver_reply; /* set by a webhook route around tw_client_deliver while a
-                                    gateway runs: taken (set NULL) by the publish, which then
-                                    answers it once the message is stored */
   uint64_t rng;
   tw_client_stats stats;
   tw_metrics_counters mx;
@@ -231,7 +230,8 @@ struct tw_client {
 void tw_emit(tw_client *c, const tw_event *ev);
 /* Delivers a notification or revocation from any transport: de-duplication, the replay
  * guard, counters, then tw_emit. Every message goes through here. Returns true when it
- * was delivered (not a duplicate, not stale). */
+ * was delivered (not a duplicate, not stale). m->done, when set, is called once: by the
+ * gateway queue's publish, or here (duplicate, stale, no gateway: before the handlers). */
 bool tw_client_deliver(tw_client *c, const tw_msg *m, tw_conduit *cd, tw_shard *s, uint64_t *dup_counter);
 /* counts one notification's lag (seconds) in the shard's lag_buckets (conduit.c) */
 void tw_shard_note_lag(tw_shard *s, double lag_s);

@@ -84,6 +84,9 @@ typedef struct tw_client_opts {
   double verify_interval_s;  /* period of the check of the conduit's shards on Twitch (>= 0; 0: never) */
   size_t max_message_bytes;  /* largest websocket message accepted (>= 1024) */
   int tls_handshakes;        /* wss: TLS handshakes in flight at once, at most (>= 0; 0: no limit) */
+  double welcome_timeout_s;  /* a new socket's wait for its session_welcome (0 < x <= 600) */
+  double reconnect_welcome_timeout_s; /* the same for a session_reconnect target (0 < x <= 600;
+                                         Twitch allows 30 s: the old socket delivers meanwhile) */
 } tw_client_opts;
 
 /* Every default, in one place. */
@@ -93,7 +96,7 @@ typedef struct tw_client_opts {
     .max_age_s = 600, .backoff_min_s = 0.25, .backoff_max_s = 30, .http_timeout_s = 15,      \
     .http_retries = 4, .http_max_inflight = 16, .patch_batch = 100,                          \
     .validate_interval_s = 3600, .verify_interval_s = 300, .max_message_bytes = 1u << 20,    \
-    .tls_handshakes = 32                                                                     \
+    .tls_handshakes = 32, .welcome_timeout_s = 15, .reconnect_welcome_timeout_s = 30         \
   }
 /* Fills *o with TW_CLIENT_OPTS_INIT. */
 TW_API void tw_client_opts_init(tw_client_opts *o);
@@ -208,6 +211,14 @@ typedef struct tw_msg {
                                     (a reference on doc keeps them); 0: copy them to keep */
   tw_wsession *wsession;         /* the plain websocket session it came on; NULL otherwise */
   tw_transport_kind origin;      /* queue: the transport the gateway received it on */
+  /* Optional completion (NULL: none), for a transport that answers its sender only once
+   * the message is safe (the webhook receiver). Delivery calls it once: with err NULL
+   * when the message was stored by the gateway queue, handed to the handlers (no
+   * gateway), or needs no delivery (a duplicate, a stale message); with the error that
+   * kept the gateway from storing it (the sender should retry: the id is forgotten, so
+   * the retry is not taken for a duplicate). Handlers ignore it. */
+  void (*done)(void *user, const tw_error *err);
+  void *done_user;
 } tw_msg;
 
 /* Decodes a websocket message's envelope ({metadata, payload}) into m, when it is a

@@ -184,6 +184,17 @@ static void count_refusal(tw_webhook *w, const tw_webhook_check *ck) {
   }
 }
 
+/* A message's completion: 204 once delivered or stored, 503 (Twitch retries) when the
+ * gateway queue could not store it. */
+static void reply_stored(void *reply, const tw_error *err) {
+  if (!err) {
+    tw_httpd_respond(reply, 204, NULL, NULL, 0, NULL);
+    return;
+  }
+  static const char msg[] = "not stored: retry";
+  tw_httpd_respond(reply, 503, "text/plain", msg, sizeof msg - 1, NULL);
+}
+
 static void on_request(void *user, const tw_http_request *rq, tw_httpd_reply *rp) {
   tw_webhook *w = user;
   tw_client *c = w->c;
@@ -269,35 +280,18 @@ static void on_request(void *user, const tw_http_request *rq, tw_httpd_reply *rp
     tw_json_unref(d);
     return;
   }
+  /* answered by the delivery (m.done): at once without a gateway queue (Twitch's delivery
+   * is done whatever the handlers do), once stored with one (503 if it never will be:
+   * Twitch retries), at once for a duplicate or a stale message */
+  m.done = reply_stored;
+  m.done_user = rp;
   uint64_t dups = c->stats.duplicates;
   w->delivering = true;
-  if (c->gateway) {
-    /* a gateway answers once the queue stored the message (the publish takes the
-     * reply); a duplicate or a stale message is not published and is answered here */
-    c->deliver_reply = rp;
-    tw_conduit_webhook_deliver(c, w->cd, w->cd ? w->shard_id : NULL, &m);
-    if (c->deliver_reply == rp) {
-      c->deliver_reply = NULL;
-      tw_httpd_respond(rp, 204, NULL, NULL, 0, NULL);
-    }
-  } else {
-    /* answered first: Twitch's delivery is done whatever the handlers do */
-    tw_httpd_respond(rp, 204, NULL, NULL, 0, NULL);
-    tw_conduit_webhook_deliver(c, w->cd, w->cd ? w->shard_id : NULL, &m);
-  }
+  tw_conduit_webhook_deliver(c, w->cd, w->cd ? w->shard_id : NULL, &m);
   w->delivering = false;
   w->st.duplicates += c->stats.duplicates - dups;
   tw_json_unref(d);
   if (w->close_pending) webhook_free(w); /* closed by a handler of this delivery */
-}
-
-void tw_webhook_reply_stored(void *reply, const tw_error *err) {
-  if (!err) {
-    tw_httpd_respond(reply, 204, NULL, NULL, 0, NULL);
-    return;
-  }
-  static const char msg[] = "not stored: retry";
-  tw_httpd_respond(reply, 503, "text/plain", msg, sizeof msg - 1, NULL);
 }
 
 static void on_server_closed(void *user) {

@@ -995,8 +995,8 @@ tw_session *tw_ws_open(tw_client *c, const char *url, const tw_session_ops *ops,
   uv_timer_init(c->loop, &ss->timer);
   ss->timer.data = ss;
   ss->last_rx = uv_now(c->loop);
-  /* a welcome must come soon after connecting */
-  uv_timer_start(&ss->timer, on_watchdog, 15000, 0);
+  /* a welcome must come soon after connecting (a reconnect target's: tw_ws_reconnect_target) */
+  uv_timer_start(&ss->timer, on_watchdog, (uint64_t)(c->welcome_timeout_s * 1000), 0);
 
   struct lws_client_connect_info i;
   memset(&i, 0, sizeof i);
@@ -1026,6 +1026,11 @@ tw_session *tw_ws_open(tw_client *c, const char *url, const tw_session_ops *ops,
     session_gone(ss);
   }
   return ss;
+}
+
+void tw_ws_reconnect_target(tw_session *ss) {
+  if (!ss || ss->gone || !ss->wsi || ss->welcomed || ss->st == ST_CLOSING) return;
+  uv_timer_start(&ss->timer, on_watchdog, (uint64_t)(ss->c->reconnect_welcome_timeout_s * 1000), 0);
 }
 
 void tw_ws_close(tw_session *ss, int code) {

@@ -160,6 +160,7 @@ static void on_reconnect(void *owner, tw_session *ss, const char *url) {
   }
   ws->st.connects++;
   ws->next_ss = tw_ws_open(ws->c, url, &OPS, ws, &ws->st.bytes);
+  tw_ws_reconnect_target(ws->next_ss);
   if (!ws->next_ss) {
     tw_error e;
     tw_err_set(&e, "reconnect_failed", 0, "the session_reconnect URL cannot be connected to; the current socket goes on");

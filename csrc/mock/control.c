@@ -552,7 +552,8 @@ static cJSON *session_obj(session_t *s)
                 cJSON_AddItemToArray(sh, x);
             }
     cJSON_AddNumberToObject(o, "keepalive", s->keepalive);
-    cJSON_AddBoolToObject(o, "reconnecting", s->reconnecting || s->old != NULL);
+    cJSON_AddBoolToObject(o, "reconnecting", s->reconnecting || s->old != NULL || s->pending != NULL);
+    cJSON_AddBoolToObject(o, "welcome_held", s->pending != NULL); /* reconnect target connected, no welcome yet */
     cJSON_AddBoolToObject(o, "awaiting_reconnect", s->reconnecting); /* reconnect_url not yet used */
     cJSON_AddStringToObject(o, "connected_at", s->connected_at);
     if (s->disconnected_at[0])
@@ -627,10 +628,20 @@ static void c_session_action(hreq_t *r, const char *rest, cJSON *body)
         const char *reason = body ? jstr(body, "reason") : NULL;
         session_close(s, code, reason);
     } else if (!strcmp(action, "reconnect")) {
-        if (s->reconnecting) {
+        if (s->reconnecting || s->pending) {
             cerr(r, 400, "session is already reconnecting");
             return;
         }
+        const cJSON *jd = body ? cJSON_GetObjectItemCaseSensitive(body, "welcome_delay_s") : NULL;
+        double delay = 0;
+        if (jd) {
+            if (!cJSON_IsNumber(jd) || !(jd->valuedouble >= 0 && jd->valuedouble <= 600)) {
+                cerr(r, 400, "welcome_delay_s must be a number 0..600");
+                return;
+            }
+            delay = jd->valuedouble;
+        }
+        s->rc_welcome_delay_s = delay;
         session_reconnect(s);
         cJSON *o = cJSON_CreateObject();
         char url[160];

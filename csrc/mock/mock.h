@@ -162,6 +162,7 @@ typedef struct conn {
     int tls;             /* came in on the wss:// listener */
     int64_t paused_until_us; /* pause fault: nothing is written before this (mono us) */
     wtimer_t t_pause;
+    wtimer_t t_welcome;  /* a reconnect target's held welcome (reconnect welcome_delay_s) */
     int bad_reconnect;
     int got_malformed;
     /* how the connection ended (recorded on its session, see session_t) */
@@ -187,6 +188,8 @@ typedef struct session {
     char reconnect_id[ID_LEN];
     int reconnecting;
     wtimer_t t_rc; /* grace for the new connection to appear */
+    conn_t *pending;           /* the reconnect target, connected, its welcome held */
+    double rc_welcome_delay_s; /* how long the next reconnect target's welcome is held */
     /* set when the session ends: who closed it, the close code (0 = none: a drop or a
      * connection lost without a close frame), whether close frames went both ways */
     int closed_by; /* 0 still connected, CLOSED_BY_CLIENT, CLOSED_BY_SERVER */

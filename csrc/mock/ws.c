@@ -291,6 +291,38 @@ static void rc_timeout_cb(wtimer_t *t)
         conn_close(s->cur, 4004, NULL);
 }
 
+/* The reconnect target c takes over: its welcome, the old socket retired. */
+static void reconnect_switch(session_t *s, conn_t *c)
+{
+    conn_t *old = s->cur;
+    old->retired = 1;
+    wt_cancel(&old->t_ka);
+    wt_cancel(&old->t_assign);
+    if (s->old && s->old != old)
+        conn_close(s->old, 4004, NULL);
+    s->old = old;
+    s->cur = c;
+    s->keepalive = c->keepalive;
+    send_welcome(c);
+    wt_schedule(&old->t_grace, grace_cb, (int64_t)(M->cfg.reconnect_grace_s * 1e6));
+}
+
+static void held_welcome_cb(wtimer_t *t)
+{
+    conn_t *c = lws_container_of(t, conn_t, t_welcome);
+    session_t *s = c->sess;
+    if (s->pending == c)
+        s->pending = NULL;
+    if (c->closing)
+        return;
+    if (!s->cur || s->cur->closing) { /* the old socket went meanwhile: the session is over */
+        conn_close(c, 4007, NULL);
+        return;
+    }
+    reconnect_switch(s, c);
+    wt_schedule(&c->t_ka, ka_cb, (int64_t)c->keepalive * 1000000);
+}
+
 static void parse_ws_query(struct lws *wsi, int *ka, char *rcid, size_t rclen)
 {
     char frag[512];
@@ -349,18 +381,16 @@ void ws_established(struct lws *wsi, pss_t *p)
         wt_cancel(&s->t_rc);
         s->reconnecting = 0;
         s->reconnect_id[0] = 0;
-        conn_t *old = s->cur;
-        old->retired = 1;
-        wt_cancel(&old->t_ka);
-        wt_cancel(&old->t_assign);
-        if (s->old && s->old != old)
-            conn_close(s->old, 4004, NULL);
-        s->old = old;
-        s->cur = c;
         c->sess = s;
-        s->keepalive = ka;
-        send_welcome(c);
-        wt_schedule(&old->t_grace, grace_cb, (int64_t)(M->cfg.reconnect_grace_s * 1e6));
+        if (s->rc_welcome_delay_s > 0) {
+            /* the old socket receives everything until the held welcome is sent */
+            s->pending = c;
+            wt_schedule(&c->t_welcome, held_welcome_cb, (int64_t)(s->rc_welcome_delay_s * 1e6));
+            s->rc_welcome_delay_s = 0;
+            wt_schedule(&c->t_ping, ping_cb, (int64_t)(M->cfg.ping_interval_s * 1e6));
+            return;
+        }
+        reconnect_switch(s, c);
     } else {
         session_t *s = xcalloc(1, sizeof *s);
         gen_session_id(s->id);
@@ -649,6 +679,7 @@ static void conn_end(conn_t *c)
     wt_cancel(&c->t_grace);
     wt_cancel(&c->t_assign);
     wt_cancel(&c->t_pause);
+    wt_cancel(&c->t_welcome);
     /* frames already handed to the socket: a client that closed with a close frame reads
      * until our answer, which follows them on the wire, so they reached it; otherwise
      * nothing says they did */
@@ -656,6 +687,8 @@ static void conn_end(conn_t *c)
     drop_queue(c, "session closed");
     blast_gen_free(c);
     session_t *s = c->sess;
+    if (s && s->pending == c)
+        s->pending = NULL; /* a reconnect target gone before its held welcome */
     if (s) {
         if (s->old == c) {
             s->old = NULL;
@@ -698,12 +731,14 @@ void session_close(session_t *s, int code, const char *reason)
         conn_close(s->cur, code, reason);
     if (s->old)
         conn_close(s->old, code, reason);
+    if (s->pending)
+        conn_close(s->pending, code, reason);
 }
 
 void session_drop(session_t *s)
 {
-    conn_t *cs[2] = {s->cur, s->old};
-    for (int i = 0; i < 2; i++) {
+    conn_t *cs[3] = {s->cur, s->old, s->pending};
+    for (int i = 0; i < 3; i++) {
         conn_t *c = cs[i];
         if (!c || !c->wsi)
             continue;

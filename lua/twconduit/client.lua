@@ -34,6 +34,13 @@ local function num_min(lo, strict)
   end
 end
 local function num(v) if type(v) ~= "number" or v ~= v then return "must be a number" end end
+local function seconds_upto(hi)
+  return function(v)
+    if type(v) ~= "number" or not (v > 0 and v <= hi) then
+      return ("must be a number > 0 and <= %d"):format(hi)
+    end
+  end
+end
 
 local function log_fn(v)
   if v ~= false and type(v) ~= "function" then return "must be a function or false" end
@@ -59,6 +66,8 @@ local OPTIONS = {
   http_max_inflight = int_range(1), patch_batch = int_range(1, 100),
   validate_interval = num_min(0), verify_interval = num_min(0),
   max_message_bytes = int_range(1024), tls_handshakes = int_range(0),
+  max_message_bytes = int_range(1024),
+  welcome_timeout = seconds_upto(600), reconnect_welcome_timeout = seconds_upto(600),
   log = log_fn, log_level = log_level,
 }
 

@@ -46,6 +46,7 @@ typedef struct mock {
   pid_t pid;
   FILE *out;
   char api_base[128], auth_base[128], eventsub_ws[128], control[128];
+  char eventsub_wss[128]; /* "" unless started with --tls-cert / --tls-key */
   char client_id[128], client_secret[128];
 } mock;
 
@@ -54,10 +55,20 @@ static __attribute__((unused)) void copy_field(cJSON *o, const char *k, char *ds
   snprintf(dst, n, "%s", cJSON_IsString(v) ? v->valuestring : "");
 }
 
-/* Starts the emulator (TWCONDUIT_MOCK or build/bin/twconduit-mock) on a free port. */
-static __attribute__((unused)) int mock_start(mock *m) {
+/* Starts the emulator (TWCONDUIT_MOCK or build/bin/twconduit-mock) on a free port, with
+ * extra command-line arguments: mock_start(&m) or mock_start(&m, "--tls-cert", crt, ...). */
+#define mock_start(...) mock_start_args(__VA_ARGS__, (const char *)NULL)
+static __attribute__((unused)) int mock_start_args(mock *m, ...) {
   const char *bin = getenv("TWCONDUIT_MOCK");
   if (!bin) bin = "build/bin/twconduit-mock";
+  const char *argv[32] = {bin, "--port", "0"};
+  int argc = 3;
+  va_list ap;
+  va_start(ap, m);
+  for (const char *a; (a = va_arg(ap, const char *)) != NULL;)
+    if (argc < 31) argv[argc++] = a;
+  va_end(ap);
+  argv[argc] = NULL;
   int fds[2];
   if (pipe(fds) != 0) return -1;
   pid_t pid = fork();
@@ -67,7 +78,7 @@ static __attribute__((unused)) int mock_start(mock *m) {
     dup2(fds[1], 1);
     close(fds[0]);
     close(fds[1]);
-    execl(bin, bin, "--port", "0", (char *)NULL);
+    execv(bin, (char *const *)argv);
     _exit(127);
   }
   close(fds[1]);
@@ -80,6 +91,7 @@ static __attribute__((unused)) int mock_start(mock *m) {
   copy_field(o, "api_base", m->api_base, sizeof m->api_base);
   copy_field(o, "auth_base", m->auth_base, sizeof m->auth_base);
   copy_field(o, "eventsub_ws", m->eventsub_ws, sizeof m->eventsub_ws);
+  copy_field(o, "eventsub_wss", m->eventsub_wss, sizeof m->eventsub_wss);
   copy_field(o, "control", m->control, sizeof m->control);
   copy_field(o, "client_id", m->client_id, sizeof m->client_id);
   copy_field(o, "client_secret", m->client_secret, sizeof m->client_secret);
@@ -137,6 +149,77 @@ static __attribute__((unused)) int wait_until(tw_client *c, int (*cond)(void *),
     tw_client_step(c, 50);
   }
   return 1;
+}
+
+/* ---- a client of the emulator -------------------------------------------------------- */
+
+/* o (from TW_CLIENT_OPTS_INIT, with whatever else the test sets) gets the emulator's
+ * credentials and URLs where the test left them NULL. */
+static __attribute__((unused)) void mock_client_opts(const mock *m, tw_client_opts *o) {
+  if (!o->client_id) o->client_id = m->client_id;
+  if (!o->client_secret) o->client_secret = m->client_secret;
+  if (!o->api_base) o->api_base = m->api_base;
+  if (!o->auth_base) o->auth_base = m->auth_base;
+  if (!o->eventsub_ws) o->eventsub_ws = m->eventsub_ws;
+}
+
+typedef struct emu_conduit {
+  tw_client *c;      /* NULL when the client could not be made */
+  tw_conduit *cd;    /* NULL when the conduit could not be opened */
+  char id[64];       /* the conduit's id ("" before it has one) */
+  tw_error err;
+} emu_conduit;
+
+/* A client of the emulator (options o, see mock_client_opts; events to fn(user)) with a
+ * conduit of `shards` shards; returns whether ready(ready_arg) came true within `seconds`
+ * (e->c and e->cd are set whatever it returns). */
+static __attribute__((unused)) int emu_conduit_open(emu_conduit *e, const mock *m, tw_client_opts *o, tw_event_fn fn,
+                                                    void *user, size_t shards, int (*ready)(void *), void *ready_arg,
+                                                    double seconds) {
+  memset(e, 0, sizeof *e);
+  mock_client_opts(m, o);
+  e->c = tw_client_new(o, &e->err);
+  if (!e->c) return 0;
+  tw_client_on_event(e->c, fn, user);
+  tw_conduit_opts co = {.shards = shards};
+  e->cd = tw_conduit_open(e->c, &co, &e->err);
+  int up = e->cd && wait_until(e->c, ready, ready_arg, seconds);
+  const char *id = e->cd ? tw_conduit_id(e->cd) : NULL;
+  snprintf(e->id, sizeof e->id, "%s", id ? id : "");
+  return up;
+}
+
+typedef struct helix_answer {
+  int status, done;
+} helix_answer;
+static __attribute__((unused)) void helix_answered(void *user, const tw_response *r) {
+  helix_answer *x = user;
+  x->status = r->status;
+  x->done = 1;
+}
+static __attribute__((unused)) int helix_done(void *a) { return ((helix_answer *)a)->done; }
+
+/* Subscribes stream.online of channels first .. first+n-1 over conduit cid, one request
+ * at a time; chans gets them as a JSON array of strings. Returns how many Twitch took. */
+static __attribute__((unused)) int subscribe_channels(tw_client *c, const char *cid, int first, int n, char *chans,
+                                                      size_t cap) {
+  int subs = 0;
+  size_t len = (size_t)snprintf(chans, cap, "[");
+  for (int ch = 0; ch < n; ch++) {
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"type\":\"stream.online\",\"version\":\"1\",\"condition\":{\"broadcaster_user_id\":\"%d\"},"
+             "\"transport\":{\"method\":\"conduit\",\"conduit_id\":\"%s\"}}",
+             first + ch, cid);
+    helix_answer x = {0};
+    tw_error err;
+    if (tw_helix(c, "POST", "/eventsub/subscriptions", body, strlen(body), helix_answered, &x, &err) == 0 &&
+        wait_until(c, helix_done, &x, 5) && x.status == 202)
+      subs++;
+    if (len < cap) len += (size_t)snprintf(chans + len, cap - len, "%s\"%d\"", ch ? "," : "", first + ch);
+  }
+  if (len < cap) snprintf(chans + len, cap - len, "]");
+  return subs;
 }
 
 /* ---- a set of message ids ----------------------------------------------------------- */
@@ -241,6 +324,61 @@ static __attribute__((unused)) const char *ev_name(tw_event_type t) {
   case TW_EV_QUEUED: return "queued";
   }
   return "?";
+}
+
+/* ---- scenarios, each in a child process ------------------------------------------- */
+/* A scenario reports its checks on stderr and fails its child process; the parent
+ * prints one TAP line a scenario, so a sanitizer abort is that scenario's failure and
+ * the others still run. */
+static int child_failed;
+
+static __attribute__((unused)) void check(int cond, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "#   %s: ", cond ? "pass" : "FAIL");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+  if (!cond) child_failed = 1;
+}
+
+typedef struct scenario {
+  const char *name, *what;
+  void (*fn)(void);
+} scenario;
+
+static __attribute__((unused)) int passed_line(const scenario *sc, int status) {
+  int passed = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  ok(passed, "%s: %s%s", sc->name, sc->what,
+     passed ? "" : (WIFEXITED(status) && WEXITSTATUS(status) == 1 ? "" : " [crashed or sanitizer abort]"));
+  return passed;
+}
+
+/* Runs the n scenarios one after the other, each in a child with the emulator *m started
+ * for it (only the one named by the environment variable only_var when that is set). */
+static __attribute__((unused)) int run_scenarios(const scenario *scs, size_t n, mock *m, const char *only_var) {
+  const char *only = only_var ? getenv(only_var) : NULL;
+  for (size_t i = 0; i < n; i++) {
+    const scenario *sc = &scs[i];
+    if (only && strcmp(only, sc->name) != 0) continue;
+    fprintf(stderr, "# %s\n", sc->name);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+      if (mock_start(m) != 0) {
+        fprintf(stderr, "# the emulator does not start\n");
+        exit(2);
+      }
+      sc->fn();
+      mock_stop(m);
+      exit(child_failed); /* exit: LeakSanitizer checks the child */
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    passed_line(sc, status);
+  }
+  return done_testing();
 }
 
 #endif

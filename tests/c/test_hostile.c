@@ -12,17 +12,6 @@
 #include "support.h"
 #include "hostile.h"
 
-static int child_failed;
-
-static void check(int cond, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "#   %s: ", cond ? "pass" : "FAIL");
-  vfprintf(stderr, fmt, ap);
-  fprintf(stderr, "\n");
-  va_end(ap);
-  if (!cond) child_failed = 1;
-}
 
 /* ---- a bare websocket session against a hostile server ------------------------------ */
 typedef struct wrec {
@@ -427,11 +416,6 @@ static void scenario_backoff_grows(void) {
 }
 
 /* ====================================================================================== */
-typedef struct scenario {
-  const char *name, *what;
-  void (*fn)(void);
-} scenario;
-
 static const scenario scenarios[] = {
     {"keepalive_huge", "a welcome's keepalive_timeout_seconds of 10^12 is clamped and reported", scenario_keepalive_huge},
     {"keepalive_int64", "a keepalive_timeout_seconds of 2^63-1 is clamped and reported (no overflow)",
@@ -483,9 +467,7 @@ int main(void) {
     while (f && fgets(line, sizeof line, f)) fputs(line, stdout);
     if (f) fclose(f);
     unlink(path);
-    int passed = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    ok(passed, "%s: %s%s", scenarios[i].name, scenarios[i].what,
-       passed ? "" : (WIFEXITED(status) && WEXITSTATUS(status) == 1 ? "" : " [crashed or sanitizer abort]"));
+    passed_line(&scenarios[i], status);
   }
   return done_testing();
 }

@@ -111,37 +111,18 @@ int main(void) {
   state *st = calloc(1, sizeof *st);
   tw_error err;
   tw_client_opts o = TW_CLIENT_OPTS_INIT;
-  o.client_id = m.client_id;
-  o.client_secret = m.client_secret;
-  o.api_base = m.api_base;
-  o.auth_base = m.auth_base;
-  o.eventsub_ws = m.eventsub_ws;
   o.backoff_max_s = 1;
-  tw_client *c = tw_client_new(&o, &err);
+  emu_conduit e;
+  int up = emu_conduit_open(&e, &m, &o, on_event, st, 4, ready, st, 10);
+  tw_client *c = e.c;
+  tw_conduit *cd = e.cd;
   ok(c != NULL, "client created");
-  tw_client_on_event(c, on_event, st);
-  tw_conduit_opts co = {.shards = 4};
-  tw_conduit *cd = tw_conduit_open(c, &co, &err);
-  ok(cd && wait_until(c, ready, st, 10), "a 4-shard conduit is ready");
-  const char *cid = tw_conduit_id(cd);
-  char cidbuf[64];
-  snprintf(cidbuf, sizeof cidbuf, "%s", cid ? cid : "");
+  ok(up, "a 4-shard conduit is ready");
+  const char *cidbuf = e.id;
 
   /* 100 channels subscribed over the conduit */
-  int subs = 0;
-  char chans[100 * 8 + 8] = "[";
-  for (int ch = 0; ch < 100; ch++) {
-    char body[512];
-    snprintf(body, sizeof body,
-             "{\"type\":\"stream.online\",\"version\":\"1\",\"condition\":{\"broadcaster_user_id\":\"%d\"},"
-             "\"transport\":{\"method\":\"conduit\",\"conduit_id\":\"%s\"}}",
-             3000 + ch, cidbuf);
-    resp x = {0};
-    tw_helix(c, "POST", "/eventsub/subscriptions", body, strlen(body), on_resp, &x, &err);
-    if (wait_until(c, resp_done, &x, 5) && x.status == 202) subs++;
-    snprintf(chans + strlen(chans), sizeof chans - strlen(chans), "%s\"%d\"", ch ? "," : "", 3000 + ch);
-  }
-  strcat(chans, "]");
+  char chans[100 * 8 + 8];
+  int subs = subscribe_channels(c, cidbuf, 3000, 100, chans, sizeof chans);
   ok(subs == 100, "100 channels subscribed (%d)", subs);
 
   /* a steady stream: 600 events/s for 12 s, over the 100 channels */

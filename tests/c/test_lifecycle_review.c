@@ -12,17 +12,6 @@
 
 static mock M;
 static int debug_events;
-static int child_failed;
-
-static void check(int cond, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "#   %s: ", cond ? "pass" : "FAIL");
-  vfprintf(stderr, fmt, ap);
-  fprintf(stderr, "\n");
-  va_end(ap);
-  if (!cond) child_failed = 1;
-}
 
 /* ---- events ------------------------------------------------------------------------ */
 typedef struct rec {
@@ -637,12 +626,6 @@ static void scenario_release_during_reconnect(void) {
 }
 
 /* ====================================================================================== */
-typedef struct scenario {
-  const char *name;
-  const char *what;
-  void (*fn)(void);
-} scenario;
-
 static const scenario scenarios[] = {
     {"add_fails_with_socket", "add_shards fails while a new shard has a socket: no use after free",
      scenario_add_fails_with_socket},
@@ -668,33 +651,8 @@ static const scenario scenarios[] = {
      scenario_verify_mid_assignment},
 };
 
-static int run_child(const scenario *sc) {
-  if (mock_start(&M) != 0) {
-    fprintf(stderr, "# the emulator does not start\n");
-    return 2;
-  }
-  sc->fn();
-  mock_stop(&M);
-  return child_failed;
-}
-
 int main(void) {
   tw_set_lws_log_level(0);
   debug_events = getenv("TW_LCR_DEBUG") != NULL;
-  const char *only = getenv("TW_LCR_ONLY");
-  for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
-    const scenario *sc = &scenarios[i];
-    if (only && strcmp(only, sc->name) != 0) continue;
-    fprintf(stderr, "# %s\n", sc->name);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) exit(run_child(sc)); /* exit: LeakSanitizer checks the child */
-    int status = 0;
-    waitpid(pid, &status, 0);
-    int passed = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    ok(passed, "%s: %s%s", sc->name, sc->what,
-       passed ? "" : (WIFEXITED(status) && WEXITSTATUS(status) == 1 ? "" : " [crashed or sanitizer abort]"));
-  }
-  return done_testing();
+  return run_scenarios(scenarios, sizeof scenarios / sizeof scenarios[0], &M, "TW_LCR_ONLY");
 }

@@ -23,15 +23,6 @@ static int op_over(void *a) { return ((st *)a)->ops_done + ((st *)a)->ops_failed
 static int want_notes;
 static int notes(void *a) { return ((st *)a)->notifications >= want_notes; }
 
-typedef struct resp {
-  int done, status;
-} resp;
-static void on_resp(void *user, const tw_response *r) {
-  resp *x = user;
-  x->done = 1;
-  x->status = r->status;
-}
-static int resp_done(void *a) { return ((resp *)a)->done; }
 
 static mock *g_m;
 static char g_sess[128];
@@ -67,19 +58,11 @@ int main(void) {
   st s = {0};
   tw_error err;
   tw_client_opts o = TW_CLIENT_OPTS_INIT;
-  o.client_id = m.client_id;
-  o.client_secret = m.client_secret;
-  o.api_base = m.api_base;
-  o.auth_base = m.auth_base;
-  o.eventsub_ws = m.eventsub_ws;
   o.backoff_max_s = 1;
-  tw_client *c = tw_client_new(&o, &err);
-  tw_client_on_event(c, on_event, &s);
-  tw_conduit_opts co = {.shards = 2};
-  tw_conduit *cd = tw_conduit_open(c, &co, &err);
-  ok(cd && wait_until(c, ready, &s, 10), "a 2-shard conduit is ready");
-  char cid[64];
-  snprintf(cid, sizeof cid, "%s", tw_conduit_id(cd));
+  emu_conduit e;
+  ok(emu_conduit_open(&e, &m, &o, on_event, &s, 2, ready, &s, 10), "a 2-shard conduit is ready");
+  tw_client *c = e.c;
+  tw_conduit *cd = e.cd;
 
   /* renumber: refused onto a taken id or a bad one; moves the shard otherwise */
   tw_shard *s1 = tw_conduit_find_shard(cd, "1");
@@ -104,20 +87,8 @@ int main(void) {
      "both new shards enabled, 4 shards on Twitch (%d)", tw_conduit_shard_count(cd));
 
   /* subscriptions on 40 channels, then 400 events: every one counted in a lag bucket */
-  int subs = 0;
-  char chans[40 * 8 + 8] = "[";
-  for (int ch = 0; ch < 40; ch++) {
-    char body[512];
-    snprintf(body, sizeof body,
-             "{\"type\":\"stream.online\",\"version\":\"1\",\"condition\":{\"broadcaster_user_id\":\"%d\"},"
-             "\"transport\":{\"method\":\"conduit\",\"conduit_id\":\"%s\"}}",
-             5100 + ch, cid);
-    resp x = {0};
-    tw_helix(c, "POST", "/eventsub/subscriptions", body, strlen(body), on_resp, &x, &err);
-    if (wait_until(c, resp_done, &x, 5) && x.status == 202) subs++;
-    snprintf(chans + strlen(chans), sizeof chans - strlen(chans), "%s\"%d\"", ch ? "," : "", 5100 + ch);
-  }
-  strcat(chans, "]");
+  char chans[40 * 8 + 8];
+  int subs = subscribe_channels(c, e.id, 5100, 40, chans, sizeof chans);
   ok(subs == 40, "40 channels subscribed (%d)", subs);
   char body[1024];
   snprintf(body, sizeof body, "{\"type\":\"stream.online\",\"channels\":%s,\"count\":10}", chans);

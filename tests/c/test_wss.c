@@ -31,43 +31,6 @@ static int reconnected(void *a) { (void)a; return reconnects > 0; }
 static void on_resp(void *u, const tw_response *r) { *(int *)u = r->status; }
 static int resp_in(void *a) { return *(int *)a != 0; }
 
-/* the emulator with a wss listener; wss gets its URL */
-static int start(mock *m, const char *dir, char *wss, size_t n) {
-  const char *bin = getenv("TWCONDUIT_MOCK");
-  if (!bin) bin = "build/bin/twconduit-mock";
-  char crt[300], key[300];
-  snprintf(crt, sizeof crt, "%s/tls.crt", dir);
-  snprintf(key, sizeof key, "%s/k.pem", dir);
-  int fds[2];
-  if (pipe(fds) != 0) return -1;
-  pid_t pid = fork();
-  if (pid < 0) return -1;
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    dup2(fds[1], 1);
-    close(fds[0]);
-    close(fds[1]);
-    execl(bin, bin, "--port", "0", "--tls-cert", crt, "--tls-key", key, (char *)NULL);
-    _exit(127);
-  }
-  close(fds[1]);
-  m->pid = pid;
-  m->out = fdopen(fds[0], "r");
-  char line[2048];
-  if (!m->out || !fgets(line, sizeof line, m->out)) return -1;
-  cJSON *o = cJSON_Parse(line);
-  if (!o) return -1;
-  copy_field(o, "api_base", m->api_base, sizeof m->api_base);
-  copy_field(o, "auth_base", m->auth_base, sizeof m->auth_base);
-  copy_field(o, "eventsub_ws", m->eventsub_ws, sizeof m->eventsub_ws);
-  copy_field(o, "control", m->control, sizeof m->control);
-  copy_field(o, "client_id", m->client_id, sizeof m->client_id);
-  copy_field(o, "client_secret", m->client_secret, sizeof m->client_secret);
-  copy_field(o, "eventsub_wss", wss, n);
-  cJSON_Delete(o);
-  return 0;
-}
-
 /* delivered entries of the ledger that the client did not handle, and the delivered count */
 static int ledger_missing(mock *m, int *delivered) {
   cJSON *l = mock_call(m, "GET", "/ledger", NULL);
@@ -100,29 +63,25 @@ int main(void) {
            dir);
   ok(system(cmd) == 0, "a self-signed certificate for 127.0.0.1");
   mock m = {0};
-  char wss[128] = "";
-  if (start(&m, dir, wss, sizeof wss) != 0) {
+  char crt[300], key[300];
+  snprintf(crt, sizeof crt, "%s/tls.crt", dir);
+  snprintf(key, sizeof key, "%s/k.pem", dir);
+  if (mock_start(&m, "--tls-cert", crt, "--tls-key", key) != 0) {
     ok(0, "the emulator starts with a wss listener");
     return done_testing();
   }
+  const char *wss = m.eventsub_wss;
   ok(strncmp(wss, "wss://127.0.0.1:", 16) == 0, "the emulator announces its wss URL (%s)", wss);
 
-  char crt[300];
-  snprintf(crt, sizeof crt, "%s/tls.crt", dir);
   setenv("SSL_CERT_FILE", crt, 1);
   tw_error err;
   tw_client_opts o = TW_CLIENT_OPTS_INIT;
-  o.client_id = m.client_id;
-  o.client_secret = m.client_secret;
-  o.api_base = m.api_base;
-  o.auth_base = m.auth_base;
   o.eventsub_ws = wss;
   o.backoff_min_s = 0.1;
-  tw_client *c = tw_client_new(&o, &err);
-  tw_client_on_event(c, on_event, NULL);
-  tw_conduit_opts co = {.shards = 2};
-  tw_conduit *cd = tw_conduit_open(c, &co, &err);
-  int up = wait_until(c, is_ready, NULL, 15);
+  emu_conduit e;
+  int up = emu_conduit_open(&e, &m, &o, on_event, NULL, 2, is_ready, NULL, 15);
+  tw_client *c = e.c;
+  tw_conduit *cd = e.cd;
   ok(up, "2 shards connect to the emulator over wss and are assigned");
   if (!up) printf("# last client error: %s\n", last_error);
 
@@ -189,7 +148,7 @@ int main(void) {
   c = tw_client_new(&o, &err);
   tw_client_on_event(c, on_event, NULL);
   ready = 0;
-  co.shards = shards;
+  tw_conduit_opts co = {.shards = shards};
   cd = tw_conduit_open(c, &co, &err);
   up = wait_until(c, is_ready, NULL, 60);
   tw_client_get_stats(c, &cs);

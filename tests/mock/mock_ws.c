@@ -877,6 +877,73 @@ static void test_blast_small(void)
     free(cid);
 }
 
+/* welcome_delay_s: the reconnect target is taken and its welcome held; the old socket
+ * receives the events meanwhile, then the new one is welcomed and takes over */
+static int held_sid_flag(void *arg)
+{
+    cJSON *ss = ctl("GET", "/sessions", NULL, NULL);
+    int held = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, jget(ss, "sessions")) if (js(e, "id") && !strcmp(js(e, "id"), (const char *)arg))
+        held = cJSON_IsTrue(jget(e, "welcome_held"));
+    cJSON_Delete(ss);
+    return held;
+}
+
+static void test_reconnect_held_welcome(void)
+{
+    char *cid = new_conduit(1);
+    wsc_t a;
+    ws_open_session(&a, m.port, NULL);
+    assign(cid, 0, a.session_id, NULL);
+    char tr[256];
+    snprintf(tr, sizeof tr, "{\"method\":\"conduit\",\"conduit_id\":\"%s\"}", cid);
+    char *sub = subscribe("stream.online", "1", "{\"broadcaster_user_id\":\"78\"}", tr);
+    char p[256];
+    snprintf(p, sizeof p, "/sessions/%s/reconnect", a.session_id);
+    long stc = 0;
+    cJSON_Delete(ctl("POST", p, "{\"welcome_delay_s\":-1}", &stc));
+    t_ok(stc == 400, "reconnect: welcome_delay_s -1 -> 400 (%ld)", stc);
+    cJSON_Delete(ctl("POST", p, "{\"welcome_delay_s\":2}", &stc));
+    cJSON *o = ws_wait_type(&a, "session_reconnect", 3000);
+    const char *url = js(o, "payload.session.reconnect_url");
+    char path[256];
+    snprintf(path, sizeof path, "%s", url ? strstr(url, "/ws") : "/ws");
+    cJSON_Delete(o);
+    wsc_t b;
+    ws_connect(&b, m.port, path);
+    t_ok(stc == 200 && wait_until(held_sid_flag, a.session_id, 3000),
+         "reconnect with welcome_delay_s: the new connection is taken, its welcome held");
+    cJSON_Delete(ctl("POST", "/trigger", "{\"type\":\"stream.online\",\"channels\":[\"78\"]}", NULL));
+    o = ws_wait_type(&a, "notification", 3000);
+    t_ok(o != NULL, "while the welcome is held the old socket receives the events");
+    cJSON_Delete(o);
+    o = ws_recv_json(&b, 6000);
+    t_ok(o && !strcmp(js(o, "metadata.message_type"), "session_welcome") &&
+             !strcmp(js(o, "payload.session.id"), a.session_id) && !held_sid_flag(a.session_id),
+         "then the new connection's first message is its welcome, same session id");
+    cJSON_Delete(o);
+    cJSON_Delete(ctl("POST", "/trigger", "{\"type\":\"stream.online\",\"channels\":[\"78\"]}", NULL));
+    o = ws_wait_type(&b, "notification", 3000);
+    t_ok(o != NULL, "after it the events go to the new connection");
+    cJSON_Delete(o);
+    ws_send_close(&a, 1000);
+    ws_wait_close(&a, 2000);
+    ws_free(&a);
+    ws_send_close(&b, 1000);
+    ws_wait_close(&b, 2000);
+    ws_free(&b);
+    /* the conduit goes: the tests after this one need the client's conduit slots */
+    resp_t r;
+    char q[160];
+    snprintf(q, sizeof q, "/eventsub/conduits?id=%s", cid);
+    helix(&m, &r, "DELETE", q, NULL);
+    t_ok(r.status == 204, "the conduit is deleted (%ld)", r.status);
+    resp_free(&r);
+    free(sub);
+    free(cid);
+}
+
 int main(void)
 {
     if (mock_start(&m, "{\"keepalive_min\":1,\"ping_interval_s\":30,\"assign_window_s\":30,"
@@ -891,6 +958,7 @@ int main(void)
     test_routing();
     test_close_codes();
     test_reconnect();
+    test_reconnect_held_welcome();
     test_faults_revoke();
     test_blast_small();
     cJSON_Delete(ctl("POST", "/reset", "{}", NULL));
