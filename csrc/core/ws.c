@@ -71,6 +71,7 @@ struct tw_session {
   char *session_id;
   uint64_t last_rx;
   uint64_t limit_ms; /* silence tolerated */
+  uint64_t welcome_ms; /* the wait for the welcome, from the start of the TLS handshake or the upgrade */
   int close_code;
   char why[128];
   bool welcomed, gone, reported, opening, closing_sent;
@@ -627,6 +628,8 @@ static void tls_hs_end(tw_session *ss) {
   while (c->tls_wait && (!c->tls_handshakes || c->tls_handshaking < c->tls_handshakes)) {
     tw_session *w = c->tls_wait;
     tls_unwait(w);
+    /* the wait for a slot is ours, not the server's: the welcome deadline starts now */
+    uv_timer_start(&w->timer, on_watchdog, w->welcome_ms, 0);
     tls_connected(w);
   }
 }
@@ -819,6 +822,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
       tw_client *c = ss->c;
       if (ss->tls && c->tls_handshakes && c->tls_handshaking >= c->tls_handshakes) {
         ss->tls_waiting = true; /* its handshake starts when one in flight is done */
+        uv_timer_stop(&ss->timer); /* and its welcome deadline then: the ones ahead have theirs */
         ss->tls_wprev = c->tls_wait_tail;
         if (c->tls_wait_tail) c->tls_wait_tail->tls_wnext = ss;
         else c->tls_wait = ss;
@@ -996,7 +1000,8 @@ tw_session *tw_ws_open(tw_client *c, const char *url, const tw_session_ops *ops,
   ss->timer.data = ss;
   ss->last_rx = uv_now(c->loop);
   /* a welcome must come soon after connecting (a reconnect target's: tw_ws_reconnect_target) */
-  uv_timer_start(&ss->timer, on_watchdog, (uint64_t)(c->welcome_timeout_s * 1000), 0);
+  ss->welcome_ms = (uint64_t)(c->welcome_timeout_s * 1000);
+  uv_timer_start(&ss->timer, on_watchdog, ss->welcome_ms, 0);
 
   struct lws_client_connect_info i;
   memset(&i, 0, sizeof i);
@@ -1030,7 +1035,8 @@ tw_session *tw_ws_open(tw_client *c, const char *url, const tw_session_ops *ops,
 
 void tw_ws_reconnect_target(tw_session *ss) {
   if (!ss || ss->gone || !ss->wsi || ss->welcomed || ss->st == ST_CLOSING) return;
-  uv_timer_start(&ss->timer, on_watchdog, (uint64_t)(ss->c->reconnect_welcome_timeout_s * 1000), 0);
+  ss->welcome_ms = (uint64_t)(ss->c->reconnect_welcome_timeout_s * 1000);
+  if (!ss->tls_waiting) uv_timer_start(&ss->timer, on_watchdog, ss->welcome_ms, 0);
 }
 
 void tw_ws_close(tw_session *ss, int code) {
