@@ -433,7 +433,8 @@ static inline __attribute__((always_inline)) bool deliver(tw_client *c, const tw
   bool notif = m->message_type && m->message_type[0] == 'n';
   if (notif) c->stats.notifications++;
   if (timed && s && notif) tw_shard_note_lag(s, age);
-  if (c->gateway) {
+  if (c->gateway && !m->wsession) { /* a gateway publishes its conduits' messages; a plain
+                                      * websocket session's are its own handlers' */
     if (publish(c, m)) return true;
   } else if (completes) {
     m->done(m->done_user, NULL); /* answered first: delivered whatever the handlers do */
