@@ -90,9 +90,17 @@ static int q_close(lua_State *L) {
   twl_client *cl = b->cl;
   b->obj = NULL;
   tw_queue_set_user(q, NULL);
+  /* in a frame: what closing reports (queue_lost) reaches the error handlers even when
+   * close is called outside step/run */
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, TWL_BOX_CLIENT);
+  twl_frame saved;
+  twl_frame_begin(cl, L, 2, &saved);
   tw_queue_free(q);
+  twl_frame_end(cl, &saved);
   if (cl->nconduits > 0) cl->nconduits--;
   cl->sweep = 1;
+  twl_close_if_requested(cl, L, 2);
   return 0;
 }
 

@@ -468,6 +468,8 @@ function Client:closed() return self._closed end
 -- current step returns. Async calls still waiting return nil, err (`closed`).
 function Client:close()
   if self._closed then return end
+  -- queues first, while the client's handlers still hear what closing them reports
+  for _, q in ipairs(self._queues or {}) do q:close() end
   self._closed = true
   self._core:close()
   async.close_waiting(self)
