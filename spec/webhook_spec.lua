@@ -106,6 +106,17 @@ describe("webhook delivery", function()
     -- the other shards deliver at once; shard 3's events wait for their retries
     H.wait_until(c, function() return st.n > 0 end, 20, "the first notifications")
     assert.is_nil(st.by_shard["3"])
+    -- the receiver comes back only once the emulator has seen one of shard 3's attempts
+    -- fail (on a slow machine its first attempts may not have been made yet)
+    H.wait_until(c, function()
+      for _, e in ipairs(assert(m:ledger()).entries) do
+        if e.shard == "3" then
+          for _, a in ipairs(e.attempts) do
+            if a.result == "transport error" or a.result == "http error" then return true end
+          end
+        end
+      end
+    end, 20, "a failed attempt on shard 3")
     local s2b = assert(c:webhook_server { port = port2 })
     assert(whs[2]:webhook_attach(s2b))
     H.wait_until(c, function() return st.n >= total end, 30, total .. " notifications")
