@@ -69,7 +69,7 @@ describe("twconduit.client", function()
     assert.is_true(err.code == "network" or err.code == "auth_failed", err.code)
   end)
 
-  it("makes a client without credentials (a queue worker's), whose Helix calls fail with no_credentials", function()
+  it("makes a client without credentials (a queue worker's): Helix calls fail with no_credentials", function()
     local c = twconduit.client {}
     finally(function() c:close() end)
     local body, err = c:helix("GET", "/eventsub/conduits")

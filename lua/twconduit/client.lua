@@ -66,7 +66,6 @@ local OPTIONS = {
   http_max_inflight = int_range(1), patch_batch = int_range(1, 100),
   validate_interval = num_min(0), verify_interval = num_min(0),
   max_message_bytes = int_range(1024), tls_handshakes = int_range(0),
-  max_message_bytes = int_range(1024),
   welcome_timeout = seconds_upto(600), reconnect_welcome_timeout = seconds_upto(600),
   log = log_fn, log_level = log_level,
 }

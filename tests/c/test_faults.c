@@ -4,6 +4,7 @@
 
 typedef struct state {
   int ready, enabled, disabled, reconnects, notifications;
+  int enabled_at_disable; /* enables counted when the last disable came */
   int errors;
   char last_error_code[32];
   char last_disabled_status[64];
@@ -19,6 +20,7 @@ static void on_event(void *user, const tw_event *ev) {
   case TW_EV_SHARD_ENABLED: st->enabled++; break;
   case TW_EV_SHARD_DISABLED:
     st->disabled++;
+    st->enabled_at_disable = st->enabled;
     snprintf(st->last_disabled_status, sizeof st->last_disabled_status, "%s", ev->status ? ev->status : "");
     break;
   case TW_EV_RECONNECT: st->reconnects++; break;
@@ -41,8 +43,13 @@ static void on_resp(void *user, const tw_response *r) {
 
 static int is_ready(void *a) { return ((state *)a)->ready > 0; }
 static int resp_done(void *a) { return ((state *)a)->resp_done; }
-static int want_enabled, want_notes, want_errors;
-static int enabled_again(void *a) { return ((state *)a)->enabled >= want_enabled; }
+static int want_notes, want_errors;
+static int want_disabled;
+static int enabled_again(void *a) {
+  /* this close's disable seen, then an enable after it (not a late one of the last close) */
+  const state *st = a;
+  return st->disabled >= want_disabled && st->enabled > st->enabled_at_disable;
+}
 static int notes(void *a) { return ((state *)a)->notifications >= want_notes; }
 static int errors_seen(void *a) { return ((state *)a)->errors >= want_errors; }
 
@@ -93,7 +100,7 @@ int main(void) {
     snprintf(path, sizeof path, "/sessions/%s/close", old);
     snprintf(body, sizeof body, "{\"code\":%d}", codes[i].code);
     int dis = st->disabled;
-    want_enabled = st->enabled + 1;
+    want_disabled = dis + 1;
     cJSON_Delete(mock_call(&m, "POST", path, body));
     int back = wait_until(c, enabled_again, st, 10);
     ok(back && st->disabled == dis + 1 && strcmp(st->last_disabled_status, codes[i].status) == 0 &&
