@@ -263,6 +263,41 @@ describe("queue", function()
     c2:close()
   end)
 
+  it("streams are trimmed by length (MAXLEN ~) and by age (MINID ~)", function()
+    local cl, ca = H.client(m), H.client(m)
+    local ql = assert(cl:queue { redis = redis.url, name = "tl", role = "gateway", partitions = 1, maxlen = 100 })
+    local qa = assert(ca:queue { redis = redis.url, name = "ta", role = "gateway", partitions = 1, max_age = 1 })
+    H.wait_until(cl, function() return ql:stats().up end, 10, "a link")
+    H.wait_until(ca, function() return qa:stats().up end, 10, "a link")
+    local on = true
+    cd:on("stream.online", function(_, msg)
+      if on then assert(ql:publish(msg)); assert(qa:publish(msg)) end
+    end)
+    local function xlen(k) return tonumber(redis:cli("XLEN", k)) end
+    local function redis_ms()
+      local sec, usec = redis:cli("TIME"):match("^(%d+)%s+(%d+)")
+      return tonumber(sec) * 1000 + tonumber(usec) // 1000
+    end
+    local function publish(n)
+      local l0, a0 = ql:stats().published, qa:stats().published
+      assert(m:trigger { type = "stream.online", channels = H.channels(100), count = n // 100 })
+      H.wait_until(c, function()
+        cl:step(0); ca:step(0)
+        return ql:stats().published >= l0 + n and qa:stats().published >= a0 + n
+      end, 20, "published")
+    end
+    publish(300)
+    local t_old = redis_ms()
+    H.wait_until(c, function() return redis_ms() > t_old + 1500 end, 10, "Redis's clock past the age limit")
+    publish(300)
+    on = false
+    local nl, na = xlen("tl:s:0"), xlen("ta:s:0")
+    assert.is_true(nl >= 100 and nl < 300, "by length: 600 added, " .. nl .. " kept (100 and up to a node more)")
+    assert.is_true(na >= 300 and na < 450, "by age: 300 old and 300 new added, " .. na .. " kept")
+    cl:close()
+    ca:close()
+  end)
+
   it("an entry is acknowledged once its yielding handler returned; an unreadable one is reported", function()
     local body = twconduit.json_encode { subscription = { type = "stream.online", version = "1" },
       event = { broadcaster_user_id = "42" } }

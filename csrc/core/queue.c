@@ -53,7 +53,8 @@
  * key lives while now <= t0 + window); such marks are all in the buckets cur - nb .. cur,
  * read with one HMGET each. New marks go in one HSET; the bucket expires one width after
  * its last use, and the bucket that just left the window is UNLINKed (freed off the main
- * thread) as soon as a call sees it. */
+ * thread) as soon as a call sees it. Each stream written is trimmed once per call
+ * (XTRIM MAXLEN ~ or MINID ~ after its XADDs: what XADD's own trim option did per entry). */
 static const char PUBLISH_LUA[] =
     "local call, n = redis.call, #KEYS\n"
     "local w, mode, tv, pre, bw = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])\n"
@@ -84,18 +85,18 @@ static const char PUBLISH_LUA[] =
     "  call('PEXPIREAT', key, (cur + nb + 2) * bw)\n"
     "  call('UNLINK', pre .. (cur - nb - 1))\n"
     "end\n"
+    "local streams = {}\n"
     "for i = 1, n do\n"
     "  if dup[i] then out[i] = false\n"
     "  else\n"
-    "    local b = 6 + (i - 1) * 5\n"
-    "    if mode == 'maxlen' then\n"
-    "      out[i] = call('XADD', KEYS[i], 'MAXLEN', '~', tv, '*', 'id', ids[i], 'mt', ARGV[b + 1], 'ts', ARGV[b + 2], 'tr', ARGV[b + 3], 'b', ARGV[b + 4])\n"
-    "    elseif mode == 'minid' then\n"
-    "      out[i] = call('XADD', KEYS[i], 'MINID', '~', tv, '*', 'id', ids[i], 'mt', ARGV[b + 1], 'ts', ARGV[b + 2], 'tr', ARGV[b + 3], 'b', ARGV[b + 4])\n"
-    "    else\n"
-    "      out[i] = call('XADD', KEYS[i], '*', 'id', ids[i], 'mt', ARGV[b + 1], 'ts', ARGV[b + 2], 'tr', ARGV[b + 3], 'b', ARGV[b + 4])\n"
-    "    end\n"
+    "    local b, k = 6 + (i - 1) * 5, KEYS[i]\n"
+    "    out[i] = call('XADD', k, '*', 'id', ids[i], 'mt', ARGV[b + 1], 'ts', ARGV[b + 2], 'tr', ARGV[b + 3], 'b', ARGV[b + 4])\n"
+    "    streams[k] = true\n"
     "  end\n"
+    "end\n"
+    "if mode ~= 'none' then\n"
+    "  local how = mode == 'maxlen' and 'MAXLEN' or 'MINID'\n"
+    "  for k in pairs(streams) do call('XTRIM', k, how, '~', tv) end\n"
     "end\n"
     "return out\n";
 
