@@ -12,7 +12,8 @@
 --               queue's own connection, read back in pages of 1000, same run.
 --   LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="build/lib/?.so;;" \
 --   TWCONDUIT_MOCK=build/bin/twconduit-mock lua5.4 bench/queue.lua [N] [rate]
--- rate 0 skips the latency run; BENCH_NOFLOOR=1 the floor; BENCH_NOAOF=1 turns AOF off.
+-- rate 0 skips the latency run; BENCH_NOFLOOR=1 the floor; BENCH_NOAOF=1 turns AOF off;
+-- BENCH_APPENDFSYNC=no|everysec|always sets Redis's appendfsync (default everysec).
 local twconduit = require "twconduit"
 local mock = require "twconduit.mock"
 local R = dofile("spec/support/redis.lua")
@@ -34,6 +35,7 @@ end
 
 local redis = R.start()
 if os.getenv("BENCH_NOAOF") then redis:cli("CONFIG", "SET", "appendonly", "no") end
+if os.getenv("BENCH_APPENDFSYNC") then redis:cli("CONFIG", "SET", "appendfsync", os.getenv("BENCH_APPENDFSYNC")) end
 local m = assert(mock.start {})
 local ok, err = pcall(function()
   local c = assert(twconduit.client { client_id = m.client_id, client_secret = m.client_secret,
