@@ -35,7 +35,8 @@ end
 
 local redis = R.start()
 if os.getenv("BENCH_NOAOF") then redis:cli("CONFIG", "SET", "appendonly", "no") end
-if os.getenv("BENCH_APPENDFSYNC") then redis:cli("CONFIG", "SET", "appendfsync", os.getenv("BENCH_APPENDFSYNC")) end
+local fsync = os.getenv("BENCH_APPENDFSYNC")
+if fsync then redis:cli("CONFIG", "SET", "appendfsync", fsync) end
 local m = assert(mock.start {})
 local ok, err = pcall(function()
   local c = assert(twconduit.client { client_id = m.client_id, client_secret = m.client_secret,

@@ -211,7 +211,7 @@ describe("queue", function()
     c2:close()
   end)
 
-  it("a message seen within the de-duplication window is a duplicate, and is queued again after it", function()
+  it("a message seen within the de-duplication window is a duplicate, queued again after it", function()
     -- the window (2 s) is judged on Redis's clock: the first entry's id is its time t0
     local W = 2000
     local c2 = H.client(m)
@@ -251,7 +251,9 @@ describe("queue", function()
     -- and not longer than the window: a publish sent once Redis's clock had passed
     -- t0 + window was never answered "duplicate"
     for _, p in ipairs(sent) do
-      if p.dup then assert.is_true(p.at <= t0 + W, ("a duplicate %d ms after the first"):format(p.at - t0)) end
+      if p.dup then
+        assert.is_true(p.at <= t0 + W, ("a duplicate %d ms after the first"):format(p.at - t0))
+      end
     end
     local s = q2:stats()
     assert.is_true(s.duplicates >= 1, "a duplicate within the window")
@@ -265,8 +267,10 @@ describe("queue", function()
 
   it("streams are trimmed by length (MAXLEN ~) and by age (MINID ~)", function()
     local cl, ca = H.client(m), H.client(m)
-    local ql = assert(cl:queue { redis = redis.url, name = "tl", role = "gateway", partitions = 1, maxlen = 100 })
-    local qa = assert(ca:queue { redis = redis.url, name = "ta", role = "gateway", partitions = 1, max_age = 1 })
+    local ql = assert(cl:queue { redis = redis.url, name = "tl", role = "gateway", partitions = 1,
+      maxlen = 100 })
+    local qa = assert(ca:queue { redis = redis.url, name = "ta", role = "gateway", partitions = 1,
+      max_age = 1 })
     H.wait_until(cl, function() return ql:stats().up end, 10, "a link")
     H.wait_until(ca, function() return qa:stats().up end, 10, "a link")
     local on = true
@@ -292,7 +296,7 @@ describe("queue", function()
     publish(300)
     on = false
     local nl, na = xlen("tl:s:0"), xlen("ta:s:0")
-    assert.is_true(nl >= 100 and nl < 300, "by length: 600 added, " .. nl .. " kept (100 and up to a node more)")
+    assert.is_true(nl >= 100 and nl < 300, "by length: 600 added, " .. nl .. " kept (100, and a node more)")
     assert.is_true(na >= 300 and na < 450, "by age: 300 old and 300 new added, " .. na .. " kept")
     cl:close()
     ca:close()
