@@ -5,10 +5,15 @@
 --   latency:    a stream at a fixed 10,000 events/s; added latency = the worker's handler
 --               time minus the conduit handler's time for the same message id (the loop's
 --               clock, 1 ms resolution);
+--   cpu:        over the blast, CPU (user + system, waited-for children included) of the
+--               emulator, redis-server and this process, in us per event; Redis's own
+--               time per command (INFO commandstats, reset before the blast);
 --   floor:      raw pipelined XADDs of bodies of the same size from this process on the
 --               queue's own connection, read back in pages of 1000, same run.
 --   LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="build/lib/?.so;;" \
---   TWCONDUIT_MOCK=build/bin/twconduit-mock lua5.4 bench/queue.lua [N]
+--   TWCONDUIT_MOCK=build/bin/twconduit-mock lua5.4 bench/queue.lua [N] [rate]
+-- rate 0 skips the latency run; BENCH_NOFLOOR=1 the floor; BENCH_NOAOF=1 turns AOF off;
+-- BENCH_APPENDFSYNC=no|everysec|always sets Redis's appendfsync (default everysec).
 local twconduit = require "twconduit"
 local mock = require "twconduit.mock"
 local R = dofile("spec/support/redis.lua")
@@ -16,8 +21,22 @@ twconduit.set_log_level(0)
 local N = tonumber(arg[1] or "100000")
 local RATE = tonumber(arg[2] or "10000")
 
+local function cpu_s(pid)
+  local f = io.open(("/proc/%s/stat"):format(pid))
+  if not f then return 0 end
+  local st = f:read("a")
+  f:close()
+  local rest = st:match("%) (.*)$")
+  local v = {}
+  for w in rest:gmatch("%S+") do v[#v + 1] = w end
+  -- utime, stime, and the children's (waited for: redis-server's AOF rewrites), in ticks
+  return (tonumber(v[12]) + tonumber(v[13]) + tonumber(v[14]) + tonumber(v[15])) / 100
+end
+
 local redis = R.start()
 if os.getenv("BENCH_NOAOF") then redis:cli("CONFIG", "SET", "appendonly", "no") end
+local fsync = os.getenv("BENCH_APPENDFSYNC")
+if fsync then redis:cli("CONFIG", "SET", "appendfsync", fsync) end
 local m = assert(mock.start {})
 local ok, err = pcall(function()
   local c = assert(twconduit.client { client_id = m.client_id, client_secret = m.client_secret,
@@ -56,22 +75,42 @@ local ok, err = pcall(function()
     while not pred() and c:now() - t0 < timeout do c:step(0.05) end
   end
 
-  -- latency at 10,000 events/s
+  -- latency at 10,000 events/s (rate 0: skipped)
   measure = true
   local n2 = RATE * 3
-  assert(m:stream { type = "stream.online", channels = chans, rate = RATE, count = n2 })
-  run_until(function() return handled >= n2 end, 60)
-  table.sort(lat)
-  local function pct(p) return lat[math.max(1, math.ceil(#lat * p))] * 1000 end
-  print(("added latency at %d events/s (%d samples, 1 ms clock): p50 %.0f ms, p99 %.0f ms, max %.0f ms")
-    :format(
-    RATE, #lat, pct(0.5), pct(0.99), lat[#lat] * 1000))
+  if RATE > 0 then
+    assert(m:stream { type = "stream.online", channels = chans, rate = RATE, count = n2 })
+    run_until(function() return handled >= n2 end, 60)
+    table.sort(lat)
+    local function pct(p) return lat[math.max(1, math.ceil(#lat * p))] * 1000 end
+    print(("added latency at %d events/s (%d samples, 1 ms clock): p50 %.0f ms, p99 %.0f ms, max %.0f ms")
+      :format(RATE, #lat, pct(0.5), pct(0.99), lat[#lat] * 1000))
+  end
   -- throughput
   handled, first, last, measure = 0, nil, nil, false
+  local procs = { { "emulator", math.tointeger(m.pid) }, { "redis-server", redis.pid }, { "client", "self" } }
+  local cpu0 = {}
+  for i, p in ipairs(procs) do cpu0[i] = cpu_s(p[2]) end
+  redis:cli("CONFIG", "RESETSTAT")
   assert(m:blast { type = "stream.online", channels = chans, count = N // 200 })
   local total = (N // 200) * 200
   run_until(function() return handled >= total end, 120)
   local eps = handled / math.max(last - first, 1e-3)
+  -- CPU per event of each process (utime + stime over the blast, settling included) and
+  -- Redis's own time per command (INFO commandstats, reset before the blast)
+  local cpu_line, sum = {}, 0
+  for i, p in ipairs(procs) do
+    local us = (cpu_s(p[2]) - cpu0[i]) * 1e6 / handled
+    sum = sum + us
+    cpu_line[#cpu_line + 1] = ("%s %.1f"):format(p[1], us)
+  end
+  print(("cpu per event (us): %s; all %.1f"):format(table.concat(cpu_line, ", "), sum))
+  local cs = {}
+  for name, calls, usec in redis:cli("INFO", "commandstats"):gmatch("cmdstat_(%w+):calls=(%d+),usec=(%d+)") do
+    cs[#cs + 1] = ("%s %d calls %.1f us/call %.2f us/event"):format(name, calls, usec / calls, usec / handled)
+  end
+  table.sort(cs)
+  print("redis: " .. table.concat(cs, "; "))
   if os.getenv("BENCH_DIAG") then
     print(("process cpu %.2f s"):format(os.clock()))
     print(redis:cli("INFO", "commandstats"))
@@ -82,6 +121,7 @@ local ok, err = pcall(function()
 
   -- the floor, same process, same link: raw pipelined XADDs of the same bodies (no script,
   -- no de-duplication), then reading them back in pages of 1000 (XREADGROUP-sized)
+  if os.getenv("BENCH_NOFLOOR") then c:close() return end
   local body = twconduit.json_encode { subscription = { type = "stream.online", version = "1" },
     event = { broadcaster_user_id = "3001", pad = string.rep("x", 1400) } }
   local nf, answered = 50000, 0

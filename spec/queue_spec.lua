@@ -211,6 +211,97 @@ describe("queue", function()
     c2:close()
   end)
 
+  it("a message seen within the de-duplication window is a duplicate, queued again after it", function()
+    -- the window (2 s) is judged on Redis's clock: the first entry's id is its time t0
+    local W = 2000
+    local c2 = H.client(m)
+    local q2 = assert(c2:queue { redis = redis.url, name = "win", role = "gateway", partitions = 1,
+      dedupe_window = W / 1000 })
+    H.wait_until(c2, function() return q2:stats().up end, 10, "the gateway's link")
+    local function answered(s) return s.published + s.duplicates end
+    local done, perr, once, sent = false, nil, false, {}
+    local function redis_ms()
+      local sec, usec = redis:cli("TIME"):match("^(%d+)%s+(%d+)")
+      return tonumber(sec) * 1000 + tonumber(usec) // 1000
+    end
+    cd:on("stream.online", function(_, msg)
+      if once then return end
+      once = true
+      -- the handler yields between publishes: the message stays valid until it returns
+      while not done do
+        local before, dups = answered(q2:stats()), q2:stats().duplicates
+        local at = redis_ms() -- the script runs after this, on the same clock
+        local ok, e = q2:publish(msg)
+        if not ok then perr = e; return end
+        H.wait_until(c2, function() return answered(q2:stats()) > before end, 10, "the answer")
+        sent[#sent + 1] = { at = at, dup = q2:stats().duplicates > dups }
+        if q2:stats().published >= 2 then done = true else c:sleep(0.05) end
+      end
+    end)
+    assert(m:trigger { type = "stream.online", channels = { "2002" } })
+    H.wait_until(c, function() return done or perr end, 15, "a publish after the window")
+    assert.is_nil(perr)
+    local ids = {}
+    for line in redis:cli("XRANGE", "win:s:0", "-", "+"):gmatch("[^\n]+") do
+      if line:match("^%d+%-%d+$") then ids[#ids + 1] = line end
+    end
+    assert.are.equal(2, #ids, "queued twice: once, and once after the window")
+    local t0, t1 = tonumber(ids[1]:match("^(%d+)")), tonumber(ids[2]:match("^(%d+)"))
+    assert.is_true(t1 - t0 > W, ("queued again %d ms after the first, window %d ms"):format(t1 - t0, W))
+    -- and not longer than the window: a publish sent once Redis's clock had passed
+    -- t0 + window was never answered "duplicate"
+    for _, p in ipairs(sent) do
+      if p.dup then
+        assert.is_true(p.at <= t0 + W, ("a duplicate %d ms after the first"):format(p.at - t0))
+      end
+    end
+    local s = q2:stats()
+    assert.is_true(s.duplicates >= 1, "a duplicate within the window")
+    assert.are.equal(2, s.published)
+    -- old buckets go: at most the window's buckets, the one before it and the current
+    local keys = 0
+    for _ in redis:cli("KEYS", "win:seen:*"):gmatch("%S+") do keys = keys + 1 end
+    assert.is_true(keys >= 1 and keys <= 6, "marks' buckets kept: " .. keys)
+    c2:close()
+  end)
+
+  it("streams are trimmed by length (MAXLEN ~) and by age (MINID ~)", function()
+    local cl, ca = H.client(m), H.client(m)
+    local ql = assert(cl:queue { redis = redis.url, name = "tl", role = "gateway", partitions = 1,
+      maxlen = 100 })
+    local qa = assert(ca:queue { redis = redis.url, name = "ta", role = "gateway", partitions = 1,
+      max_age = 1 })
+    H.wait_until(cl, function() return ql:stats().up end, 10, "a link")
+    H.wait_until(ca, function() return qa:stats().up end, 10, "a link")
+    local on = true
+    cd:on("stream.online", function(_, msg)
+      if on then assert(ql:publish(msg)); assert(qa:publish(msg)) end
+    end)
+    local function xlen(k) return tonumber(redis:cli("XLEN", k)) end
+    local function redis_ms()
+      local sec, usec = redis:cli("TIME"):match("^(%d+)%s+(%d+)")
+      return tonumber(sec) * 1000 + tonumber(usec) // 1000
+    end
+    local function publish(n)
+      local l0, a0 = ql:stats().published, qa:stats().published
+      assert(m:trigger { type = "stream.online", channels = H.channels(100), count = n // 100 })
+      H.wait_until(c, function()
+        cl:step(0); ca:step(0)
+        return ql:stats().published >= l0 + n and qa:stats().published >= a0 + n
+      end, 20, "published")
+    end
+    publish(300)
+    local t_old = redis_ms()
+    H.wait_until(c, function() return redis_ms() > t_old + 1500 end, 10, "Redis's clock past the age limit")
+    publish(300)
+    on = false
+    local nl, na = xlen("tl:s:0"), xlen("ta:s:0")
+    assert.is_true(nl >= 100 and nl < 300, "by length: 600 added, " .. nl .. " kept (100, and a node more)")
+    assert.is_true(na >= 300 and na < 450, "by age: 300 old and 300 new added, " .. na .. " kept")
+    cl:close()
+    ca:close()
+  end)
+
   it("an entry is acknowledged once its yielding handler returned; an unreadable one is reported", function()
     local body = twconduit.json_encode { subscription = { type = "stream.online", version = "1" },
       event = { broadcaster_user_id = "42" } }

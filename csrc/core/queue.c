@@ -2,14 +2,16 @@
  *
  * Keys, from the queue's name N: N:s:<k> the partition streams (k < the partition count,
  * stored in N:partitions by the first process), N:dead the dead-letter stream,
- * N:seen:<message id> the cross-process de-duplication marks, N:err:<k>:<entry> the last
- * handler error of a pending entry. The consumer group is N.
+ * N:seen:<width>:<bucket> the cross-process de-duplication marks (hashes of message id ->
+ * time first seen, one per <width> ms of Redis's clock; see PUBLISH_LUA),
+ * N:err:<k>:<entry> the last handler error of a pending entry. The consumer group is N.
  *
  * Gateway. Every delivered message becomes a record (id, message type, timestamp, the
  * transport it came on, the body {subscription, event}) with the hash of its routing key
  * (broadcaster id): partition = hash % count. The records of a loop iteration are sent
- * in EVALSHAs of the publish script, up to 64 a call (for each: SET N:seen:<id> NX PX
- * <window>, then XADD only when new), pipelined; each stays in memory (inflight) until
+ * in EVALSHAs of the publish script, up to 64 a call (the marks of all of them looked
+ * up and the new ones set together, then an XADD for each new one), pipelined; each
+ * stays in memory (inflight) until
  * Redis answers. When the link is down, records wait
  * in memory (buffer_max), then in the spool file (appended, fsync'd in batches), and are
  * sent again in order once it is back: inflight first (their script may or may not have
@@ -36,27 +38,65 @@
 
 #define WINDOW 4096   /* records in flight at most */
 #define BATCH 64      /* records per publish call */
+#define DEDUPE_BUCKETS 4 /* de-duplication buckets per window */
 #define NF 5          /* record fields: id, mt, ts, tr, b */
 #define SPOOL_HDR (4 * (2 + NF))
 
-/* n messages in one call: KEYS = seen mark and stream of each, ARGV = window, trim mode,
- * trim value, then 5 fields of each. One reply per message: its entry id, or nil when
- * its mark existed (another gateway, or an earlier run of this call, queued it). */
+/* n messages in one call: KEYS = the stream of each, ARGV = window (ms), trim mode, trim
+ * value, the marks' key prefix, the bucket width (ms), then 5 fields of each. One reply
+ * per message: its entry id, or false when it was seen within the window (another
+ * gateway, an earlier run of this call, or earlier in this call queued it).
+ *
+ * The marks: a message first seen at Redis time t0 is in the hash <prefix><floor(t0 /
+ * width)> as field id = t0 (width = window / DEDUPE_BUCKETS). It is a duplicate at time
+ * now iff a mark of it has t0 >= now - window (what SET NX PX <window> at t0 gives: the
+ * key lives while now <= t0 + window); such marks are all in the buckets cur - nb .. cur,
+ * read with one HMGET each. New marks go in one HSET; the bucket expires one width after
+ * its last use, and the bucket that just left the window is UNLINKed (freed off the main
+ * thread) as soon as a call sees it. Each stream written is trimmed once per call
+ * (XTRIM MAXLEN ~ or MINID ~ after its XADDs: what XADD's own trim option did per entry). */
 static const char PUBLISH_LUA[] =
-    "local w, mode, tv, out = ARGV[1], ARGV[2], ARGV[3], {}\n"
-    "local call = redis.call\n"
-    "for i = 1, #KEYS / 2 do\n"
-    "  local b = 3 + (i - 1) * 5\n"
-    "  local id = ARGV[b + 1]\n"
-    "  if id == '' or call('SET', KEYS[2 * i - 1], '1', 'NX', 'PX', w) then\n"
-    "    if mode == 'maxlen' then\n"
-    "      out[i] = call('XADD', KEYS[2 * i], 'MAXLEN', '~', tv, '*', 'id', id, 'mt', ARGV[b + 2], 'ts', ARGV[b + 3], 'tr', ARGV[b + 4], 'b', ARGV[b + 5])\n"
-    "    elseif mode == 'minid' then\n"
-    "      out[i] = call('XADD', KEYS[2 * i], 'MINID', '~', tv, '*', 'id', id, 'mt', ARGV[b + 2], 'ts', ARGV[b + 3], 'tr', ARGV[b + 4], 'b', ARGV[b + 5])\n"
-    "    else\n"
-    "      out[i] = call('XADD', KEYS[2 * i], '*', 'id', id, 'mt', ARGV[b + 2], 'ts', ARGV[b + 3], 'tr', ARGV[b + 4], 'b', ARGV[b + 5])\n"
-    "    end\n"
-    "  else out[i] = false end\n"
+    "local call, n = redis.call, #KEYS\n"
+    "local w, mode, tv, pre, bw = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])\n"
+    "local t = call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local cur = math.floor(now / bw)\n"
+    "local nb = math.ceil(w / bw)\n"
+    "local ids, dup, out = {}, {}, {}\n"
+    "for i = 1, n do ids[i] = ARGV[6 + (i - 1) * 5] end\n"
+    "for k = cur - nb, cur do\n"
+    "  local v = call('HMGET', pre .. k, unpack(ids))\n"
+    "  for i = 1, n do\n"
+    "    local x = v[i]\n"
+    "    if x and tonumber(x) >= now - w then dup[i] = true end\n"
+    "  end\n"
+    "end\n"
+    "local marks, fresh, ts = {}, {}, tostring(now)\n"
+    "for i = 1, n do\n"
+    "  local id = ids[i]\n"
+    "  if id ~= '' and not dup[i] then\n"
+    "    if fresh[id] then dup[i] = true\n"
+    "    else fresh[id] = true; marks[#marks + 1] = id; marks[#marks + 1] = ts end\n"
+    "  end\n"
+    "end\n"
+    "if #marks > 0 then\n"
+    "  local key = pre .. cur\n"
+    "  call('HSET', key, unpack(marks))\n"
+    "  call('PEXPIREAT', key, (cur + nb + 2) * bw)\n"
+    "  call('UNLINK', pre .. (cur - nb - 1))\n"
+    "end\n"
+    "local streams = {}\n"
+    "for i = 1, n do\n"
+    "  if dup[i] then out[i] = false\n"
+    "  else\n"
+    "    local b, k = 6 + (i - 1) * 5, KEYS[i]\n"
+    "    out[i] = call('XADD', k, '*', 'id', ids[i], 'mt', ARGV[b + 1], 'ts', ARGV[b + 2], 'tr', ARGV[b + 3], 'b', ARGV[b + 4])\n"
+    "    streams[k] = true\n"
+    "  end\n"
+    "end\n"
+    "if mode ~= 'none' then\n"
+    "  local how = mode == 'maxlen' and 'MAXLEN' or 'MINID'\n"
+    "  for k in pairs(streams) do call('XTRIM', k, how, '~', tv) end\n"
     "end\n"
     "return out\n";
 
@@ -117,6 +157,8 @@ struct tw_queue {
   int P;
   char **skey;    /* stream keys */
   char sha_pub[48], sha_jan[48];
+  char *seen_pre;              /* <name>:seen:<bucket width>: */
+  char win_ms[24], width_ms[24];
   /* gateway */
   rec *infl_h, *infl_t, *retry_h, *retry_t, *uns_h, *uns_t;
   size_t n_infl, n_retry, n_uns;
@@ -367,16 +409,13 @@ static void on_pub_reply(tw_redis *rd, void *user, redisReply *rep, const tw_err
 
 /* Sends recs[0..n) in one call; on failure they are left to the caller. */
 static int send_batch(tw_queue *q, rec **recs, size_t n) {
-  size_t argc = 3 + 2 * n + 3 + NF * n;
+  size_t argc = 3 + n + 5 + NF * n;
   const char **argv = malloc(argc * sizeof *argv);
   size_t *lens = malloc(argc * sizeof *lens);
-  size_t nl = strlen(q->name), kcap = n * (nl + 8 + 201);
-  char *keys = malloc(kcap);
   int rc = -1;
-  if (!argv || !lens || !keys) goto out;
-  char nk[16], win[32], trimv[48];
-  snprintf(nk, sizeof nk, "%zu", 2 * n);
-  snprintf(win, sizeof win, "%lld", (long long)(q->o.dedupe_window_s * 1000));
+  if (!argv || !lens) goto out;
+  char nk[16], trimv[48];
+  snprintf(nk, sizeof nk, "%zu", n);
   const char *mode = "none";
   if (q->o.max_age_s > 0) {
     mode = "minid";
@@ -387,21 +426,19 @@ static int send_batch(tw_queue *q, rec **recs, size_t n) {
   } else {
     snprintf(trimv, sizeof trimv, "0");
   }
-  size_t a = 0, ko = 0;
+  size_t a = 0;
   argv[a] = "EVALSHA", lens[a++] = 7;
   argv[a] = q->sha_pub, lens[a++] = strlen(q->sha_pub);
   argv[a] = nk, lens[a++] = strlen(nk);
   for (size_t i = 0; i < n; i++) {
-    rec *r = recs[i];
-    int k = snprintf(keys + ko, kcap - ko, "%s:seen:%.*s", q->name, (int)(r->len[0] > 200 ? 200 : r->len[0]), r->f[0]);
-    argv[a] = keys + ko, lens[a++] = (size_t)k;
-    ko += (size_t)k + 1;
-    const char *sk = q->skey[r->hash % (uint32_t)q->P];
+    const char *sk = q->skey[recs[i]->hash % (uint32_t)q->P];
     argv[a] = sk, lens[a++] = strlen(sk);
   }
-  argv[a] = win, lens[a++] = strlen(win);
+  argv[a] = q->win_ms, lens[a++] = strlen(q->win_ms);
   argv[a] = mode, lens[a++] = strlen(mode);
   argv[a] = trimv, lens[a++] = strlen(trimv);
+  argv[a] = q->seen_pre, lens[a++] = strlen(q->seen_pre);
+  argv[a] = q->width_ms, lens[a++] = strlen(q->width_ms);
   for (size_t i = 0; i < n; i++)
     for (int f = 0; f < NF; f++) argv[a] = recs[i]->f[f], lens[a++] = recs[i]->len[f];
   if (tw_redis_cmd(q->pub, on_pub_reply, q, (int)a, argv, lens) != 0) goto out;
@@ -414,7 +451,6 @@ static int send_batch(tw_queue *q, rec **recs, size_t n) {
 out:
   free(argv);
   free(lens);
-  free(keys);
   return rc;
 }
 
@@ -720,7 +756,16 @@ static void on_state(void *user, tw_redis *rd, int up, const tw_error *err) {
 
 /* ---- worker ------------------------------------------------------------------------ */
 
-static const char *field(const redisReply *fields, const char *k, size_t *len) {
+/* A field of an entry; at (hint) first: the gateway writes id, mt, ts, tr, b in that order. */
+static const char *field(const redisReply *fields, size_t hint, const char *k, size_t *len) {
+  size_t kl = strlen(k);
+  if (hint + 1 < fields->elements) {
+    const redisReply *a = fields->element[hint], *b = fields->element[hint + 1];
+    if (a->type == REDIS_REPLY_STRING && b->type == REDIS_REPLY_STRING && a->len == kl && memcmp(a->str, k, kl) == 0) {
+      *len = b->len;
+      return b->str;
+    }
+  }
   for (size_t i = 0; i + 1 < fields->elements; i += 2) {
     const redisReply *a = fields->element[i], *b = fields->element[i + 1];
     if (a->type == REDIS_REPLY_STRING && b->type == REDIS_REPLY_STRING && strcmp(a->str, k) == 0) {
@@ -753,8 +798,8 @@ static void deliver_entry(tw_queue *q, int k, const redisReply *e) {
     return;
   }
   size_t idl, mtl, tsl, trl, bl;
-  const char *id = field(fields, "id", &idl), *mt = field(fields, "mt", &mtl), *ts = field(fields, "ts", &tsl);
-  const char *tr = field(fields, "tr", &trl), *b = field(fields, "b", &bl);
+  const char *id = field(fields, 0, "id", &idl), *mt = field(fields, 2, "mt", &mtl), *ts = field(fields, 4, "ts", &tsl);
+  const char *tr = field(fields, 6, "tr", &trl), *b = field(fields, 8, "b", &bl);
   char perr[160] = "";
   tw_json *doc = b ? tw_json_parse_pooled(q->c->doc_pool, b, bl, perr, sizeof perr) : NULL;
   tw_msg m;
@@ -1085,11 +1130,20 @@ tw_queue *tw_queue_new(tw_client *c, const tw_queue_opts *o, tw_error *err) {
     snprintf(buf, sizeof buf, "%s:%ld", host, (long)getpid());
     q->consumer = tw_strdup(buf);
   }
+  {
+    long long wms = (long long)(o->dedupe_window_s * 1000), bw;
+    if (wms < DEDUPE_BUCKETS) wms = DEDUPE_BUCKETS;
+    bw = (wms + DEDUPE_BUCKETS - 1) / DEDUPE_BUCKETS;
+    snprintf(q->win_ms, sizeof q->win_ms, "%lld", wms);
+    snprintf(q->width_ms, sizeof q->width_ms, "%lld", bw);
+    size_t n = strlen(o->name) + 48;
+    if ((q->seen_pre = malloc(n))) snprintf(q->seen_pre, n, "%s:seen:%lld:", o->name, bw);
+  }
   q->o.redis = q->url;
   q->o.name = q->name;
   q->o.consumer = q->consumer;
   q->o.spool = NULL;
-  if (!q->name || !q->consumer || !q->url) goto nomem;
+  if (!q->name || !q->consumer || !q->url || !q->seen_pre) goto nomem;
   if (o->spool && *o->spool && (o->role & TW_QUEUE_GATEWAY)) {
     q->spool_path = tw_strdup(o->spool);
     if (!q->spool_path) goto nomem;
@@ -1119,6 +1173,7 @@ fail:
   if (q->sub) tw_redis_free(q->sub);
   if (q->spool_fd >= 0) close(q->spool_fd);
   free(q->name);
+  free(q->seen_pre);
   free(q->url);
   free(q->consumer);
   free(q->spool_path);
@@ -1209,6 +1264,7 @@ void tw_queue_free(tw_queue *q) {
     p = n;
   }
   free(q->name);
+  free(q->seen_pre);
   free(q->url);
   free(q->consumer);
   free(q->spool_path);
