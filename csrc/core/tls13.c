@@ -140,6 +140,14 @@ int tw_tls13_take(tw_tls13 *t, SSL *ssl) {
   }
   if (SSL_has_pending(ssl) || BIO_ctrl_pending(SSL_get_rbio(ssl)) > 0 || BIO_ctrl_pending(SSL_get_wbio(ssl)) > 0)
     return 0; /* not at a boundary yet */
+  int r = tw_tls13_start(t, t->suite);
+  if (r < 0) t->never = true;
+  return r;
+}
+
+int tw_tls13_start(tw_tls13 *t, int suite) {
+  if (suite < 1 || suite > 3 || t->active) return -1;
+  t->suite = suite;
   t->hlen = t->suite == 2 ? 48 : 32;
   t->klen = t->suite == 1 ? 16 : 32;
   uint8_t rkey[32];
@@ -152,7 +160,6 @@ int tw_tls13_take(tw_tls13 *t, SSL *ssl) {
   if (!ok) {
     EVP_CIPHER_CTX_free(t->rd);
     t->rd = NULL;
-    t->never = true;
     return -1;
   }
   t->active = true;
@@ -179,6 +186,9 @@ static int handshake_bytes(tw_tls13 *t, const uint8_t *p, size_t n, char *why, s
       t->hs_hlen = 0;
       uint32_t ml = ((uint32_t)t->hs_hdr[1] << 16) | ((uint32_t)t->hs_hdr[2] << 8) | t->hs_hdr[3];
       if (t->hs_hdr[0] == SSL3_MT_NEWSESSION_TICKET) {
+        /* lifetime, age_add, nonce<0..255>, ticket<1..2^16-1>, extensions<0..2^16-2> */
+        if (ml < 4 + 4 + 1 + 2 + 1 + 2 || ml > 4 + 4 + 1 + 255 + 2 + 65535 + 2 + 65534)
+          return fail(why, whyn, "TLS: a bad NewSessionTicket from the server");
         t->hs_left = ml;
       } else if (t->hs_hdr[0] == SSL3_MT_KEY_UPDATE) {
         if (ml != 1) return fail(why, whyn, "TLS: a bad KeyUpdate from the server");
@@ -214,6 +224,9 @@ static int open_record(tw_tls13 *t, const uint8_t *rec, size_t ctn, uint8_t *out
   uint8_t nb[12];
   int l = 0, l2 = 0;
   size_t m = ctn - 16;
+  *pn = 0; /* out holds unauthenticated bytes until the tag is checked: none counts */
+  /* a sequence number never wraps (RFC 8446 5.3): the last one is not used */
+  if (t->rseq == UINT64_MAX) return fail(why, whyn, "TLS: the read sequence number is exhausted");
   nonce(t->riv, t->rseq, nb);
   if (EVP_DecryptInit_ex(t->rd, NULL, NULL, NULL, nb) != 1 || EVP_DecryptUpdate(t->rd, NULL, &l, rec, 5) != 1 ||
       EVP_DecryptUpdate(t->rd, out, &l, rec + 5, (int)m) != 1 ||
@@ -225,10 +238,12 @@ static int open_record(tw_tls13 *t, const uint8_t *rec, size_t ctn, uint8_t *out
   while (k > 0 && out[k - 1] == 0) k--; /* padding */
   if (k == 0) return fail(why, whyn, "TLS: a record without a content type");
   int type = out[--k];
-  *pn = 0;
   if (k > 16384) return fail(why, whyn, "TLS: record overflow");
+  /* a handshake message split over records has nothing else between them (5.1) */
+  if (type != SSL3_RT_HANDSHAKE && (t->hs_left || t->hs_hlen || t->hs_keyupdate))
+    return fail(why, whyn, type == SSL3_RT_APPLICATION_DATA ? "TLS: data inside a handshake message"
+                                                            : "TLS: a record inside a handshake message");
   if (type == SSL3_RT_APPLICATION_DATA) {
-    if (t->hs_left || t->hs_hlen || t->hs_keyupdate) return fail(why, whyn, "TLS: data inside a handshake message");
     *pn = k;
     return TW_TLS13_OK;
   }
@@ -259,6 +274,10 @@ static size_t record_len(const uint8_t *h, char *why, size_t whyn) {
     fail(why, whyn, "TLS: a record of a bad length");
     return 0;
   }
+  if (ctn - 16 > 16384 + 1) { /* TLSInnerPlaintext: content, type and padding (5.4) */
+    fail(why, whyn, "TLS: record overflow");
+    return 0;
+  }
   return 5 + ctn;
 }
 
@@ -278,6 +297,10 @@ int tw_tls13_open(tw_tls13 *t, const unsigned char *in, size_t len, size_t *used
                   size_t *outn, char *why, size_t whyn) {
   size_t pos = 0, o = 0, pn = 0;
   int r = TW_TLS13_OK;
+  if (t->dead) { /* nothing is read after an error or close_notify (RFC 8446 6.1) */
+    *used = *outn = 0;
+    return fail(why, whyn, "TLS: the connection is closed");
+  }
   while (r == TW_TLS13_OK) {
     if (t->part_len) { /* a record begun in an earlier read */
       if (t->part_len < 5) {
@@ -334,11 +357,13 @@ int tw_tls13_open(tw_tls13 *t, const unsigned char *in, size_t len, size_t *used
   }
   *used = pos;
   *outn = o;
+  if (r != TW_TLS13_OK) t->dead = true;
   return r;
 }
 
 static size_t seal_one(tw_tls13 *t, int type, const unsigned char *p, size_t n, unsigned char *out) {
   size_t ctn = n + 1 + 16;
+  if (t->wseq == UINT64_MAX) return 0; /* the sequence number would wrap */
   out[0] = SSL3_RT_APPLICATION_DATA;
   out[1] = 3;
   out[2] = 3;

@@ -41,6 +41,7 @@ typedef struct tw_tls13 {
   uint8_t hs_hlen;
   bool hs_keyupdate;     /* the message being read is a KeyUpdate */
   bool ku_reply;         /* the server asked for our KeyUpdate: sent with the next write */
+  bool dead;             /* an error or close_notify was read: nothing more is */
 } tw_tls13;
 
 /* the client's SSL_CTX: the keylog callback that hands the secrets over */
@@ -51,6 +52,10 @@ void tw_tls13_watch(tw_tls13 *t, SSL *ssl);
 /* 1: taken over (the caller frees the SSL); 0: not now (data still inside OpenSSL) or
  * never (t->never: TLS 1.2, another suite); -1: out of memory */
 int tw_tls13_take(tw_tls13 *t, SSL *ssl);
+/* The record layer runs from here with keys and IVs derived from t->rsec / t->wsec (RFC
+ * 8446 7.3) for suite (1-3) and the sequence numbers t->rseq / t->wseq (what take does
+ * once OpenSSL is done; tests and the fuzz target set a state up with it). 1, or -1. */
+int tw_tls13_start(tw_tls13 *t, int suite);
 enum { TW_TLS13_OK = 0, TW_TLS13_CLOSED = 1, TW_TLS13_ERROR = -1 };
 /* Decrypts records from in[0..len) (after any partial one kept from before) into
  * out[0..cap), stopping early when the next record would not fit. *used: input bytes
