@@ -65,7 +65,15 @@ static void on_msg(int write_p, int version, int type, const void *buf, size_t l
   if (type == SSL3_RT_HEADER) {
     if (write_p && t->wfin) t->wseq++;
     else if (!write_p && t->rfin) t->rseq++;
+    if (!write_p && len >= 5) t->rlen = (uint16_t)(((unsigned)b[3] << 8) | b[4]);
+  } else if (type == SSL3_RT_INNER_CONTENT_TYPE && !write_p && len == 1 && t->rfin) {
+    /* a handshake record read after the server's Finished: at most this many handshake
+     * bytes (less its padding), which complete messages must account for before the
+     * takeover (OpenSSL keeps the first bytes of a message's header aside, unseen by
+     * SSL_has_pending or SSL_in_init) */
+    if (b[0] == SSL3_RT_HANDSHAKE) t->hs_seen += t->rlen > 17 ? t->rlen - 17u : 0;
   } else if (type == SSL3_RT_HANDSHAKE && len >= 1) {
+    if (!write_p && t->rfin) t->hs_seen -= len < t->hs_seen ? len : t->hs_seen;
     if (b[0] == SSL3_MT_FINISHED) {
       if (write_p) {
         t->wfin = true;
@@ -133,13 +141,16 @@ int tw_tls13_take(tw_tls13 *t, SSL *ssl) {
   uint32_t id = c ? SSL_CIPHER_get_id(c) : 0;
   t->suite = id == TLS1_3_CK_AES_128_GCM_SHA256 ? 1 : id == TLS1_3_CK_AES_256_GCM_SHA384 ? 2
              : id == TLS1_3_CK_CHACHA20_POLY1305_SHA256 ? 3 : 0;
+  /* the certificate and the host name passed OpenSSL's verification (a failure ends the
+   * handshake; this holds the takeover to it) */
   if (SSL_version(ssl) != TLS1_3_VERSION || !t->suite || t->spoiled || !t->have_rsec || !t->have_wsec || !t->rfin ||
-      !t->wfin || SSL_get_shutdown(ssl)) {
+      !t->wfin || SSL_get_shutdown(ssl) || SSL_get_verify_result(ssl) != X509_V_OK || !SSL_get0_peer_certificate(ssl)) {
     t->never = true;
     return 0;
   }
-  if (SSL_has_pending(ssl) || BIO_ctrl_pending(SSL_get_rbio(ssl)) > 0 || BIO_ctrl_pending(SSL_get_wbio(ssl)) > 0)
-    return 0; /* not at a boundary yet */
+  if (SSL_has_pending(ssl) || BIO_ctrl_pending(SSL_get_rbio(ssl)) > 0 || BIO_ctrl_pending(SSL_get_wbio(ssl)) > 0 ||
+      t->hs_seen)
+    return 0; /* not at a boundary yet (a server that pads its handshake records stays with OpenSSL) */
   int r = tw_tls13_start(t, t->suite);
   if (r < 0) t->never = true;
   return r;

@@ -28,6 +28,8 @@ typedef struct tw_tls13 {
   bool spoiled;          /* a KeyUpdate went through OpenSSL: the secrets above are old */
   bool never;            /* TLS 1.2, another suite: OpenSSL keeps the connection */
   uint64_t rseq, wseq;   /* records under the application keys, read / written */
+  uint16_t rlen;         /* the length in the last record header read */
+  uint32_t hs_seen;      /* handshake bytes read after the Finished, not yet in a whole message */
   /* once taken over */
   bool active;
   int suite;             /* 1 AES-128-GCM, 2 AES-256-GCM, 3 ChaCha20-Poly1305 */
