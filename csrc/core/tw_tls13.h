@@ -62,7 +62,9 @@ enum { TW_TLS13_OK = 0, TW_TLS13_CLOSED = 1, TW_TLS13_ERROR = -1 };
 /* Decrypts records from in[0..len) (after any partial one kept from before) into
  * out[0..cap), stopping early when the next record would not fit. *used: input bytes
  * consumed (all of them unless out filled up); *outn: plaintext bytes written. A partial
- * record at the end is kept inside t. why gets the reason on an error or close. */
+ * record at the end is kept inside t. why gets the reason on an error or close. *outn
+ * counts only authenticated bytes (a read that ends in a bad record yields the records
+ * before it); once an error or close_notify was returned, every call is an error. */
 int tw_tls13_open(tw_tls13 *t, const unsigned char *in, size_t len, size_t *used, unsigned char *out, size_t cap,
                   size_t *outn, char *why, size_t whyn);
 /* Seals plaintext p[0..n) (n <= 16384) as one application-data record into out, which
