@@ -65,7 +65,15 @@ static void on_msg(int write_p, int version, int type, const void *buf, size_t l
   if (type == SSL3_RT_HEADER) {
     if (write_p && t->wfin) t->wseq++;
     else if (!write_p && t->rfin) t->rseq++;
+    if (!write_p && len >= 5) t->rlen = (uint16_t)(((unsigned)b[3] << 8) | b[4]);
+  } else if (type == SSL3_RT_INNER_CONTENT_TYPE && !write_p && len == 1 && t->rfin) {
+    /* a handshake record read after the server's Finished: at most this many handshake
+     * bytes (less its padding), which complete messages must account for before the
+     * takeover (OpenSSL keeps the first bytes of a message's header aside, unseen by
+     * SSL_has_pending or SSL_in_init) */
+    if (b[0] == SSL3_RT_HANDSHAKE) t->hs_seen += t->rlen > 17 ? t->rlen - 17u : 0;
   } else if (type == SSL3_RT_HANDSHAKE && len >= 1) {
+    if (!write_p && t->rfin) t->hs_seen -= len < t->hs_seen ? len : t->hs_seen;
     if (b[0] == SSL3_MT_FINISHED) {
       if (write_p) {
         t->wfin = true;
@@ -133,13 +141,24 @@ int tw_tls13_take(tw_tls13 *t, SSL *ssl) {
   uint32_t id = c ? SSL_CIPHER_get_id(c) : 0;
   t->suite = id == TLS1_3_CK_AES_128_GCM_SHA256 ? 1 : id == TLS1_3_CK_AES_256_GCM_SHA384 ? 2
              : id == TLS1_3_CK_CHACHA20_POLY1305_SHA256 ? 3 : 0;
+  /* the certificate and the host name passed OpenSSL's verification (a failure ends the
+   * handshake; this holds the takeover to it) */
   if (SSL_version(ssl) != TLS1_3_VERSION || !t->suite || t->spoiled || !t->have_rsec || !t->have_wsec || !t->rfin ||
-      !t->wfin || SSL_get_shutdown(ssl)) {
+      !t->wfin || SSL_get_shutdown(ssl) || SSL_get_verify_result(ssl) != X509_V_OK || !SSL_get0_peer_certificate(ssl)) {
     t->never = true;
     return 0;
   }
-  if (SSL_has_pending(ssl) || BIO_ctrl_pending(SSL_get_rbio(ssl)) > 0 || BIO_ctrl_pending(SSL_get_wbio(ssl)) > 0)
-    return 0; /* not at a boundary yet */
+  if (SSL_has_pending(ssl) || BIO_ctrl_pending(SSL_get_rbio(ssl)) > 0 || BIO_ctrl_pending(SSL_get_wbio(ssl)) > 0 ||
+      t->hs_seen)
+    return 0; /* not at a boundary yet (a server that pads its handshake records stays with OpenSSL) */
+  int r = tw_tls13_start(t, t->suite);
+  if (r < 0) t->never = true;
+  return r;
+}
+
+int tw_tls13_start(tw_tls13 *t, int suite) {
+  if (suite < 1 || suite > 3 || t->active) return -1;
+  t->suite = suite;
   t->hlen = t->suite == 2 ? 48 : 32;
   t->klen = t->suite == 1 ? 16 : 32;
   uint8_t rkey[32];
@@ -152,7 +171,6 @@ int tw_tls13_take(tw_tls13 *t, SSL *ssl) {
   if (!ok) {
     EVP_CIPHER_CTX_free(t->rd);
     t->rd = NULL;
-    t->never = true;
     return -1;
   }
   t->active = true;
@@ -179,6 +197,9 @@ static int handshake_bytes(tw_tls13 *t, const uint8_t *p, size_t n, char *why, s
       t->hs_hlen = 0;
       uint32_t ml = ((uint32_t)t->hs_hdr[1] << 16) | ((uint32_t)t->hs_hdr[2] << 8) | t->hs_hdr[3];
       if (t->hs_hdr[0] == SSL3_MT_NEWSESSION_TICKET) {
+        /* lifetime, age_add, nonce<0..255>, ticket<1..2^16-1>, extensions<0..2^16-2> */
+        if (ml < 4 + 4 + 1 + 2 + 1 + 2 || ml > 4 + 4 + 1 + 255 + 2 + 65535 + 2 + 65534)
+          return fail(why, whyn, "TLS: a bad NewSessionTicket from the server");
         t->hs_left = ml;
       } else if (t->hs_hdr[0] == SSL3_MT_KEY_UPDATE) {
         if (ml != 1) return fail(why, whyn, "TLS: a bad KeyUpdate from the server");
@@ -214,6 +235,9 @@ static int open_record(tw_tls13 *t, const uint8_t *rec, size_t ctn, uint8_t *out
   uint8_t nb[12];
   int l = 0, l2 = 0;
   size_t m = ctn - 16;
+  *pn = 0; /* out holds unauthenticated bytes until the tag is checked: none counts */
+  /* a sequence number never wraps (RFC 8446 5.3): the last one is not used */
+  if (t->rseq == UINT64_MAX) return fail(why, whyn, "TLS: the read sequence number is exhausted");
   nonce(t->riv, t->rseq, nb);
   if (EVP_DecryptInit_ex(t->rd, NULL, NULL, NULL, nb) != 1 || EVP_DecryptUpdate(t->rd, NULL, &l, rec, 5) != 1 ||
       EVP_DecryptUpdate(t->rd, out, &l, rec + 5, (int)m) != 1 ||
@@ -225,10 +249,12 @@ static int open_record(tw_tls13 *t, const uint8_t *rec, size_t ctn, uint8_t *out
   while (k > 0 && out[k - 1] == 0) k--; /* padding */
   if (k == 0) return fail(why, whyn, "TLS: a record without a content type");
   int type = out[--k];
-  *pn = 0;
   if (k > 16384) return fail(why, whyn, "TLS: record overflow");
+  /* a handshake message split over records has nothing else between them (5.1) */
+  if (type != SSL3_RT_HANDSHAKE && (t->hs_left || t->hs_hlen || t->hs_keyupdate))
+    return fail(why, whyn, type == SSL3_RT_APPLICATION_DATA ? "TLS: data inside a handshake message"
+                                                            : "TLS: a record inside a handshake message");
   if (type == SSL3_RT_APPLICATION_DATA) {
-    if (t->hs_left || t->hs_hlen || t->hs_keyupdate) return fail(why, whyn, "TLS: data inside a handshake message");
     *pn = k;
     return TW_TLS13_OK;
   }
@@ -259,6 +285,10 @@ static size_t record_len(const uint8_t *h, char *why, size_t whyn) {
     fail(why, whyn, "TLS: a record of a bad length");
     return 0;
   }
+  if (ctn - 16 > 16384 + 1) { /* TLSInnerPlaintext: content, type and padding (5.4) */
+    fail(why, whyn, "TLS: record overflow");
+    return 0;
+  }
   return 5 + ctn;
 }
 
@@ -278,6 +308,10 @@ int tw_tls13_open(tw_tls13 *t, const unsigned char *in, size_t len, size_t *used
                   size_t *outn, char *why, size_t whyn) {
   size_t pos = 0, o = 0, pn = 0;
   int r = TW_TLS13_OK;
+  if (t->dead) { /* nothing is read after an error or close_notify (RFC 8446 6.1) */
+    *used = *outn = 0;
+    return fail(why, whyn, "TLS: the connection is closed");
+  }
   while (r == TW_TLS13_OK) {
     if (t->part_len) { /* a record begun in an earlier read */
       if (t->part_len < 5) {
@@ -334,11 +368,13 @@ int tw_tls13_open(tw_tls13 *t, const unsigned char *in, size_t len, size_t *used
   }
   *used = pos;
   *outn = o;
+  if (r != TW_TLS13_OK) t->dead = true;
   return r;
 }
 
 static size_t seal_one(tw_tls13 *t, int type, const unsigned char *p, size_t n, unsigned char *out) {
   size_t ctn = n + 1 + 16;
+  if (t->wseq == UINT64_MAX) return 0; /* the sequence number would wrap */
   out[0] = SSL3_RT_APPLICATION_DATA;
   out[1] = 3;
   out[2] = 3;

@@ -28,6 +28,8 @@ typedef struct tw_tls13 {
   bool spoiled;          /* a KeyUpdate went through OpenSSL: the secrets above are old */
   bool never;            /* TLS 1.2, another suite: OpenSSL keeps the connection */
   uint64_t rseq, wseq;   /* records under the application keys, read / written */
+  uint16_t rlen;         /* the length in the last record header read */
+  uint32_t hs_seen;      /* handshake bytes read after the Finished, not yet in a whole message */
   /* once taken over */
   bool active;
   int suite;             /* 1 AES-128-GCM, 2 AES-256-GCM, 3 ChaCha20-Poly1305 */
@@ -41,6 +43,7 @@ typedef struct tw_tls13 {
   uint8_t hs_hlen;
   bool hs_keyupdate;     /* the message being read is a KeyUpdate */
   bool ku_reply;         /* the server asked for our KeyUpdate: sent with the next write */
+  bool dead;             /* an error or close_notify was read: nothing more is */
 } tw_tls13;
 
 /* the client's SSL_CTX: the keylog callback that hands the secrets over */
@@ -51,11 +54,17 @@ void tw_tls13_watch(tw_tls13 *t, SSL *ssl);
 /* 1: taken over (the caller frees the SSL); 0: not now (data still inside OpenSSL) or
  * never (t->never: TLS 1.2, another suite); -1: out of memory */
 int tw_tls13_take(tw_tls13 *t, SSL *ssl);
+/* The record layer runs from here with keys and IVs derived from t->rsec / t->wsec (RFC
+ * 8446 7.3) for suite (1-3) and the sequence numbers t->rseq / t->wseq (what take does
+ * once OpenSSL is done; tests and the fuzz target set a state up with it). 1, or -1. */
+int tw_tls13_start(tw_tls13 *t, int suite);
 enum { TW_TLS13_OK = 0, TW_TLS13_CLOSED = 1, TW_TLS13_ERROR = -1 };
 /* Decrypts records from in[0..len) (after any partial one kept from before) into
  * out[0..cap), stopping early when the next record would not fit. *used: input bytes
  * consumed (all of them unless out filled up); *outn: plaintext bytes written. A partial
- * record at the end is kept inside t. why gets the reason on an error or close. */
+ * record at the end is kept inside t. why gets the reason on an error or close. *outn
+ * counts only authenticated bytes (a read that ends in a bad record yields the records
+ * before it); once an error or close_notify was returned, every call is an error. */
 int tw_tls13_open(tw_tls13 *t, const unsigned char *in, size_t len, size_t *used, unsigned char *out, size_t cap,
                   size_t *outn, char *why, size_t whyn);
 /* Seals plaintext p[0..n) (n <= 16384) as one application-data record into out, which

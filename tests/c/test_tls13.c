@@ -9,11 +9,29 @@
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
+#include "tls13_forge.h"
 #include "tw_tls13.h"
 
 static EVP_PKEY *key;
 static X509 *cert;
+
+/* the set-up's variations: the client trusts the certificate (default), the server sends
+ * no ticket of its own, a ticket (made here) comes in the same read as the server's
+ * Finished */
+static bool untrusted, no_tickets, early_ticket;
+static uint8_t srv_sec[48]; /* the server's application traffic secret, from its key log */
+
+static void srv_keylog(const SSL *ssl, const char *line) {
+  (void)ssl;
+  if (strncmp(line, "SERVER_TRAFFIC_SECRET_0 ", 24) != 0) return;
+  const char *h = strrchr(line, ' ') + 1;
+  for (size_t i = 0; i < 48 && h[2 * i] && h[2 * i + 1]; i++) sscanf(h + 2 * i, "%2hhx", &srv_sec[i]);
+}
+
+/* a ticket as a server sends it: lifetime, age_add, nonce, ticket, extensions */
+static const uint8_t nst[] = {4, 0, 0, 14, 0, 0, 0, 60, 1, 2, 3, 4, 0, 0, 1, 0xaa, 0, 0};
 
 static void make_cert(void) {
   key = EVP_EC_gen("P-256");
@@ -25,6 +43,9 @@ static void make_cert(void) {
   X509_NAME *n = X509_get_subject_name(cert);
   X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"127.0.0.1", -1, -1, 0);
   X509_set_issuer_name(cert, n);
+  X509_EXTENSION *san = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, "IP:127.0.0.1");
+  X509_add_ext(cert, san, -1);
+  X509_EXTENSION_free(san);
   X509_sign(cert, key, EVP_sha256());
 }
 
@@ -63,6 +84,12 @@ static int setup(pair *p, int server_max, const char *suite) {
   SSL_CTX_set_mode(p->cctx, SSL_MODE_RELEASE_BUFFERS);
   tw_tls13_ctx_init(p->cctx);
   SSL_CTX_use_certificate(p->sctx, cert);
+  SSL_CTX_set_keylog_callback(p->sctx, srv_keylog);
+  if (no_tickets) SSL_CTX_set_num_tickets(p->sctx, 0);
+  if (!untrusted) { /* verified the way ws.c does: the chain and the address */
+    X509_STORE_add_cert(SSL_CTX_get_cert_store(p->cctx), cert);
+    SSL_CTX_set_verify(p->cctx, SSL_VERIFY_PEER, NULL);
+  }
   SSL_CTX_use_PrivateKey(p->sctx, key);
   if (server_max) SSL_CTX_set_max_proto_version(p->sctx, server_max);
   if (suite) SSL_CTX_set_ciphersuites(p->sctx, suite);
@@ -73,12 +100,22 @@ static int setup(pair *p, int server_max, const char *suite) {
   SSL_set_connect_state(p->c);
   SSL_set_accept_state(p->s);
   tw_tls13_watch(&p->t, p->c);
+  if (!untrusted) X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(p->c), "127.0.0.1");
+  memset(srv_sec, 0, sizeof srv_sec);
   int cd = 0, sd = 0;
+  bool sent = false;
   for (int i = 0; i < 20 && !(cd && sd); i++) {
     if (!cd) cd = SSL_do_handshake(p->c) == 1;
     move(p->c, p->s);
     if (!sd) sd = SSL_do_handshake(p->s) == 1;
     move(p->s, p->c);
+    if (early_ticket && !sent && srv_sec[0]) { /* the server's flight is out: a ticket right behind it */
+      forge_key fk;
+      unsigned char r[64];
+      size_t rn = forge_init(&fk, 1, srv_sec) ? forge_record(&fk, 22, nst, sizeof nst, 0, r) : 0;
+      BIO_write(SSL_get_rbio(p->c), r, (int)rn);
+      sent = true;
+    }
   }
   /* what came after the handshake (session tickets) is read the way ws.c reads: until
    * OpenSSL wants more */
@@ -240,6 +277,51 @@ int main(void) {
   r = feed(&p.t, 5, 0, &got, why, sizeof why);
   ok(r == TW_TLS13_ERROR && strstr(why, "bad length"), "a record over 16 KB + 256 is an error (%s)", why);
   teardown(&p);
+
+  /* a ticket in the same read as the server's Finished: OpenSSL reads it before the
+   * takeover, and the sequence number goes on after it */
+  no_tickets = early_ticket = true;
+  ok(setup(&p, 0, "TLS_AES_128_GCM_SHA256"), "a ticket right behind the server's Finished: the handshake completes");
+  early_ticket = false;
+  forge_key fk;
+  forge_init(&fk, 1, srv_sec);
+  fk.seq = 1;
+  ok(p.t.rseq == 1 && tw_tls13_take(&p.t, p.c) == 1, "taken over after it (%llu records read)", (unsigned long long)p.t.rseq);
+  n = forge_record(&fk, 23, (const uint8_t *)"next", 4, 0, in);
+  r = feed(&p.t, n, 0, &got, why, sizeof why);
+  ok(r == TW_TLS13_OK && got == 4 && memcmp(out, "next", 4) == 0, "the record after the ticket is read (%s)", why);
+  teardown(&p);
+
+  /* the first bytes of a ticket's header in OpenSSL (a record of 1 to 3 of them, which it
+   * keeps aside): not a point to take over at; once the ticket is complete, it is */
+  for (size_t cut = 1; cut <= 5; cut += 2) {
+    ok(setup(&p, 0, "TLS_AES_128_GCM_SHA256"), "cut %zu: the handshake completes", cut);
+    forge_init(&fk, 1, srv_sec);
+    fk.seq = p.t.rseq;
+    n = forge_record(&fk, 22, nst, cut, 0, in);
+    BIO_write(SSL_get_rbio(p.c), in, (int)n);
+    char b[16];
+    int sr = SSL_read(p.c, b, sizeof b);
+    ok(sr <= 0 && SSL_get_error(p.c, sr) == SSL_ERROR_WANT_READ && tw_tls13_take(&p.t, p.c) == 0 && !p.t.never,
+       "cut %zu: a ticket's first %zu bytes read by OpenSSL: not taken over", cut, cut);
+    n = forge_record(&fk, 22, nst + cut, sizeof nst - cut, 0, in);
+    BIO_write(SSL_get_rbio(p.c), in, (int)n);
+    sr = SSL_read(p.c, b, sizeof b);
+    ok(sr <= 0 && tw_tls13_take(&p.t, p.c) == 1, "cut %zu: the rest of it read: taken over", cut);
+    n = forge_record(&fk, 23, (const uint8_t *)"then", 4, 0, in);
+    r = feed(&p.t, n, 0, &got, why, sizeof why);
+    ok(r == TW_TLS13_OK && got == 4 && memcmp(out, "then", 4) == 0, "cut %zu: the next record is read (%s)", cut, why);
+    teardown(&p);
+  }
+  no_tickets = false;
+
+  /* the certificate as OpenSSL verified it: a connection whose verification did not pass
+   * (here: not asked for) is never taken over */
+  untrusted = true;
+  ok(setup(&p, 0, NULL) && SSL_get_verify_result(p.c) != X509_V_OK, "an unverified certificate: the handshake completes");
+  ok(tw_tls13_take(&p.t, p.c) == 0 && p.t.never && !p.t.active, "a connection not verified is never taken over");
+  teardown(&p);
+  untrusted = false;
 
   /* TLS 1.2: OpenSSL keeps the connection */
   ok(setup(&p, TLS1_2_VERSION, NULL) && SSL_version(p.c) == TLS1_2_VERSION, "a TLS 1.2 server: the handshake completes");
