@@ -205,6 +205,8 @@ struct conn {
   uint64_t last;      /* loop ms of the last activity */
   tw_httpd_reply reply;
   bool closing, processing, close_after, closed_handles, reading;
+  bool lingering, shut_done, peer_eof; /* closing: the peer's bytes read and dropped until it ends */
+  size_t discarded;
   uv_shutdown_t sd;
   int handles;        /* uv handles still to be closed */
   SSL *ssl;
@@ -424,8 +426,30 @@ static void finish_close(conn *cn) {
 }
 
 static void on_shutdown(uv_shutdown_t *sd, int status) {
-  (void)status;
-  finish_close(sd->data);
+  conn *cn = sd->data;
+  cn->shut_done = true;
+  if (status < 0 || !cn->lingering || cn->peer_eof) finish_close(cn);
+}
+
+/* A lingering close: the answer (a 413 to a body still arriving, say) is written and the
+ * write side shut, while what the peer still sends is read and dropped until it ends, up
+ * to 16 MB or the close timer's 2 s. Closing with unread bytes would make the kernel
+ * reset the connection, and the peer could lose the answer before reading it. */
+#define LINGER_MAX (16u << 20)
+static void on_alloc_discard(uv_handle_t *hd, size_t sug, uv_buf_t *b) {
+  conn *cn = hd->data;
+  (void)sug;
+  *b = uv_buf_init(cn->h->tls_scratch, sizeof cn->h->tls_scratch);
+}
+static void on_read_discard(uv_stream_t *st, ssize_t nread, const uv_buf_t *b) {
+  conn *cn = st->data;
+  (void)b;
+  if (nread > 0) cn->discarded += (size_t)nread;
+  if (nread < 0 || cn->discarded > LINGER_MAX) {
+    cn->peer_eof = true;
+    uv_read_stop(st);
+    if (cn->shut_done || nread != UV_EOF) finish_close(cn);
+  }
 }
 
 static void on_close_timer(uv_timer_t *t) { finish_close(t->data); }
@@ -445,10 +469,14 @@ static void conn_close(conn *cn) {
   h->st.open_conns = h->nconns;
   uv_read_stop((uv_stream_t *)&cn->tcp);
   cn->sd.data = cn;
-  if (!h->abort && uv_shutdown(&cn->sd, (uv_stream_t *)&cn->tcp, on_shutdown) == 0)
+  if (!h->abort && uv_shutdown(&cn->sd, (uv_stream_t *)&cn->tcp, on_shutdown) == 0) {
     uv_timer_start(&cn->timer, on_close_timer, 2000, 0);
-  else
+    if (!h->closing && !cn->peer_eof &&
+        uv_read_start((uv_stream_t *)&cn->tcp, on_alloc_discard, on_read_discard) == 0)
+      cn->lingering = true;
+  } else {
     finish_close(cn);
+  }
 }
 
 static void on_alloc(uv_handle_t *hd, size_t sug, uv_buf_t *b);
@@ -640,6 +668,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b) {
     return;
   }
   if (nread < 0) {
+    cn->peer_eof = true; /* nothing more will come: no lingering */
     conn_close(cn);
     return;
   }
