@@ -143,6 +143,7 @@ while [ "$n_printed" -lt "${#names[@]}" ]; do
   wait -n 2>/dev/null || sleep 0.2
   flush
   if [ -z "$(jobs -rp)" ] && [ "$n_printed" -lt "${#names[@]}" ] && [ ! -f "$work/$n_printed.rc" ]; then
+    : >>"$work/$n_printed.log" # (it may have died before it made its log: counted all the same)
     echo 125 >"$work/$n_printed.rc"; echo 0 >"$work/$n_printed.time" # its shell died: a failure
   fi
 done
