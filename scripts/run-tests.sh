@@ -72,30 +72,30 @@ flush() { # prints every finished runner whose predecessors are printed
 examples() {
   n=0
   n=$((n + 1))
-  if timeout 120 "$LUA" examples/bot.lua >/tmp/twconduit-example-bot.log 2>&1; then
+  if timeout 120 "$LUA" examples/bot.lua >"$work/example-bot.log" 2>&1; then
     echo "ok $n - examples/bot.lua runs against the emulator"
   else
-    echo "not ok $n - examples/bot.lua runs against the emulator"; tail -5 /tmp/twconduit-example-bot.log
+    echo "not ok $n - examples/bot.lua runs against the emulator"; tail -5 "$work/example-bot.log"
   fi
   n=$((n + 1))
-  if timeout 60 "$LUA" examples/autoscale_bot.lua >/tmp/twconduit-example-autoscale.log 2>&1; then
+  if timeout 60 "$LUA" examples/autoscale_bot.lua >"$work/example-autoscale.log" 2>&1; then
     echo "ok $n - examples/autoscale_bot.lua scales up and back down against the emulator"
   else
-    echo "not ok $n - examples/autoscale_bot.lua scales up and back down against the emulator"; tail -5 /tmp/twconduit-example-autoscale.log
+    echo "not ok $n - examples/autoscale_bot.lua scales up and back down against the emulator"; tail -5 "$work/example-autoscale.log"
   fi
   n=$((n + 1))
   if [ -x "$BUILD/bin/twconduit-host-example" ] &&
-     timeout 120 "$BUILD/bin/twconduit-host-example" examples/host_script.lua >/tmp/twconduit-example-host.log 2>&1; then
+     timeout 120 "$BUILD/bin/twconduit-host-example" examples/host_script.lua >"$work/example-host.log" 2>&1; then
     echo "ok $n - examples/host.c drives twconduit from its own poll loop"
   else
-    echo "not ok $n - examples/host.c drives twconduit from its own poll loop"; tail -5 /tmp/twconduit-example-host.log
+    echo "not ok $n - examples/host.c drives twconduit from its own poll loop"; tail -5 "$work/example-host.log"
   fi
 }
 lint() {
-  if luacheck --std lua54 lua spec examples bench scripts/docs-check >/tmp/twconduit-luacheck.log 2>&1; then
+  if luacheck --std lua54 lua spec examples bench scripts/docs-check >"$work/luacheck.log" 2>&1; then
     echo "ok 1 - luacheck: no warnings in lua, spec, examples, bench, scripts/docs-check"
   else
-    echo "not ok 1 - luacheck: no warnings in lua, spec, examples, bench, scripts/docs-check"; grep -v ' OK' /tmp/twconduit-luacheck.log | tail -20
+    echo "not ok 1 - luacheck: no warnings in lua, spec, examples, bench, scripts/docs-check"; grep -v ' OK' "$work/luacheck.log" | tail -20
   fi
 }
 # the slowest runners start first, so that none of them finishes last alone
@@ -143,6 +143,7 @@ while [ "$n_printed" -lt "${#names[@]}" ]; do
   wait -n 2>/dev/null || sleep 0.2
   flush
   if [ -z "$(jobs -rp)" ] && [ "$n_printed" -lt "${#names[@]}" ] && [ ! -f "$work/$n_printed.rc" ]; then
+    : >>"$work/$n_printed.log" # (it may have died before it made its log: counted all the same)
     echo 125 >"$work/$n_printed.rc"; echo 0 >"$work/$n_printed.time" # its shell died: a failure
   fi
 done

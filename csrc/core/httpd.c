@@ -228,6 +228,7 @@ struct tw_httpd {
   tw_http_limits lim;
   SSL_CTX *ssl_ctx;
   conn *conns;
+  conn *lingering; /* closing connections still reading (prev/next link them) */
   int nconns;
   int live;           /* connections not yet freed (pending replies keep them) */
   tw_httpd_stats st;
@@ -420,6 +421,12 @@ static void refuse(conn *cn, int status) {
 static void finish_close(conn *cn) {
   if (cn->closed_handles) return;
   cn->closed_handles = true;
+  if (cn->lingering) {
+    if (cn->prev) cn->prev->next = cn->next;
+    else cn->h->lingering = cn->next;
+    if (cn->next) cn->next->prev = cn->prev;
+    cn->prev = cn->next = NULL;
+  }
   uv_timer_stop(&cn->timer);
   uv_close((uv_handle_t *)&cn->timer, on_conn_handle_closed);
   uv_close((uv_handle_t *)&cn->tcp, on_conn_handle_closed);
@@ -472,8 +479,12 @@ static void conn_close(conn *cn) {
   if (!h->abort && uv_shutdown(&cn->sd, (uv_stream_t *)&cn->tcp, on_shutdown) == 0) {
     uv_timer_start(&cn->timer, on_close_timer, 2000, 0);
     if (!h->closing && !cn->peer_eof &&
-        uv_read_start((uv_stream_t *)&cn->tcp, on_alloc_discard, on_read_discard) == 0)
+        uv_read_start((uv_stream_t *)&cn->tcp, on_alloc_discard, on_read_discard) == 0) {
       cn->lingering = true;
+      cn->next = h->lingering;
+      if (cn->next) cn->next->prev = cn;
+      h->lingering = cn;
+    }
   } else {
     finish_close(cn);
   }
@@ -929,6 +940,7 @@ void tw_httpd_close(tw_httpd *h) {
   }
   h->nroutes = 0;
   while (h->conns) conn_close(h->conns);
+  while (h->lingering) finish_close(h->lingering); /* the server goes: its lingering closes end */
   uv_close((uv_handle_t *)&h->listener, on_listener_closed);
 }
 
