@@ -1,6 +1,7 @@
 -- Closing a gateway that holds messages Redis never stored (no spool): the loss is
 -- reported to the error handlers whether the queue or the client is closed, inside or
--- outside step/run; never only a line on stderr.
+-- outside step/run; never only a line on stderr. And a publish call that Redis refused
+-- half-way leaves no de-duplication mark behind: its retry stores the messages.
 local H = require "support.helper"
 
 describe("closing a gateway with unstored messages", function()
@@ -44,4 +45,29 @@ describe("closing a gateway with unstored messages", function()
     assert.is_table(e, "queue_lost reported")
     assert.matches("2 messages not stored", e.message)
   end)
+
+  it("a publish refused by Redis marks nothing: once Redis takes it, the retry stores every message", function()
+    local R = require "support.redis"
+    local redis = R.start()
+    local c = H.client(m)
+    finally(function() c:close(); redis:destroy() end)
+    local errs = {}
+    c:on("error", function(e) errs[#errs + 1] = e end)
+    local q = assert(c:queue { redis = redis.url, name = "refbot", role = "gateway", partitions = 1 })
+    H.wait_until(c, function() return q:stats().up end, 10, "the gateway's Redis link")
+    local cd = H.ready_conduit(c, { shards = 1 })
+    H.subscribe_all(cd, "stream.online", { "8201" })
+    -- the stream's key holds a string: every XADD to it fails (WRONGTYPE)
+    redis:cli("DEL", "refbot:s:0")
+    redis:cli("SET", "refbot:s:0", "not a stream")
+    assert(m:trigger { type = "stream.online", channels = { "8201" }, count = 3 })
+    H.wait_until(c, function()
+      for _, e in ipairs(errs) do if e.code == "redis_error" then return true end end
+    end, 10, "the refused publish reported")
+    redis:cli("DEL", "refbot:s:0")
+    H.wait_until(c, function() return q:stats().published >= 3 end, 20, "3 messages published on a retry")
+    assert.equal(0, q:stats().duplicates)
+    assert.equal("3", redis:cli("XLEN", "refbot:s:0"))
+  end)
 end)
+

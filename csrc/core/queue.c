@@ -51,7 +51,10 @@
  * width)> as field id = t0 (width = window / DEDUPE_BUCKETS). It is a duplicate at time
  * now iff a mark of it has t0 >= now - window (what SET NX PX <window> at t0 gives: the
  * key lives while now <= t0 + window); such marks are all in the buckets cur - nb .. cur,
- * read with one HMGET each. New marks go in one HSET; the bucket expires one width after
+ * read with one HMGET each. New marks go in one HSET after the XADDs (an XADD that fails
+ * ends the script: the call is retried and must not find its messages marked, or they
+ * would be answered as stored and lost; a retry may append one twice instead, which the
+ * worker's at-least-once contract covers); the bucket expires one width after
  * its last use, and the bucket that just left the window is UNLINKed (freed off the main
  * thread) as soon as a call sees it. Each stream written is trimmed once per call
  * (XTRIM MAXLEN ~ or MINID ~ after its XADDs: what XADD's own trim option did per entry). */
@@ -79,12 +82,6 @@ static const char PUBLISH_LUA[] =
     "    else fresh[id] = true; marks[#marks + 1] = id; marks[#marks + 1] = ts end\n"
     "  end\n"
     "end\n"
-    "if #marks > 0 then\n"
-    "  local key = pre .. cur\n"
-    "  call('HSET', key, unpack(marks))\n"
-    "  call('PEXPIREAT', key, (cur + nb + 2) * bw)\n"
-    "  call('UNLINK', pre .. (cur - nb - 1))\n"
-    "end\n"
     "local streams = {}\n"
     "for i = 1, n do\n"
     "  if dup[i] then out[i] = false\n"
@@ -93,6 +90,12 @@ static const char PUBLISH_LUA[] =
     "    out[i] = call('XADD', k, '*', 'id', ids[i], 'mt', ARGV[b + 1], 'ts', ARGV[b + 2], 'tr', ARGV[b + 3], 'b', ARGV[b + 4])\n"
     "    streams[k] = true\n"
     "  end\n"
+    "end\n"
+    "if #marks > 0 then -- after the XADDs: a call that failed half-way marks nothing\n"
+    "  local key = pre .. cur\n"
+    "  call('HSET', key, unpack(marks))\n"
+    "  call('PEXPIREAT', key, (cur + nb + 2) * bw)\n"
+    "  call('UNLINK', pre .. (cur - nb - 1))\n"
     "end\n"
     "if mode ~= 'none' then\n"
     "  local how = mode == 'maxlen' and 'MAXLEN' or 'MINID'\n"
