@@ -156,6 +156,7 @@ static int hd_stats(lua_State *L) {
   SET("not_found", s.not_found);
   SET("tls_errors", s.tls_errors);
   SET("open_conns", s.open_conns);
+  SET("lingering", s.lingering);
   return 1;
 }
 

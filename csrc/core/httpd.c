@@ -229,6 +229,7 @@ struct tw_httpd {
   SSL_CTX *ssl_ctx;
   conn *conns;
   conn *lingering; /* closing connections still reading (prev/next link them) */
+  int nlinger;      /* how many: at most max_conns (a flood of refusals lingers no more) */
   int nconns;
   int live;           /* connections not yet freed (pending replies keep them) */
   tw_httpd_stats st;
@@ -422,6 +423,7 @@ static void finish_close(conn *cn) {
   if (cn->closed_handles) return;
   cn->closed_handles = true;
   if (cn->lingering) {
+    cn->h->nlinger--;
     if (cn->prev) cn->prev->next = cn->next;
     else cn->h->lingering = cn->next;
     if (cn->next) cn->next->prev = cn->prev;
@@ -478,9 +480,10 @@ static void conn_close(conn *cn) {
   cn->sd.data = cn;
   if (!h->abort && uv_shutdown(&cn->sd, (uv_stream_t *)&cn->tcp, on_shutdown) == 0) {
     uv_timer_start(&cn->timer, on_close_timer, 2000, 0);
-    if (!h->closing && !cn->peer_eof &&
+    if (!h->closing && !cn->peer_eof && h->nlinger < h->o.max_conns &&
         uv_read_start((uv_stream_t *)&cn->tcp, on_alloc_discard, on_read_discard) == 0) {
       cn->lingering = true;
+      h->nlinger++;
       cn->next = h->lingering;
       if (cn->next) cn->next->prev = cn;
       h->lingering = cn;
@@ -918,8 +921,12 @@ int tw_httpd_unroute(tw_httpd *h, const char *path) {
 }
 
 void tw_httpd_get_stats(const tw_httpd *h, tw_httpd_stats *out) {
-  if (h) *out = h->st;
-  else memset(out, 0, sizeof *out);
+  if (h) {
+    *out = h->st;
+    out->lingering = h->nlinger;
+  } else {
+    memset(out, 0, sizeof *out);
+  }
 }
 
 tw_client *tw_httpd_client(const tw_httpd *h) { return h->c; }

@@ -601,6 +601,7 @@ typedef struct tw_httpd_stats {
   uint64_t not_found;          /* 404: no route */
   uint64_t tls_errors;
   int open_conns;
+  int lingering;               /* closed connections still reading the peer's last bytes (<= max_conns) */
 } tw_httpd_stats;
 TW_API void tw_httpd_get_stats(const tw_httpd *h, tw_httpd_stats *out);
 

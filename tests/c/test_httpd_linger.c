@@ -91,6 +91,36 @@ int main(void) {
   getsockname(fd, (struct sockaddr *)&me, &ml);
   unsigned long ino = server_inode(tw_httpd_port(h), ntohs(me.sin_port));
   ok(ino != 0 && fd_open(ino), "the server's connection is still open while it lingers");
+
+  /* a flood of refusals lingers no more than max_conns connections at once */
+  tw_httpd_opts ho2 = TW_HTTPD_OPTS_INIT;
+  ho2.max_conns = 2;
+  tw_httpd *h2 = tw_httpd_open(c, &ho2, &err);
+  int fds[5], answered = 0;
+  struct sockaddr_in a2 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(h2 ? tw_httpd_port(h2) : 0))};
+  a2.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  for (int i = 0; i < 5 && h2; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fds[i], (struct sockaddr *)&a2, sizeof a2) != 0 ||
+        send(fds[i], bad, sizeof bad - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof bad - 1))
+      continue;
+    double e2 = now_s() + 10;
+    while (now_s() < e2) { /* its answer and the server's shut side, before the next one */
+      uv_run(&loop, UV_RUN_NOWAIT);
+      char b2[256];
+      ssize_t r = recv(fds[i], b2, sizeof b2, MSG_DONTWAIT);
+      if (r == 0) {
+        answered++;
+        break;
+      }
+      if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) break;
+    }
+  }
+  tw_httpd_stats hs;
+  tw_httpd_get_stats(h2, &hs);
+  ok(h2 && answered == 5 && hs.lingering == 2,
+     "5 refused connections that stay open: all answered, %d of them lingering (max_conns 2)", hs.lingering);
+  for (int i = 0; i < 5 && h2; i++) close(fds[i]);
   tw_client_free(c);
   for (int i = 0; i < 50 && uv_loop_alive(&loop); i++) uv_run(&loop, UV_RUN_NOWAIT);
   ok(!uv_loop_alive(&loop), "after tw_client_free nothing of the client is left on the host's loop");
