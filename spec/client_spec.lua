@@ -72,6 +72,7 @@ describe("twconduit.client", function()
   it("makes a client without credentials (a queue worker's): Helix calls fail with no_credentials", function()
     local c = twconduit.client {}
     finally(function() c:close() end)
+    assert.is_nil(c:options().client_id)
     local body, err = c:helix("GET", "/eventsub/conduits")
     assert.is_nil(body)
     assert.equal("no_credentials", err.code)

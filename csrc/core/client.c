@@ -313,7 +313,7 @@ void *tw_client_loop(tw_client *c) { return c->loop; }
 
 void tw_client_get_options(const tw_client *c, tw_client_opts *o) {
   tw_client_opts_init(o);
-  o->client_id = c->client_id;
+  o->client_id = c->client_id[0] ? c->client_id : NULL; /* none given: NULL, as given */
   o->api_base = c->api_base;
   o->auth_base = c->auth_base;
   o->eventsub_ws = c->eventsub_ws;
@@ -404,7 +404,14 @@ static bool publish(tw_client *c, const tw_msg *m) {
     if (m->id_len) memcpy(h->id, m->id, m->id_len);
     return tw_queue_gateway_publish(c->gateway, m, held_done_stored, h);
   }
-  return tw_queue_gateway_publish(c->gateway, m, m->done, m->done_user);
+  if (m->done) { /* no memory to hold it: not stored, the sender retries (the id forgotten) */
+    tw_error e;
+    tw_err_set(&e, "no_memory", 0, "out of memory: message not queued");
+    if (c->dedupe) tw_dedupe_forget(c->dedupe, m->id, m->id_len);
+    m->done(m->done_user, &e);
+    return true;
+  }
+  return tw_queue_gateway_publish(c->gateway, m, NULL, NULL);
 }
 
 /* The delivery, compiled twice: without a completion (websocket messages: the hot
