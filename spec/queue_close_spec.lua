@@ -46,7 +46,7 @@ describe("closing a gateway with unstored messages", function()
     assert.matches("2 messages not stored", e.message)
   end)
 
-  it("a publish refused by Redis marks nothing: once Redis takes it, the retry stores every message", function()
+  it("a publish Redis refused marks nothing: once Redis takes it, the retry stores every message", function()
     local R = require "support.redis"
     local redis = R.start()
     local c = H.client(m)
