@@ -16,7 +16,9 @@ describe("dispatch of notifications to an idle runner", function()
   local function setup(channel)
     local c = H.client(m)
     local cd = H.ready_conduit(c, { shards = 1 })
-    assert(cd:subscribe { type = "stream.online", version = "1", condition = { broadcaster_user_id = channel } })
+    assert(cd:subscribe {
+      type = "stream.online", version = "1", condition = { broadcaster_user_id = channel },
+    })
     return c, cd
   end
 
@@ -41,7 +43,7 @@ describe("dispatch of notifications to an idle runner", function()
     assert.equal(8, n)
   end)
 
-  it("lets a handler yield on a later event: the next handler runs at once, the rest of the events after it", function()
+  it("lets a handler yield on a later event: the next handler runs at once", function()
     local c, cd = setup("82")
     finally(function() c:close() end)
     local log, seen, resumed = {}, 0, false
