@@ -89,7 +89,7 @@ void twl_push_bound(lua_State *L, int objs, void *ptr) {
   }
   if (lua_rawgetp(L, objs, ptr) == LUA_TUSERDATA) {
     if (lua_getiuservalue(L, -1, 1) != LUA_TNIL)
-      lua_remove(L, -2);
+      lua_replace(L, -2); /* a copy and a pop: cheaper than lua_remove's rotation */
     else
       lua_pop(L, 1);
   }
@@ -160,7 +160,7 @@ static void push_shard_obj(lua_State *L, twl_frame *fr, twl_client *cl, tw_shard
     twl_push_shard_ud(L, cl, fr->objs, fr->ud, s);
   }
   if (lua_getiuservalue(L, -1, 1) != LUA_TNIL)
-    lua_remove(L, -2);
+    lua_replace(L, -2);
   else
     lua_pop(L, 1);
 }
@@ -327,6 +327,43 @@ static void call_protected(twl_client *cl, lua_CFunction f, void *arg) {
   cl->fr = saved;
 }
 
+/* A notification straight to the Lua layer's idle runner (set_hot): the coroutine that
+ * finds the plan and runs the handlers, then yields hot_done and waits for the next. It
+ * is resumed here rather than by the dispatcher, which saves a Lua call and
+ * coroutine.resume per notification. kind is at k, then conduit, type, message, event
+ * view, shard. A runner suspended anywhere else (a handler yielded) or one that raised
+ * is handed back to the dispatcher as ("hot_exit", conduit, ok, err, event, message),
+ * which reports the error and runs the rest of the plan, as it does for the runners it
+ * resumes itself. */
+static void resume_hot(lua_State *L, twl_client *cl, int k) {
+  lua_State *co = cl->hot;
+  int nres = 0;
+  for (int i = 1; i <= 5; i++) lua_pushvalue(L, k + i);
+  lua_xmove(L, co, 5);
+  int st = lua_resume(co, L, 5, &nres);
+  if (st == LUA_YIELD && nres == 1 && lua_topointer(co, -1) == cl->hot_done) {
+    lua_pop(co, 1);
+    return;
+  }
+  int ok = st == LUA_YIELD || st == LUA_OK;
+  if (ok)
+    lua_pop(co, nres);
+  else
+    lua_xmove(co, L, 1); /* the error */
+  int err = lua_gettop(L);
+  lua_pushvalue(L, k - 1); /* the dispatcher */
+  lua_pushliteral(L, "hot_exit");
+  lua_pushvalue(L, k + 1);
+  lua_pushboolean(L, ok);
+  if (ok)
+    lua_pushnil(L);
+  else
+    lua_pushvalue(L, err);
+  lua_pushvalue(L, k + 4);
+  lua_pushvalue(L, k + 3);
+  lua_call(L, 6, 0);
+}
+
 static int dispatch_protected(lua_State *L) {
   twl_client *cl = protected_frame(L);
   const tw_event *ev = lua_touserdata(L, PA_ARG);
@@ -338,7 +375,11 @@ static int dispatch_protected(lua_State *L) {
   /* already protected (call_protected, with a traceback): the dispatcher protects
    * each handler itself, so an error here is the dispatcher's own or out of memory */
   cl->depth++;
-  lua_call(L, n, 0);
+  if (ev->type == TW_EV_NOTIFICATION && cl->hot != NULL && lua_status(cl->hot) == LUA_YIELD &&
+      lua_checkstack(cl->hot, n + 2))
+    resume_hot(L, cl, lua_gettop(L) - n + 1);
+  else
+    lua_call(L, n, 0);
   cl->depth--;
   return 0;
 }
@@ -883,6 +924,24 @@ static int cl_stats(lua_State *L) {
   return 1;
 }
 
+/* ud:set_hot(co, done) / ud:set_hot(nil): the notification runner (see resume_hot) */
+static int cl_set_hot(lua_State *L) {
+  twl_client *cl = luaL_checkudata(L, 1, TWL_CLIENT_MT);
+  if (lua_isnoneornil(L, 2)) {
+    cl->hot = NULL;
+    cl->hot_done = NULL;
+    lua_pushnil(L);
+  } else {
+    luaL_checktype(L, 2, LUA_TTHREAD);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    cl->hot = lua_tothread(L, 2);
+    cl->hot_done = lua_topointer(L, 3);
+    lua_pushvalue(L, 2);
+  }
+  lua_setiuservalue(L, 1, TWL_UV_HOT);
+  return 0;
+}
+
 static int cl_set_dispatcher(lua_State *L) {
   twl_client *cl = twl_check_client(L, 1);
   if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -954,6 +1013,7 @@ static int cl_tostring(lua_State *L) {
 void twl_client_open(lua_State *L, int modidx) {
   static const luaL_Reg methods[] = {
       {"set_dispatcher", cl_set_dispatcher},
+      {"set_hot", cl_set_hot},
       {"step", cl_step},
       {"run", cl_run},
       {"stop", cl_stop},

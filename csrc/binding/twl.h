@@ -29,7 +29,7 @@
 #define TWL_QUEUE_MT "twconduit.queue"
 
 /* client uservalue slots */
-enum { TWL_UV_DISPATCH = 1, TWL_UV_OBJS = 2, TWL_UV_PENDING = 3, TWL_UV_CLIENT_N = 3 };
+enum { TWL_UV_DISPATCH = 1, TWL_UV_OBJS = 2, TWL_UV_PENDING = 3, TWL_UV_HOT = 4, TWL_UV_CLIENT_N = 4 };
 
 typedef struct twl_req twl_req;
 
@@ -59,6 +59,8 @@ typedef struct twl_client {
   int sweep;          /* some anchored objects were freed: sweep OBJS */
   lua_Integer next_id;/* ids of pending callbacks */
   twl_req *reqs;      /* pending requests and timers (freed on close) */
+  lua_State *hot;     /* the Lua layer's idle notification runner (anchored in TWL_UV_HOT) */
+  const void *hot_done; /* what it yields when its handlers have returned */
 } twl_client;
 
 /* A conduit or shard box: a userdata of metatable TWL_CONDUIT_MT or TWL_SHARD_MT whose

@@ -224,35 +224,6 @@ local function make_dispatcher(client)
   end
   client._run = run
 
-  -- The hot path, for notifications: one runner (`hot`, idle between events) gets the
-  -- event and message as resume arguments, its plan in h_p, and sets h_done before
-  -- waiting for the next, so a resume that returns without h_done means a handler
-  -- yielded. (The event and message never go into an upvalue or a table: the write
-  -- barrier would keep every one alive a whole collection longer, and their documents
-  -- out of the pool.)
-  local hot, busy = nil, false
-  local h_p, h_i, h_done = nil, 1, false
-  local yield = coroutine.yield
-  local function new_hot()
-    local co
-    co = coroutine.create(function(a1, a2)
-      while true do
-        local p = h_p
-        for i = 1, #p, 2 do
-          h_i = i
-          p[i](a1, a2)
-          if hot ~= co or client._closed then break end
-        end
-        if hot ~= co then return end -- it yielded meanwhile: the rest already ran
-        h_done = true
-        a1, a2 = yield()
-      end
-    end)
-    async.adopt(co, client)
-    hot = co
-    return co
-  end
-
   local function plan_for(conduit, a, d)
     if type(d) ~= "table" then d = nil end
     local holder = d or conduit or client
@@ -270,35 +241,80 @@ local function make_dispatcher(client)
     return p
   end
 
+  -- The hot path, for notifications: one runner (`hot`, idle between events) gets the
+  -- dispatcher's arguments as resume arguments, finds the plan and runs it, then yields
+  -- DONE and waits for the next. The core resumes it directly (set_hot: no Lua call and
+  -- no coroutine.resume of the dispatcher per notification); a resume that does not end
+  -- in DONE means a handler yielded (the runner is its coroutine from now on) or raised
+  -- (the runner is dead), and comes back here as "hot_exit". busy is set while it runs
+  -- handlers: a notification produced meanwhile (by a method a handler called) runs on a
+  -- `run` coroutine. h_i is the handler running, 0 while the plan is looked up. (The
+  -- event and message never go into an upvalue or a table: the write barrier would keep
+  -- every one alive a whole collection longer, and their documents out of the pool.)
+  local hot, busy = nil, false
+  local h_p, h_i = nil, 0
+  local yield = coroutine.yield
+  local function new_hot()
+    local co
+    co = coroutine.create(function(conduit, a, b, c, d)
+      while true do
+        busy, h_i = true, 0
+        local byt = plans[d or conduit or client]
+        local p = byt and byt[a]
+        if not p or p.gen ~= events.gen or p.conduit ~= conduit then p = plan_for(conduit, a, d) end
+        h_p = p
+        for i = 1, #p, 2 do
+          h_i = i
+          p[i](c, b)
+          if hot ~= co or client._closed then break end
+        end
+        if hot ~= co then return end -- it yielded meanwhile: the rest already ran
+        busy = false
+        conduit, a, b, c, d = yield(DONE)
+      end
+    end)
+    async.adopt(co, client)
+    hot = co
+    client._core:set_hot(co, DONE)
+    return co
+  end
+
+  -- The runner did not end in DONE: ok, err as coroutine.resume returned them.
+  local function hot_exit(ok, err, conduit, c, b)
+    local co, p, i = hot, h_p, h_i
+    hot, busy = nil, false
+    client._core:set_hot(nil)
+    if not ok then async.disown(co) end
+    if i == 0 then -- the plan lookup itself failed: the dispatcher's own error
+      if not ok then error(err, 0) end
+      return
+    end
+    if not ok then
+      client:_report(errors.new("callback_error", traceback(co, tostring(err))), p[i + 1], conduit)
+    end
+    if not client._closed then run(p, i + 2, conduit, c, b) end
+  end
+
   -- kind, conduit; for notifications a: subscription type, b: message, c: event view,
   -- d: shard.
   return function(kind, conduit, a, b, c, d, e)
     if kind == "notification" then
-      local byt = plans[d or conduit or client]
-      local p = byt and byt[a]
-      if not p or p.gen ~= events.gen or p.conduit ~= conduit then p = plan_for(conduit, a, d) end
-      if not p[1] then return end
       if busy then -- from inside a handler (a method it called produced the event)
+        local byt = plans[d or conduit or client]
+        local p = byt and byt[a]
+        if not p or p.gen ~= events.gen or p.conduit ~= conduit then p = plan_for(conduit, a, d) end
+        if not p[1] then return end
         local prev = async.current
         async.current = client
         run(p, 1, conduit, c, b)
         async.current = prev
         return
       end
-      local co = hot or new_hot()
-      h_p, h_done = p, false
-      busy = true
-      local ok, err = resume(co, c, b)
-      busy = false
-      if h_done then return end
-      -- a handler yielded (the runner is its coroutine now) or raised (the runner is dead)
-      hot = nil
-      local i = h_i
-      if not ok then
-        async.disown(co)
-        client:_report(errors.new("callback_error", traceback(co, tostring(err))), p[i + 1], conduit)
-      end
-      if not client._closed then run(p, i + 2, conduit, c, b) end
+      local ok, r = resume(hot or new_hot(), conduit, a, b, c, d)
+      if ok and r == DONE then return end
+      hot_exit(ok, r, conduit, c, b)
+    elseif kind == "hot_exit" then -- from the core: conduit, ok, err, event, message
+      hot_exit(a, b, conduit, c, d)
     else
       local prev = async.current
       async.current = client
