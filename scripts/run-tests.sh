@@ -31,7 +31,6 @@ if [ -n "$SANITIZED" ]; then
 fi
 
 names=()   # the runners, in the order their output is printed
-n_started=0
 n_printed=0
 
 start() { # name, command...: runs it in the background once a slot is free
@@ -41,7 +40,6 @@ start() { # name, command...: runs it in the background once a slot is free
   ( s=$(date +%s.%N); "$@" >"$work/$i.log" 2>&1; echo $? >"$work/$i.rc.tmp"
     awk -v s="$s" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", e - s }' >"$work/$i.time"
     mv "$work/$i.rc.tmp" "$work/$i.rc" ) &
-  n_started=$((n_started + 1))
   flush
 }
 

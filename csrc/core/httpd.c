@@ -419,15 +419,26 @@ static void refuse(conn *cn, int status) {
   conn_close(cn);
 }
 
+/* a server's connection lists (open: h->conns, lingering: h->lingering) */
+static void conn_push(conn **head, conn *cn) {
+  cn->prev = NULL;
+  cn->next = *head;
+  if (*head) (*head)->prev = cn;
+  *head = cn;
+}
+static void conn_unlink(conn **head, conn *cn) {
+  if (cn->prev) cn->prev->next = cn->next;
+  else *head = cn->next;
+  if (cn->next) cn->next->prev = cn->prev;
+  cn->prev = cn->next = NULL;
+}
+
 static void finish_close(conn *cn) {
   if (cn->closed_handles) return;
   cn->closed_handles = true;
   if (cn->lingering) {
     cn->h->nlinger--;
-    if (cn->prev) cn->prev->next = cn->next;
-    else cn->h->lingering = cn->next;
-    if (cn->next) cn->next->prev = cn->prev;
-    cn->prev = cn->next = NULL;
+    conn_unlink(&cn->h->lingering, cn);
   }
   uv_timer_stop(&cn->timer);
   uv_close((uv_handle_t *)&cn->timer, on_conn_handle_closed);
@@ -470,10 +481,7 @@ static void conn_close(conn *cn) {
   if (cn->closing) return;          /* that write failed and closed it */
   cn->closing = true;
   tw_httpd *h = cn->h;
-  if (cn->prev) cn->prev->next = cn->next;
-  else h->conns = cn->next;
-  if (cn->next) cn->next->prev = cn->prev;
-  cn->prev = cn->next = NULL;
+  conn_unlink(&h->conns, cn);
   h->nconns--;
   h->st.open_conns = h->nconns;
   uv_read_stop((uv_stream_t *)&cn->tcp);
@@ -484,9 +492,7 @@ static void conn_close(conn *cn) {
         uv_read_start((uv_stream_t *)&cn->tcp, on_alloc_discard, on_read_discard) == 0) {
       cn->lingering = true;
       h->nlinger++;
-      cn->next = h->lingering;
-      if (cn->next) cn->next->prev = cn;
-      h->lingering = cn;
+      conn_push(&h->lingering, cn);
     }
   } else {
     finish_close(cn);
@@ -735,9 +741,7 @@ static void on_connection(uv_stream_t *ls, int status) {
   cn->tcp.data = cn->timer.data = cn;
   cn->handles = 2;
   h->live++;
-  cn->next = h->conns;
-  if (h->conns) h->conns->prev = cn;
-  h->conns = cn;
+  conn_push(&h->conns, cn);
   h->nconns++;
   h->st.open_conns = h->nconns;
   h->st.connections++;
