@@ -606,6 +606,18 @@ static void tls_hs_begin(tw_session *ss) {
   if ((uint64_t)c->tls_handshaking > c->stats.tls_handshakes_max) c->stats.tls_handshakes_max = (uint64_t)c->tls_handshaking;
 }
 
+/* into the client's queue for a handshake slot; its welcome deadline waits too (the
+ * ones ahead have theirs) */
+static void tls_enqueue(tw_session *ss) {
+  tw_client *c = ss->c;
+  ss->tls_waiting = true;
+  uv_timer_stop(&ss->timer);
+  ss->tls_wprev = c->tls_wait_tail;
+  if (c->tls_wait_tail) c->tls_wait_tail->tls_wnext = ss;
+  else c->tls_wait = ss;
+  c->tls_wait_tail = ss;
+}
+
 static void tls_unwait(tw_session *ss) {
   if (!ss->tls_waiting) return;
   ss->tls_waiting = false;
@@ -821,12 +833,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
       build_request(ss);
       tw_client *c = ss->c;
       if (ss->tls && c->tls_handshakes && c->tls_handshaking >= c->tls_handshakes) {
-        ss->tls_waiting = true; /* its handshake starts when one in flight is done */
-        uv_timer_stop(&ss->timer); /* and its welcome deadline then: the ones ahead have theirs */
-        ss->tls_wprev = c->tls_wait_tail;
-        if (c->tls_wait_tail) c->tls_wait_tail->tls_wnext = ss;
-        else c->tls_wait = ss;
-        c->tls_wait_tail = ss;
+        tls_enqueue(ss); /* its handshake starts when one in flight is done */
         break;
       }
       tls_connected(ss);
