@@ -603,17 +603,26 @@ static void test_close_codes(void)
     free(cid);
 }
 
+/* a conduit of one shard on session a, stream.online of channel subscribed over it; p
+ * gets the session's reconnect path. Returns the subscription; *cid the conduit's id. */
+static char *reconnect_setup(wsc_t *a, const char *channel, char **cid, char p[256])
+{
+    *cid = new_conduit(1);
+    ws_open_session(a, m.port, NULL);
+    assign(*cid, 0, a->session_id, NULL);
+    char tr[256], cond[128];
+    snprintf(tr, sizeof tr, "{\"method\":\"conduit\",\"conduit_id\":\"%s\"}", *cid);
+    snprintf(cond, sizeof cond, "{\"broadcaster_user_id\":\"%s\"}", channel);
+    snprintf(p, 256, "/sessions/%s/reconnect", a->session_id);
+    return subscribe("stream.online", "1", cond, tr);
+}
+
 static void test_reconnect(void)
 {
-    char *cid = new_conduit(1);
+    char *cid;
     wsc_t a;
-    ws_open_session(&a, m.port, NULL);
-    assign(cid, 0, a.session_id, NULL);
-    char tr[256];
-    snprintf(tr, sizeof tr, "{\"method\":\"conduit\",\"conduit_id\":\"%s\"}", cid);
-    char *sub = subscribe("stream.online", "1", "{\"broadcaster_user_id\":\"77\"}", tr);
     char p[256];
-    snprintf(p, sizeof p, "/sessions/%s/reconnect", a.session_id);
+    char *sub = reconnect_setup(&a, "77", &cid, p);
     cJSON_Delete(ctl("POST", p, NULL, NULL));
     cJSON *o = ws_wait_type(&a, "session_reconnect", 3000);
     const char *url = js(o, "payload.session.reconnect_url");
@@ -892,15 +901,10 @@ static int held_sid_flag(void *arg)
 
 static void test_reconnect_held_welcome(void)
 {
-    char *cid = new_conduit(1);
+    char *cid;
     wsc_t a;
-    ws_open_session(&a, m.port, NULL);
-    assign(cid, 0, a.session_id, NULL);
-    char tr[256];
-    snprintf(tr, sizeof tr, "{\"method\":\"conduit\",\"conduit_id\":\"%s\"}", cid);
-    char *sub = subscribe("stream.online", "1", "{\"broadcaster_user_id\":\"78\"}", tr);
     char p[256];
-    snprintf(p, sizeof p, "/sessions/%s/reconnect", a.session_id);
+    char *sub = reconnect_setup(&a, "78", &cid, p);
     long stc = 0;
     cJSON_Delete(ctl("POST", p, "{\"welcome_delay_s\":-1}", &stc));
     t_ok(stc == 400, "reconnect: welcome_delay_s -1 -> 400 (%ld)", stc);
