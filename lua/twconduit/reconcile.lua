@@ -155,6 +155,13 @@ function R:_progress(force)
   if force or st.done % step == 0 then self:_emit() end
 end
 
+-- one more subscription settled as `what` (created, deleted, adopted): counted, progress told
+function R:_settled(what)
+  self.st[what] = self.st[what] + 1
+  self.st.done = self.st.done + 1
+  self:_progress(false)
+end
+
 function R:_phase(p)
   if self.st.phase ~= p then
     self.st.phase = p
@@ -446,9 +453,7 @@ function R:_delete_all(deletes)
         self.extras[d.id] = nil
         self.by_id[d.id] = nil
         if ok and self.total_cost then self.total_cost = math.max(0, self.total_cost - (d.cost or 0)) end
-        self.st.deleted = self.st.deleted + 1
-        self.st.done = self.st.done + 1
-        self:_progress(false)
+        self:_settled("deleted")
         return
       end
       if is_closed(err) then self.stalled = err; return "stop" end
@@ -512,16 +517,12 @@ function R:_create_all(creates)
         self.existing[key] = { id = id, status = d and d.status or "enabled",
           cost = d and tonumber(d.cost) or 1 }
         if id then self.by_id[id] = key end
-        self.st.created = self.st.created + 1
-        self.st.done = self.st.done + 1
-        self:_progress(false)
+        self:_settled("created")
         return
       end
       if errors.is(err) and err.status == 409 then -- made meanwhile (another process, a crash): adopt
         self.existing[key] = { status = "enabled", cost = 0, adopted = true }
-        self.st.adopted = self.st.adopted + 1
-        self.st.done = self.st.done + 1
-        self:_progress(false)
+        self:_settled("adopted")
         return
       end
       if is_closed(err) then self.stalled = err; return "stop" end
