@@ -66,11 +66,7 @@ int main(void) {
   }
   tw_error err;
   tw_client_opts o = TW_CLIENT_OPTS_INIT;
-  o.client_id = m.client_id;
-  o.client_secret = m.client_secret;
-  o.api_base = m.api_base;
-  o.auth_base = m.auth_base;
-  o.eventsub_ws = m.eventsub_ws;
+  mock_client_opts(&m, &o);
   o.http_max_inflight = 4;
   tw_client *c = tw_client_new(&o, &err);
   call k;

@@ -72,11 +72,7 @@ int main(void) {
   state *st = calloc(1, sizeof *st);
   tw_error err;
   tw_client_opts o = TW_CLIENT_OPTS_INIT;
-  o.client_id = m.client_id;
-  o.client_secret = m.client_secret;
-  o.api_base = m.api_base;
-  o.auth_base = m.auth_base;
-  o.eventsub_ws = m.eventsub_ws;
+  mock_client_opts(&m, &o);
   o.backoff_min_s = 0.05;
   o.backoff_max_s = 0.5;
   tw_client *c = tw_client_new(&o, &err);
