@@ -140,6 +140,7 @@ end
 function R:_eta()
   local left = self.st.total - self.st.done
   if left <= 0 then return 0 end
+  if self.client._closed then return nil end -- a run ending with its client: no bucket to read
   local rl = self.client._core:ratelimit()
   if not rl.limit or rl.limit <= 0 then return nil end
   local rate = rl.limit / 60
